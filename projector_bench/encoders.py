@@ -1,0 +1,86 @@
+"""Vision encoders as token-grid sources: timm's MobileViT family, one stage's map as `(B, h·w, C)`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .projectors.base import Grid
+
+log = logging.getLogger(__name__)
+
+ENCODER_PATTERN = "mobilevit*"
+
+
+def list_encoders() -> list[str]:
+    """timm's MobileViT variants (v1 and v2)."""
+    return timm.list_models(ENCODER_PATTERN)
+
+
+def _cached_pretrained_file(name: str) -> str | None:
+    """Path of timm's default pretrained weights for `name` if they are already in the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(hub_id, filename) if hub_id else None
+        if isinstance(hit, str):
+            return hit
+    return None
+
+
+class TimmEncoder(nn.Module):
+    """A timm model truncated at one stage; `forward(images)` returns `(tokens, grid)`.
+
+    `weights`: `auto` (timm's pretrained weights if they are in the local cache, else random with a
+    notice), `pretrained` (fetch timm's weights; fails without network), `random`, or a checkpoint path
+    (a state dict of the full timm model, loaded through timm's own `pretrained_cfg_overlay`).
+    `self.weights_source` says which was used.
+    """
+
+    def __init__(self, name: str, stage: int = -1, weights: str = "auto") -> None:
+        super().__init__()
+        if name not in list_encoders():
+            raise ConfigError(f"unknown encoder {name!r}; choose one of: none, {', '.join(list_encoders())}")
+        self.name, self.stage = name, stage
+        overlay, pretrained = None, False
+        if weights == "random":
+            self.weights_source = "random"
+        elif weights == "pretrained":
+            pretrained, self.weights_source = True, "timm-pretrained"
+        elif weights == "auto":
+            cached = _cached_pretrained_file(name)
+            if cached:
+                overlay, pretrained, self.weights_source = {"file": cached}, True, "timm-pretrained"
+            else:
+                self.weights_source = "random"
+                log.warning("encoder %s: no pretrained weights in the local cache; using random init "
+                            "(set encoder.weights to a checkpoint path or to `pretrained` with network)", name)
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, `pretrained` or `random`")
+            overlay, pretrained, self.weights_source = {"file": str(path)}, True, f"checkpoint:{path}"
+        try:
+            self.model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                                           features_only=True, out_indices=(stage,))
+        except IndexError as e:
+            raise ConfigError(f"encoder {name} has no stage {stage}; use -5..4 (-1 is the last)") from e
+        except (OSError, RuntimeError) as e:
+            if not pretrained:
+                raise
+            raise ConfigError(f"could not load weights for encoder {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "set encoder.weights to `random` or a local checkpoint path") from e
+        self.channels: int = self.model.feature_info.channels()[-1]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Grid]:
+        fmap = self.model(images)[-1]
+        return fmap.flatten(2).transpose(1, 2), (fmap.shape[-2], fmap.shape[-1])
+
+
+def create_encoder(name: str, stage: int = -1, weights: str = "auto") -> TimmEncoder:
+    """Build a token-grid encoder from timm's MobileViT family by name."""
+    return TimmEncoder(name, stage, weights)

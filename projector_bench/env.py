@@ -1,0 +1,50 @@
+"""Where a measurement was taken: versions, threads, CPU, git commit."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else `platform.processor()`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
+def git_commit() -> str:
+    """HEAD of the repository this package runs from, with `-dirty` if it has changes; `unknown` outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def environment() -> dict[str, str | int]:
+    """Flat `env_*` columns for a results row."""
+    import fvcore
+    import timm
+
+    return {
+        "env_torch": torch.__version__,
+        "env_timm": timm.__version__,
+        "env_fvcore": getattr(fvcore, "__version__", "unknown"),
+        "env_python": platform.python_version(),
+        "env_cpu": cpu_model(),
+        "env_machine": platform.machine(),
+        "env_git_commit": git_commit(),
+    }

@@ -1,0 +1,204 @@
+"""Cost metrics: MACs/FLOPs, parameters, size, latency and peak memory of any module.
+
+FLOPs are counted by fvcore (one fused multiply-add = one "flop", i.e. fvcore's flops are MACs) with
+handles added for what fvcore skips, and cross-checked against torch's `FlopCounterMode`:
+- `aten::scaled_dot_product_attention`: fvcore has no handle (timm's mobilevit_xxs then reads 0.34
+  GMACs instead of 0.42); torch's counter counts 0 on CPU, where the op dispatches to
+  `_scaled_dot_product_flash_attention_for_cpu`. We count Q·Kᵀ and A·V, plus the softmax.
+- elementwise ops (activations, residual adds, SE gates, reductions): one op per output element,
+  the convention fvcore already uses for its pooling and upsampling handles. fvcore ignores some
+  (relu) and leaves others uncounted (gelu, hardswish); here all are counted the same way.
+- dynamically quantized Linear: fvcore's jit trace crashes on its packed weights, so we trace a
+  float twin of identical shapes; torch's counter is given a formula for `quantized::linear_dynamic`
+  and checks the count on the real int8 module. An int8 design therefore counts the MACs of its
+  float twin, as it performs them.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
+from torch import Tensor, nn
+from torch.ao.nn.quantized import dynamic as nnqd
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+# Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.
+MATMUL_OPS = frozenset({"linear", "matmul", "mm", "addmm", "bmm", "einsum", "conv", "scaled_dot_product_attention"})
+
+_ELEMENTWISE = [
+    "gelu", "silu", "silu_", "relu", "relu_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
+    "sigmoid", "sigmoid_", "tanh", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "softmax",
+]
+_REDUCTIONS = ["mean", "sum"]  # one op per input element
+_FREE = ["expand_as", "unflatten", "pad"]  # data movement, like fvcore's own ignore list
+
+
+def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """Q·Kᵀ and A·V of `aten::scaled_dot_product_attention` (MACs), plus one op per softmax element."""
+    q, k, v = (get_shape(i) for i in inputs[:3])
+    batch = math.prod(q[:-2])
+    scores = batch * q[-2] * k[-2]
+    return Counter({"scaled_dot_product_attention": scores * (q[-1] + v[-1]), "attention_softmax": scores})
+
+
+def _handles() -> dict[str, Any]:
+    h: dict[str, Any] = {"aten::scaled_dot_product_attention": _sdpa_handle}
+    h |= {f"aten::{n}": elementwise_flop_counter(0, 1) for n in _ELEMENTWISE}
+    h |= {f"aten::{n}": elementwise_flop_counter(1, 0) for n in _REDUCTIONS}
+    h |= {f"aten::{n}": None for n in _FREE}
+    return h
+
+
+def _qlinear_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * out_shape[-1]
+
+
+def _cpu_sdpa_flop(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
+_TORCH_EXTRA = {  # keyed by op packet, as FlopCounterMode's own registry is
+    torch.ops.quantized.linear_dynamic: _qlinear_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+}
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """MACs by op (fvcore convention), ops left uncounted, and torch's own count for the cross-check."""
+
+    macs: int
+    by_op: dict[str, int]
+    uncounted_ops: dict[str, int]
+    torch_flops: int = field(default=0)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def matmul_macs(self) -> int:
+        """The part torch's FlopCounterMode also counts: matmuls, convolutions, attention."""
+        return sum(v for k, v in self.by_op.items() if k in MATMUL_OPS)
+
+
+def _quantized_linears(module: nn.Module) -> Iterator[tuple[str, nnqd.Linear]]:
+    return ((n, m) for n, m in module.named_modules() if isinstance(m, nnqd.Linear))
+
+
+def float_twin(module: nn.Module) -> nn.Module:
+    """A copy of `module` with each dynamically quantized Linear replaced by a float Linear of its shape."""
+    twin = copy.deepcopy(module)
+    for name, q in list(_quantized_linears(twin)):
+        w, b = q.weight().dequantize(), q.bias()
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if b is not None:
+                lin.bias.copy_(b)
+        parent, _, leaf = name.rpartition(".")
+        setattr(twin.get_submodule(parent) if parent else twin, leaf, lin)
+    return twin
+
+
+class _Call(nn.Module):
+    """Binds non-tensor arguments so that fvcore's tracer sees a module of tensors only."""
+
+    def __init__(self, module: nn.Module, **kwargs: Any) -> None:
+        super().__init__()
+        self.module, self.kwargs = module, kwargs
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.module(*inputs, **self.kwargs)
+
+
+def count_flops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> FlopCount:
+    """Count MACs of `module(*inputs, **kwargs)` with fvcore and our handles; cross-check with torch.
+
+    Non-tensor `kwargs` (such as a projector's `grid`) are bound before tracing.
+    """
+    module = module.eval()
+    traced = float_twin(module) if any(True for _ in _quantized_linears(module)) else module
+    analysis = FlopCountAnalysis(_Call(traced, **kwargs), inputs).set_op_handle(**_handles())
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+        uncounted = dict(analysis.unsupported_ops())
+    counter = FlopCounterMode(display=False, custom_mapping=_TORCH_EXTRA)
+    with torch.inference_mode(), counter:
+        module(*inputs, **kwargs)
+    return FlopCount(sum(by_op.values()), by_op, uncounted, int(counter.get_total_flops()))
+
+
+def count_params(module: nn.Module) -> int:
+    """Parameters, counting the int8 weights and biases of quantized Linear layers too."""
+    n = sum(p.numel() for p in module.parameters())
+    for _, q in _quantized_linears(module):
+        n += q.weight().numel() + (q.bias().numel() if q.bias() is not None else 0)
+    return n
+
+
+def _packed_bytes(module: nn.Module) -> int:
+    return sum(q.weight().nbytes + (q.bias().nbytes if q.bias() is not None else 0) for _, q in _quantized_linears(module))
+
+
+def size_mb(module: nn.Module) -> float:
+    """Size of the serialized state dict (`torch.save`), in MiB."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes / 2**20
+
+
+def peak_memory_mb(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> float:
+    """Peak memory of one inference forward (weights, inputs, activations), in MiB.
+
+    torch's `MemTracker` follows every tensor allocated on the CPU; it cannot see the packed weights
+    of quantized Linear layers, which are added from their int8 sizes.
+    """
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    for p in frozen:  # MemTracker hooks every parameter's grad, which a frozen one refuses
+        p.requires_grad_(True)
+    try:
+        tracker = MemTracker()
+        tracker.track_external(module, *inputs)
+        with torch.inference_mode(), tracker:
+            module(*inputs, **kwargs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+    peak = sum(dev["Total"] for dev in tracker.get_tracker_snapshot("peak").values())
+    return (peak + _packed_bytes(module)) / 2**20
+
+
+@dataclass(frozen=True)
+class Latency:
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    threads: int
+
+
+def measure_latency(fn: Callable[[], Any], threads: int, min_run_time: float = 1.0, warmup: int = 3) -> Latency:
+    """Median and IQR of `fn()` under `torch.inference_mode` after `warmup` calls (torch.utils.benchmark)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                fn()
+            m = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
+    finally:
+        torch.set_num_threads(previous)
+    return Latency(m.median * 1e3, m.iqr * 1e3, len(m.times), threads)

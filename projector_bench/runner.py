@@ -1,0 +1,122 @@
+"""One Hydra job: build the token source and the projector, measure them, append one row."""
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from ._registry import create_projector
+from .encoders import create_encoder
+from .env import environment
+from .errors import ConfigError
+from .measure import count_flops, count_params, measure_latency, peak_memory_mb, size_mb
+from .projectors.base import Grid, token_grid
+from .results import append_row, load_results
+
+log = logging.getLogger(__name__)
+
+# Columns printed at the end of a run or sweep (the table holds many more).
+SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
+           "latency_iqr_ms", "peak_mem_mb", "size_mb", "uncounted_ops", "error"]
+_PROJECTOR_KEYS = ("name", "in_dim", "out_dim")
+
+
+def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: DictConfig, **kwargs: Any) -> dict[str, Any]:
+    fc = count_flops(module, *inputs, **kwargs)
+    lat = measure_latency(lambda: module(*inputs, **kwargs), threads=device.threads or torch.get_num_threads(),
+                          min_run_time=device.min_run_time, warmup=device.warmup)
+    return {
+        f"{prefix}params": count_params(module),
+        f"{prefix}macs": fc.macs,
+        f"{prefix}flops": fc.flops,
+        f"{prefix}macs_by_op": fc.by_op,
+        f"{prefix}torch_flops": fc.torch_flops,
+        f"{prefix}uncounted_ops": fc.uncounted_ops,
+        f"{prefix}latency_ms": lat.median_ms,
+        f"{prefix}latency_iqr_ms": lat.iqr_ms,
+        f"{prefix}latency_runs": lat.runs,
+        f"{prefix}peak_mem_mb": peak_memory_mb(module, *inputs, **kwargs),
+        f"{prefix}size_mb": size_mb(module),
+    }
+
+
+def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid | None, dict[str, Any]]:
+    """Tokens from the encoder (and its costs), or synthetic tokens of `shape.*` when `encoder=none`."""
+    batch = cfg.shape.batch
+    if cfg.encoder.name is None:
+        tokens = torch.randn(batch, cfg.shape.tokens, cfg.shape.in_dim, generator=gen)
+        return tokens, tuple(cfg.shape.grid) if cfg.shape.grid else None, {"encoder": "none"}
+    enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights).eval()
+    images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
+    with torch.inference_mode():
+        tokens, grid = enc(images)
+    info = {"encoder": enc.name, "encoder_weights": enc.weights_source, "img_size": cfg.encoder.img_size}
+    return tokens.clone(), grid, info | _costs("encoder_", enc.model, (images,), cfg.device)
+
+
+def measure(cfg: DictConfig) -> dict[str, Any]:
+    """Every cost column of one (token source, projector) pair."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    tokens, grid, row = _token_source(cfg, gen)
+    in_dim = tokens.shape[-1]
+    pcfg = cfg.projector
+    if pcfg.in_dim is not None and pcfg.in_dim != in_dim:
+        raise ConfigError(f"projector.in_dim={pcfg.in_dim} does not match the token source ({row['encoder']}: {in_dim} "
+                          f"channels); set projector.in_dim={in_dim} or null")
+    kwargs = {k: v for k, v in OmegaConf.to_container(pcfg, resolve=True).items() if k not in _PROJECTOR_KEYS}
+    torch.manual_seed(cfg.seed)
+    proj = create_projector(pcfg.name, in_dim, pcfg.out_dim, **kwargs).eval()
+    if proj.needs_grid:
+        grid = token_grid(tokens.shape[1], grid, pcfg.name)
+    with torch.inference_mode():
+        out = proj(tokens, grid)
+    row |= {"grid": f"{grid[0]}x{grid[1]}" if grid else None, "tokens_in": tokens.shape[1], "tokens_out": out.shape[1],
+            "in_dim": in_dim, "out_dim": out.shape[-1], "batch": tokens.shape[0]}
+    return row | _costs("", proj, (tokens,), cfg.device, grid=grid)
+
+
+def run(cfg: DictConfig, sweep_id: str) -> dict[str, Any]:
+    """Measure one design and append its row; a failure is recorded in the row, never raised."""
+    row: dict[str, Any] = {
+        "run_id": uuid.uuid4().hex[:12], "sweep_id": sweep_id,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
+    }
+    torch.set_num_threads(cfg.device.threads or torch.get_num_threads())
+    try:
+        row |= measure(cfg)
+        row["status"], row["error"] = "ok", None
+    except Exception as e:  # recorded in the row (and the log), then the sweep goes on
+        row["status"], row["error"] = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.debug("job failed", exc_info=True)
+    row |= environment() | {"threads": torch.get_num_threads(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    append_row(cfg.results_dir, row)
+    return row
+
+
+def summary(df) -> str:
+    """The printed table: the summary columns that the rows have."""
+    return df[[c for c in SUMMARY if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+class PrintSweepTable(Callback):
+    """At the end of a multirun: print the sweep's rows; exit 1 if any job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        df = load_results(config.results_dir)
+        df = df[df["sweep_id"] == str(config.hydra.sweep.dir)] if len(df) else df
+        if not len(df):
+            return
+        print(summary(df))
+        failed = df[df["status"] != "ok"]
+        if len(failed):
+            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in "
+                  f"{config.results_dir}/runs.jsonl", file=sys.stderr)
+            raise SystemExit(1)
