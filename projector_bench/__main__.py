@@ -52,11 +52,12 @@ def _main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     row = run(cfg, sweep_id=str(hc.sweep.dir if multirun else hc.run.dir))
-    if not multirun:
-        print(summary(pd.DataFrame([row])))
-        if row["status"] != "ok":
-            print(f"error: {row['error']}", file=sys.stderr)
-            raise SystemExit(1)
+    if multirun:
+        return  # PrintSweepTable prints the sweep's table at the end
+    if row["status"] != "ok":
+        print(f"error: {row['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    print(summary(pd.DataFrame([row])))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import warnings
 from collections import Counter
@@ -24,11 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch import Tensor, nn
+
+with warnings.catch_warnings():  # fvcore (2022) scripts a loss at import; torch now warns on torch.jit.script
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch.ao.nn.quantized import dynamic as nnqd
-from torch.utils.benchmark import Timer
+
+# torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on CUDA builds
+# running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils.benchmark import Timer  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.

@@ -67,4 +67,4 @@ def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
     path = table_path(results_dir)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_json(path, lines=True, convert_dates=["timestamp"])
+    return pd.read_json(path, lines=True)

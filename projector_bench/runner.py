@@ -94,7 +94,8 @@ def run(cfg: DictConfig, sweep_id: str) -> dict[str, Any]:
         row |= measure(cfg)
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
-        row["status"], row["error"] = "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
         log.debug("job failed", exc_info=True)
     row |= environment() | {"threads": torch.get_num_threads(), "config": OmegaConf.to_container(cfg, resolve=True)}
     append_row(cfg.results_dir, row)

@@ -21,6 +21,9 @@ from .mlp import mlp_gelu
 def mobilenetv3_block(channels: int, stride: int, kernel: int = 3) -> InvertedResidual:
     """MobileNetV3 inverted residual with expand ratio 1, SE and Hardswish, LayerNorm as in MobileVLM."""
     cfg = InvertedResidualConfig(channels, kernel, channels, channels, True, "HS", stride, 1, 1)
+    # the config rounds channels up to a multiple of 8 (MobileNet's width rule), which breaks any other
+    # width; LLM widths are multiples of 8, so this only lets e.g. out_dim=12 work and changes nothing else
+    cfg.input_channels = cfg.expanded_channels = cfg.out_channels = channels
     norm = partial(LayerNormAct2d, act_layer=None)
     se = partial(SqueezeExcitation, scale_activation=nn.Hardsigmoid)
     return InvertedResidual(cfg, norm, se)

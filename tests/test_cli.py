@@ -1,0 +1,74 @@
+"""`python -m projector_bench` end to end, at tiny shapes: rows, sweeps, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1"]
+
+
+def cli(tmp_path, *args):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    overrides = [f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run",
+                 f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
+    return subprocess.run([sys.executable, "-m", "projector_bench", *args, *overrides],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def rows(tmp_path):
+    path = tmp_path / "results" / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_single_run_appends_a_complete_row(tmp_path):
+    r = cli(tmp_path, "projector=ldp", *TINY)
+    assert r.returncode == 0, r.stderr
+    [row] = rows(tmp_path)
+    assert row["status"] == "ok" and row["projector"] == "ldp" and row["tokens_in"] == 16 and row["tokens_out"] == 4
+    assert row["params"] > 0 and row["flops"] == 2 * row["macs"] and row["uncounted_ops"] == {}
+    assert row["latency_ms"] > 0 and row["latency_iqr_ms"] >= 0 and row["peak_mem_mb"] > 0 and row["size_mb"] > 0
+    assert row["threads"] >= 1 and row["batch"] == 1
+    assert row["config"]["projector"]["name"] == "ldp" and row["env_torch"] and row["env_cpu"] and row["timestamp"]
+    assert "ldp" in r.stdout  # the row is printed
+
+
+@pytest.mark.slow
+def test_sweep_records_every_design_and_prints_its_table(tmp_path):
+    r = cli(tmp_path, "+sweep=ldp_vs_mlp", *TINY)
+    assert r.returncode == 0, r.stderr
+    got = rows(tmp_path)
+    assert {g["projector"] for g in got} >= {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"}
+    assert all(g["status"] == "ok" for g in got) and len({g["sweep_id"] for g in got}) == 1
+    for name in ("mlp_int8", "ldpv2", "bottleneck_transformer"):
+        assert name in r.stdout
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    assert cli(tmp_path, "projector=mlp", *TINY).returncode == 0
+    r = cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15", *TINY[1:])
+    assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
+    before, ldp, mlp = rows(tmp_path)
+    assert before["status"] == "ok"  # what was recorded before is kept
+    assert ldp["status"] == "failed" and "square token grid" in ldp["error"] and "macs" not in ldp
+    assert mlp["status"] == "ok" and mlp["tokens_in"] == 15
+
+
+@pytest.mark.parametrize("args,message,code", [
+    (["projector=mpl"], "unknown projector 'mpl'; choose one of:", 2),
+    (["-m", "projector=mlp,nope"], "unknown projector 'nope'", 2),
+    (["encoder=mobilevit_xxxs"], "unknown encoder 'mobilevit_xxxs'; choose one of:", 2),
+    (["projector.name=nope"], "unknown projector 'nope'", 1),
+    (["projector=ldp", "shape.tokens=15"], "ldp needs a square token grid but got 15 tokens", 1),
+    (["projector.out_dim=0"], "out_dim must be a positive integer, got 0", 1),
+    (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
+     "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message, code):
+    r = cli(tmp_path, *args, *TINY[1:]) if "shape.tokens=15" in args else cli(tmp_path, *args, *TINY)
+    assert r.returncode == code
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert "Traceback" not in r.stderr

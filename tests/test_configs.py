@@ -1,0 +1,67 @@
+"""Compose the real configs: every group option, every projector config against the registry."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from projector_bench import create_projector, list_projectors
+from projector_bench.__main__ import config_dir
+from projector_bench.encoders import list_encoders
+
+CONF = config_dir()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_config_dir_is_the_repo_conf():
+    assert CONF == Path(__file__).resolve().parent.parent / "conf" or (CONF / "config.yaml").is_file()
+
+
+def test_every_registered_projector_has_one_config_and_back():
+    assert options("projector") == list_projectors()
+
+
+@pytest.mark.parametrize("name", options("projector"))
+def test_every_projector_config_builds_its_design(name):
+    cfg = compose_cfg(f"projector={name}", "shape.out_dim=24")
+    assert cfg.projector.name == name and cfg.projector.out_dim == 24
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.projector).items() if k not in ("name", "in_dim", "out_dim")}
+    p = create_projector(name, 16, cfg.projector.out_dim, **kwargs)
+    assert p(torch.randn(1, 36, 16)).shape[-1] == 24
+
+
+@pytest.mark.parametrize("name", [o for o in options("encoder") if o != "none"])
+def test_every_encoder_config_names_a_timm_model(name):
+    cfg = compose_cfg(f"encoder={name}")
+    assert cfg.encoder.name == name and name in list_encoders()
+
+
+def test_every_shape_and_device_composes():
+    for shape in options("shape"):
+        cfg = compose_cfg(f"shape={shape}")
+        assert cfg.shape.tokens > 0 and cfg.projector.out_dim == cfg.shape.out_dim
+    for device in options("device"):
+        assert compose_cfg(f"device={device}").device.min_run_time > 0
+
+
+def test_ordinary_overrides_work():
+    cfg = compose_cfg("projector=ldp", "projector.out_dim=2560")
+    assert cfg.projector.name == "ldp" and cfg.projector.out_dim == 2560 and cfg.projector.kernel == 3
+    assert compose_cfg("shape=mobilevlm_3b").projector.out_dim == 2560
+
+
+def test_ldp_vs_mlp_sweep_is_a_multirun_over_the_designs():
+    cfg = compose_cfg("+sweep=ldp_vs_mlp", hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    swept = cfg.hydra.sweeper.params.projector.split(",")
+    assert {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"} <= set(swept) and set(swept) <= set(list_projectors())
+    assert cfg.shape.tokens == 576 and cfg.shape.in_dim == 1024 and cfg.shape.out_dim == 2048

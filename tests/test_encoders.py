@@ -1,0 +1,66 @@
+import logging
+
+import pytest
+import timm
+import torch
+
+from projector_bench import ConfigError
+from projector_bench.encoders import create_encoder, list_encoders
+
+
+def test_family_includes_the_named_variants():
+    assert {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_200"} <= set(list_encoders())
+
+
+@pytest.mark.parametrize("name,channels,img,side", [
+    ("mobilevit_xxs", 320, 224, 7), ("mobilevit_xxs", 320, 256, 8),
+    # v2 blocks resize their input to a multiple of the patch size: 14 -> 16 before the last stride
+    ("mobilevitv2_050", 256, 224, 8), ("mobilevitv2_050", 256, 256, 8),
+])
+def test_224_and_256_give_token_grids(name, channels, img, side):
+    enc = create_encoder(name, weights="random").eval()
+    tokens, grid = enc(torch.randn(2, 3, img, img))
+    assert grid == (side, side) and tokens.shape == (2, side * side, channels) and enc.channels == channels
+
+
+def test_an_earlier_stage_is_a_finer_grid():
+    tokens, grid = create_encoder("mobilevit_xxs", stage=2, weights="random")(torch.randn(1, 3, 256, 256))
+    assert grid == (32, 32) and tokens.shape == (1, 1024, 48)
+
+
+def test_local_checkpoint_is_loaded_through_timm(tmp_path):
+    full = timm.create_model("mobilevit_xxs").eval()
+    path = tmp_path / "mobilevit_xxs.pth"
+    torch.save(full.state_dict(), path)
+    enc = create_encoder("mobilevit_xxs", weights=str(path)).eval()
+    assert enc.weights_source == f"checkpoint:{path}"
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        tokens, _ = enc(x)
+        expected = full.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
+    assert torch.allclose(tokens, expected.flatten(2).transpose(1, 2), atol=1e-5)
+
+
+def test_auto_without_cached_weights_falls_back_to_random_with_a_notice(caplog, monkeypatch):
+    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
+    with caplog.at_level(logging.WARNING):
+        enc = create_encoder("mobilevit_xxs", weights="auto")
+    assert enc.weights_source == "random"
+    assert "no pretrained weights in the local cache" in caplog.text and len(caplog.records) == 1
+
+
+def test_auto_uses_cached_weights(tmp_path, monkeypatch):
+    path = tmp_path / "model.pth"
+    torch.save(timm.create_model("mobilevit_xxs").state_dict(), path)
+    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: str(path))
+    assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "timm-pretrained"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="mobilevit_xxxl"), "unknown encoder 'mobilevit_xxxl'; choose one of: none, mobilevit_s"),
+    (dict(name="mobilevit_xxs", weights="/no/such.pth"), "encoder checkpoint '/no/such.pth' does not exist"),
+    (dict(name="mobilevit_xxs", stage=7, weights="random"), "has no stage 7"),
+])
+def test_bad_encoder_input_is_a_clear_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        create_encoder(**kwargs)

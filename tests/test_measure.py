@@ -1,0 +1,118 @@
+"""Each FLOP handle against a tiny hand-built module with a hand-computed count (as fvcore's own tests)."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from projector_bench import create_projector, list_projectors
+from projector_bench.measure import count_flops, count_params, float_twin, measure_latency, peak_memory_mb, size_mb
+
+
+class SDPA(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_sdpa_handle_counts_both_products_and_the_softmax():
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 5)
+    fc = count_flops(SDPA(), q, k, v)
+    # Q·Kᵀ: 2 heads × 4 × 6 × 8; A·V: 2 × 4 × 6 × 5; softmax: 2 × 4 × 6 elements
+    assert fc.by_op == {"scaled_dot_product_attention": 2 * 4 * 6 * (8 + 5), "attention_softmax": 48}
+    assert fc.uncounted_ops == {}
+    assert fc.torch_flops == 2 * fc.matmul_macs  # torch's counter, taught the CPU kernel, agrees
+
+
+@pytest.mark.parametrize("act,op", [(nn.GELU(), "gelu"), (nn.Hardswish(), "hardswish"), (nn.SiLU(), "silu"),
+                                    (nn.ReLU(), "relu"), (nn.Hardsigmoid(), "hardsigmoid"), (nn.Sigmoid(), "sigmoid")])
+def test_activation_handles_count_one_op_per_element(act, op):
+    fc = count_flops(act, torch.randn(2, 3, 5))
+    assert fc.by_op == {op: 30} and fc.uncounted_ops == {}
+
+
+class Arith(nn.Module):
+    def forward(self, a, b):
+        return (a + b) * b - a / 2, a.mean(dim=-1), a.softmax(-1)
+
+
+def test_arithmetic_reduction_and_softmax_handles():
+    fc = count_flops(Arith(), torch.randn(4, 5), torch.randn(4, 5))
+    assert fc.by_op == {"add": 20, "mul": 20, "div": 20, "sub": 20, "mean": 20, "softmax": 20}
+    assert fc.uncounted_ops == {}
+
+
+def test_fvcore_linear_and_conv_counts_are_kept():
+    fc = count_flops(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 7)), torch.randn(1, 3, 5, 5))
+    assert fc.by_op == {"conv": 25 * 4 * 3 * 9, "linear": 100 * 7}
+    assert fc.torch_flops == 2 * fc.macs
+
+
+def test_quantized_linear_counts_the_macs_of_its_float_twin():
+    f = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    q = torch.ao.quantization.quantize_dynamic(f, {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(5, 8)
+    with pytest.raises(RuntimeError):  # the hole we fill: fvcore alone cannot trace it
+        FlopCountAnalysis(q, x).total()
+    fq, ff = count_flops(q, x), count_flops(f, x)
+    assert fq.by_op == ff.by_op == {"linear": 5 * 8 * 4 + 5 * 4 * 3, "relu": 20}
+    assert fq.torch_flops == ff.torch_flops == 2 * (5 * 8 * 4 + 5 * 4 * 3)  # counted on the real int8 op
+    assert count_params(q) == count_params(f) == 8 * 4 + 4 + 4 * 3 + 3
+    assert type(float_twin(q)[0]) is nn.Linear and type(q[0]) is not nn.Linear
+
+
+@pytest.mark.parametrize("name", list_projectors())
+def test_every_design_is_fully_counted_and_agrees_with_torch(name):
+    p = create_projector(name, 32, 48).eval()
+    fc = count_flops(p, torch.randn(1, 64, 32))
+    assert fc.uncounted_ops == {}
+    assert fc.macs >= fc.matmul_macs > 0
+    assert fc.torch_flops == 2 * fc.matmul_macs
+
+
+def test_int8_design_counts_the_same_as_its_float_twin():
+    x = torch.randn(1, 576, 64)
+    f, q = create_projector("ldp", 64, 96), create_projector("ldp_int8", 64, 96)
+    assert count_flops(q, x).by_op == count_flops(f, x).by_op
+    assert count_params(q) == count_params(f)
+    assert size_mb(q) < size_mb(f)
+
+
+@pytest.mark.parametrize("name,published", [("mlp", 3.624e9), ("ldp", 6.677e9), ("ldpv2", 3.628e9)])
+def test_mobilevlm_macs_match_published_fvcore_counts(name, published):
+    # REFERENCES.md: fvcore MACs at 576 tokens, 1024 -> 2048. Ours add the elementwise ops (< 0.1%).
+    fc = count_flops(create_projector(name, 1024, 2048), torch.randn(1, 576, 1024))
+    assert abs(fc.macs - published) / published < 1e-3
+    assert fc.by_op["linear"] == 576 * (1024 * 2048 + 2048 * 2048)
+
+
+@pytest.mark.parametrize("name,published", [("mobilevit_xxs", 0.42e9), ("mobilevit_xs", 1.05e9), ("mobilevitv2_050", 0.48e9)])
+def test_mobilevit_macs_match_timm_published(name, published):
+    m = timm.create_model(name).eval()
+    x = torch.randn(1, 3, 256, 256)
+    fc = count_flops(m, x)
+    assert fc.uncounted_ops == {}
+    assert abs(fc.macs - published) / published < 0.03
+    assert fc.torch_flops == 2 * fc.matmul_macs
+
+
+def test_fvcore_alone_misses_mobilevit_attention():
+    m, x = timm.create_model("mobilevit_xxs").eval(), torch.randn(1, 3, 256, 256)
+    raw = FlopCountAnalysis(m, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert raw.total() < 0.35e9 and "aten::scaled_dot_product_attention" in raw.unsupported_ops()
+    assert count_flops(m, x).by_op["scaled_dot_product_attention"] > 0
+
+
+def test_peak_memory_covers_weights_and_output():
+    p, x = create_projector("mlp", 256, 512).eval(), torch.randn(1, 64, 256)
+    weights_mb = count_params(p) * 4 / 2**20
+    out_mb = 64 * 512 * 4 / 2**20
+    assert weights_mb + out_mb <= peak_memory_mb(p, x) < 3 * (weights_mb + out_mb) + 1
+    q = create_projector("mlp_int8", 256, 512)
+    assert count_params(q) / 2**20 <= peak_memory_mb(q, x) < peak_memory_mb(p, x)
+    assert not any(t.requires_grad for t in q.parameters())  # left as it was
+
+
+def test_latency_reports_median_iqr_and_runs():
+    lat = measure_latency(lambda: torch.randn(64, 64) @ torch.randn(64, 64), threads=1, min_run_time=0.05, warmup=1)
+    assert lat.median_ms > 0 and lat.iqr_ms >= 0 and lat.runs >= 1 and lat.threads == 1

@@ -1,0 +1,135 @@
+"""Every registered design against the contract, and the faithful ones against their sources."""
+import pytest
+import torch
+from timm.layers import LayerNormAct2d
+from torch import nn
+from torchvision.models.mobilenetv3 import InvertedResidual
+
+from projector_bench import ConfigError, create_projector, list_projectors
+from projector_bench.projectors.ldp_seed import LDP as SeedLDP
+
+DESIGNS = list_projectors()
+FLOAT_DESIGNS = [n for n in DESIGNS if not n.endswith("int8")]
+IN, OUT = 24, 32  # tiny dims: the whole zoo runs in seconds
+
+
+@pytest.mark.parametrize("name", DESIGNS)
+@pytest.mark.parametrize("grid", [(6, 6), (4, 6), (5, 5)])
+def test_contract_shapes_and_token_counts(name, grid):
+    p = create_projector(name, IN, OUT).eval()
+    x = torch.randn(2, grid[0] * grid[1], IN)
+    with torch.inference_mode():
+        y = p(x, grid)
+    assert y.shape == (2, p.num_tokens_out(grid), OUT)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", FLOAT_DESIGNS)
+def test_every_parameter_receives_a_gradient(name):
+    p = create_projector(name, IN, OUT).train()
+    params = dict(p.named_parameters())
+    assert params and all(t.requires_grad for t in params.values())
+    p(torch.randn(2, 36, IN)).square().mean().backward()
+    missing = [n for n, t in params.items() if t.grad is None or not t.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", [n for n in DESIGNS if n.endswith("int8")])
+def test_int8_designs_are_frozen_and_quantized(name):
+    p = create_projector(name, IN, OUT)
+    assert not any(t.requires_grad for t in p.parameters())
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in p.modules())
+    assert not any(type(m) is nn.Linear for m in p.modules())
+
+
+def test_int8_output_is_close_to_its_float_twin():
+    torch.manual_seed(0)
+    f = create_projector("mlp", 64, 64).eval()
+    q = create_projector("int8", 64, 64, base="mlp")
+    q.model.load_state_dict(torch.ao.quantization.quantize_dynamic(f, {nn.Linear}, dtype=torch.qint8).state_dict())
+    x = torch.randn(1, 16, 64)
+    with torch.inference_mode():
+        err = (q(x) - f(x)).abs().max() / f(x).abs().max()
+    assert err < 0.05
+
+
+def test_int8_of_a_design_without_linear_layers_is_refused():
+    with pytest.raises(ConfigError, match="no Linear layer"):
+        create_projector("int8", 8, 8, base="ldp_seed")
+
+
+@pytest.mark.parametrize("name,expected", [("mlp", 6_295_552), ("ldp", 18_936_832), ("ldpv2", 6_316_032)])
+def test_official_parameter_counts_at_mobilevlm_1_7b_shapes(name, expected):
+    # ../shared/REFERENCES.md: MobileVLM official code, 1024 -> 2048
+    assert sum(t.numel() for t in create_projector(name, 1024, 2048).parameters()) == expected
+
+
+@pytest.mark.parametrize("name", ["ldp", "ldpv2", "ldp_seed"])
+def test_mobilevlm_grid_576_to_144(name):
+    p = create_projector(name, 16, 16)
+    assert p(torch.randn(1, 576, 16)).shape[1] == 144 == p.num_tokens_out((24, 24))
+
+
+def test_ldp_structure_matches_the_official_block():
+    p = create_projector("ldp", 16, 32)
+    assert [type(m) for m in p.mlp] == [nn.Identity, nn.Linear, nn.GELU, nn.Linear]
+    b1, b2 = p.mb_block[1], p.mb_block[2]
+    assert isinstance(b1, InvertedResidual) and isinstance(b2, InvertedResidual)
+    assert b1.use_res_connect and not b2.use_res_connect
+    for block, stride in ((b1, 1), (b2, 2)):
+        dw, se, pw = block.block  # expand ratio 1: no expansion conv
+        assert dw[0].groups == 32 and dw[0].stride == (stride, stride) and dw[0].kernel_size == (3, 3)
+        assert isinstance(dw[1], LayerNormAct2d) and isinstance(dw[2], nn.Hardswish)
+        assert isinstance(se.scale_activation, nn.Hardsigmoid)
+        assert pw[0].kernel_size == (1, 1) and isinstance(pw[1], LayerNormAct2d) and len(pw) == 2
+    # official state-dict names (LDPBlock.mlp / LDPBlock.mb_block), so a MobileVLM checkpoint loads
+    keys = set(p.state_dict())
+    assert {"mlp.1.weight", "mlp.3.weight", "mb_block.1.block.0.0.weight", "mb_block.1.block.1.fc1.weight",
+            "mb_block.2.block.2.1.weight"} <= keys
+
+
+def test_ldpv2_is_mlp_then_pool_then_peg():
+    p = create_projector("ldpv2", 8, 16).eval()
+    assert set(p.state_dict()) == {"mlp.mlp.0.weight", "mlp.mlp.0.bias", "mlp.mlp.2.weight", "mlp.mlp.2.bias",
+                                   "peg.peg.0.weight", "peg.peg.0.bias"}
+    x = torch.randn(1, 576, 8)
+    with torch.no_grad():
+        h = p.mlp(x).transpose(1, 2).reshape(1, 16, 24, 24)
+        h = nn.functional.adaptive_avg_pool2d(h, (12, 12))
+        expected = (p.peg.peg[0](h) + h).flatten(2).transpose(1, 2)
+        assert torch.allclose(p(x), expected, atol=1e-6)
+
+
+def test_ldp_seed_call_from_its_readme():
+    assert SeedLDP(in_channels=128, out_channels=128)(torch.randn(1, 128, 64, 64)).shape == (1, 128, 32, 32)
+
+
+def test_ldp_seed_works_when_channels_differ_and_uses_its_norms():
+    ldp = SeedLDP(in_channels=64, out_channels=96)
+    assert ldp(torch.randn(1, 64, 24, 24)).shape == (1, 96, 12, 12)
+    calls = []
+    for norm in (ldp.norm1, ldp.norm2):
+        norm.register_forward_hook(lambda *a: calls.append(1))
+    ldp(torch.randn(1, 64, 8, 8))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name", ["ldp", "ldpv2", "ldp_seed", "ldp_int8"])
+def test_grid_designs_reject_a_non_square_token_count(name):
+    with pytest.raises(ConfigError, match="needs a square token grid but got 575 tokens"):
+        create_projector(name, 8, 8)(torch.randn(1, 575, 8))
+
+
+def test_wrong_grid_and_wrong_in_dim_are_clear_errors():
+    p = create_projector("ldp", 8, 8)
+    with pytest.raises(ConfigError, match="grid 4x4 holds 16 tokens but the input has 36"):
+        p(torch.randn(1, 36, 8), (4, 4))
+    with pytest.raises(ConfigError, match=r"expects tokens of shape \(B, N, 8\)"):
+        p(torch.randn(1, 36, 9))
+
+
+def test_mlp_depth_is_configurable_and_matches_llava_layout():
+    p = create_projector("mlp", 8, 16, depth=3)
+    assert [type(m).__name__ for m in p.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+    with pytest.raises(ConfigError, match="depth must be >= 1"):
+        create_projector("mlp", 8, 16, depth=0)
