@@ -1,0 +1,111 @@
+"""Speed targets, measured as ratios within one run: `python -m projector_bench.bench`.
+
+Shared machines drift by 2× within minutes, so every target compares two things timed in the same
+run, interleaved round by round (A, B, B, A, ...), and reports the median of the per-round ratios:
+- `ldp` against the official MobileVLM structure (same weights, output checked equal): ≤ 1.05;
+- `mlp` throughput against this machine's fp32 matmul throughput (2048³ GEMM): ≥ 0.80;
+- `mlp_int8` speed-up over `mlp`: ≥ 3;
+- the costs-only `+sweep=ldp_vs_mlp`, wall time: ≤ 180 s.
+Exit status 1 if a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from typing import Callable
+
+import torch
+from timm.layers import LayerNormAct2d
+from torch import Tensor, nn
+from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
+from torchvision.ops.misc import SqueezeExcitation
+
+from . import create_projector
+from .measure import Timer
+
+SHAPE = (1, 576, 1024)
+OUT = 2048
+
+
+class OfficialLDP(nn.Module):
+    """MobileVLM's `LDPBlock` as its repository builds it (Meituan-AutoML/MobileVLM,
+    `mobilevlm/model/vision_projector.py`): torchvision's MobileNetV3 block config used as is."""
+
+    def __init__(self, inc: int, ouc: int) -> None:
+        super().__init__()
+        norm = partial(LayerNormAct2d, act_layer=None)
+        se = partial(SqueezeExcitation, scale_activation=nn.Hardsigmoid)
+        self.mlp = nn.Sequential(nn.Identity(), nn.Linear(inc, ouc), nn.GELU(), nn.Linear(ouc, ouc))
+        self.mb_block = nn.Sequential(nn.Identity(), *[
+            InvertedResidual(InvertedResidualConfig(ouc, 3, ouc, ouc, True, "HS", s, 1, 1), norm, se) for s in (1, 2)
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        h = int(n**0.5)
+        x = self.mlp(x).permute(0, 2, 1).reshape(b, -1, h, h)
+        return self.mb_block(x).flatten(2).permute(0, 2, 1)
+
+
+def paired_ratio(a: Callable[[], object], b: Callable[[], object], rounds: int, number: int) -> tuple[float, float]:
+    """Median and IQR over rounds of time(a) / time(b), the two timed back to back in alternating order."""
+    ratios = []
+    with torch.inference_mode():
+        a(), b()
+        for r in range(rounds):
+            order = (a, b) if r % 2 == 0 else (b, a)
+            t = {f: Timer("f()", globals={"f": f}).timeit(number).median for f in order}
+            ratios.append(t[a] / t[b])
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q[2] - q[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every target; print one line each; non-zero exit if one is missed."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweep timing")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    x = torch.randn(*SHAPE)
+    results: list[tuple[str, float, float, str, bool]] = []
+
+    ours, official = create_projector("ldp", SHAPE[-1], OUT).eval(), OfficialLDP(SHAPE[-1], OUT).eval()
+    official.load_state_dict(ours.state_dict())
+    with torch.inference_mode():
+        assert torch.allclose(ours(x), official(x), atol=1e-5), "ldp and the official block disagree"
+    med, iqr = paired_ratio(lambda: ours(x), lambda: official(x), args.rounds, 3)
+    results.append(("ldp time / official LDPBlock time", med, iqr, "<= 1.05", med <= 1.05))
+
+    mlp = create_projector("mlp", SHAPE[-1], OUT).eval()
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    mlp_flops = 2 * SHAPE[1] * (SHAPE[-1] * OUT + OUT * OUT)
+    med, iqr = paired_ratio(lambda: a @ b, lambda: mlp(x), args.rounds, 3)
+    eff = med * mlp_flops / (2 * 2048**3)  # (mlp GFLOP/s) / (matmul GFLOP/s)
+    results.append(("mlp GFLOP/s / 2048^3 matmul GFLOP/s", eff, iqr * mlp_flops / (2 * 2048**3), ">= 0.80", eff >= 0.80))
+
+    q = create_projector("mlp_int8", SHAPE[-1], OUT)
+    med, iqr = paired_ratio(lambda: mlp(x), lambda: q(x), args.rounds, 3)
+    results.append(("mlp time / mlp_int8 time", med, iqr, ">= 3", med >= 3))
+
+    if not args.skip_sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "projector_bench", "+sweep=ldp_vs_mlp", f"results_dir={tmp}",
+                            f"hydra.sweep.dir={tmp}/hydra"], check=True, capture_output=True)
+            wall = time.perf_counter() - t0
+        results.append(("+sweep=ldp_vs_mlp wall time (s)", wall, 0.0, "<= 180", wall <= 180))
+
+    print(f"threads={torch.get_num_threads()} rounds={args.rounds} torch={torch.__version__}")
+    for name, value, iqr, target, ok in results:
+        print(f"{name:40s} {value:8.3f}  (IQR {iqr:.3f})  target {target:8s} {'ok' if ok else 'MISSED'}")
+    return 0 if all(r[-1] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
