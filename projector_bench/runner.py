@@ -103,8 +103,15 @@ def run(cfg: DictConfig, sweep_id: str) -> dict[str, Any]:
 
 
 def summary(df) -> str:
-    """The printed table: the summary columns that the rows have."""
-    return df[[c for c in SUMMARY if c in df.columns]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    """The printed table: the summary columns that the rows have, params in M and MACs in G."""
+    view = df[[c for c in SUMMARY if c in df.columns]].copy()
+    for col, scale, name in (("params", 1e6, "params_M"), ("macs", 1e9, "GMACs")):
+        if col in view:
+            view[col] = view[col] / scale
+            view = view.rename(columns={col: name})
+    if "error" in view:
+        view["error"] = view["error"].fillna("")
+    return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
 class PrintSweepTable(Callback):
