@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import ConfigError
-from .runner import run, summary
+from .runner import accuracy_table, run, summary
 
 
 def config_dir() -> Path:
@@ -40,7 +40,10 @@ def check_group_choices(args: list[str]) -> None:
         group = o.key_or_group
         if group not in GROUPS or o.is_delete():
             continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        except HydraException:
+            continue  # glob() needs the config loader: Hydra expands and checks it itself
         choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
         for v in values:
             if v not in choices:
@@ -49,15 +52,21 @@ def check_group_choices(args: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    row = run(cfg, sweep_id=str(hc.sweep.dir if multirun else hc.run.dir))
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        row = run(cfg)
+    except ConfigError as e:  # the row could not be written: say so in one line
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     if multirun:
         return  # PrintSweepTable prints the sweep's table at the end
     if row["status"] != "ok":
         print(f"error: {row['error']}", file=sys.stderr)
         raise SystemExit(1)
-    print(summary(pd.DataFrame([row])))
+    df = pd.DataFrame([row])
+    print(summary(df))
+    if acc := accuracy_table(df):
+        print(acc)
 
 
 def main() -> None:

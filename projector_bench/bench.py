@@ -5,12 +5,16 @@ run, interleaved round by round (A, B, B, A, ...), and reports the median of the
 - `ldp` against the official MobileVLM structure (same weights, output checked equal): ≤ 1.05;
 - `mlp` throughput against this machine's fp32 matmul throughput (2048³ GEMM): ≥ 0.80;
 - `mlp_int8` speed-up over `mlp`: ≥ 3;
-- the costs-only `+sweep=ldp_vs_mlp`, wall time: ≤ 180 s.
+- the costs-only `+sweep=ldp_vs_mlp task=none`, wall time: ≤ 180 s;
+- the full `+sweep=ldp_vs_mlp` (costs and accuracy, cold caches): wall time ≤ 600 s, peak RSS < 4 GiB;
+  and from its rows: `mlp` beats the majority answer by ≥ 30 points, and `pool` (one token) is below
+  `mlp` on each location question type, beyond both 95% intervals.
 Exit status 1 if a target is missed.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector
 from .measure import Timer
+from .results import load_results
 
 SHAPE = (1, 576, 1024)
 OUT = 2048
@@ -65,6 +70,23 @@ def paired_ratio(a: Callable[[], object], b: Callable[[], object], rounds: int, 
     return statistics.median(ratios), q[2] - q[0]
 
 
+def _sweep(results_dir: str, *overrides: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "projector_bench", "+sweep=ldp_vs_mlp", "quiet=true", f"results_dir={results_dir}",
+                    f"hydra.sweep.dir={results_dir}/hydra", *overrides], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def _accuracy_targets(df) -> list[tuple[str, float, float, str, bool]]:
+    mlp, pool = df.loc["mlp"], df.loc["pool"]
+    out = [("mlp accuracy - majority baseline (points)", mlp.accuracy - mlp.majority_baseline, 0.0, ">= 30",
+            mlp.accuracy - mlp.majority_baseline >= 30)]
+    for kind in ("what_at", "where"):
+        gap = mlp.accuracy_ci_by_type[kind][0] - pool.accuracy_ci_by_type[kind][1]  # mlp low - pool high
+        out.append((f"{kind}: mlp CI low - pool CI high (points)", gap, 0.0, "> 0", gap > 0))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every target; print one line each; non-zero exit if one is missed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_sweep:
         with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "projector_bench", "+sweep=ldp_vs_mlp", f"results_dir={tmp}",
-                            f"hydra.sweep.dir={tmp}/hydra"], check=True, capture_output=True)
-            wall = time.perf_counter() - t0
-        results.append(("+sweep=ldp_vs_mlp wall time (s)", wall, 0.0, "<= 180", wall <= 180))
+            wall = _sweep(tmp, "task=none")
+            results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = _sweep(tmp)
+            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
+            results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
+            results += _accuracy_targets(load_results(tmp).set_index("projector"))
 
     print(f"threads={torch.get_num_threads()} rounds={args.rounds} torch={torch.__version__}")
     for name, value, iqr, target, ok in results:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 from torch import Tensor, nn
@@ -32,11 +34,24 @@ def _cached_pretrained_file(name: str) -> str | None:
     return None
 
 
+def _hub_reachable() -> bool:
+    """Whether timm's weight hub can be reached at all (offline mode off, its host name resolves)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
 class TimmEncoder(nn.Module):
     """A timm model truncated at one stage; `forward(images)` returns `(tokens, grid)`.
 
-    `weights`: `auto` (timm's pretrained weights if they are in the local cache, else random with a
-    notice), `pretrained` (fetch timm's weights; fails without network), `random`, or a checkpoint path
+    `weights`: `auto` (timm's pretrained weights from the local cache, or fetched if the hub can be
+    reached; else random with a one-line notice), `pretrained` (fetch them or fail), `random`, or a checkpoint path
     (a state dict of the full timm model, loaded through timm's own `pretrained_cfg_overlay`).
     `self.weights_source` says which was used.
     """
@@ -55,18 +70,24 @@ class TimmEncoder(nn.Module):
             cached = _cached_pretrained_file(name)
             if cached:
                 overlay, pretrained, self.weights_source = {"file": cached}, True, "timm-pretrained"
-            else:
+            elif _hub_reachable():
+                try:
+                    self.model = self._build(name, stage, True, None)
+                    self.weights_source = "timm-pretrained"
+                except (OSError, RuntimeError) as e:
+                    log.warning("encoder %s: pretrained weights could not be fetched (%s); using random init", name, type(e).__name__)
+            if not hasattr(self, "weights_source"):
                 self.weights_source = "random"
-                log.warning("encoder %s: no pretrained weights in the local cache; using random init "
-                            "(set encoder.weights to a checkpoint path or to `pretrained` with network)", name)
+                log.warning("encoder %s: no pretrained weights in the local cache and the hub is unreachable; using "
+                            "random init (set encoder.weights to a checkpoint path)", name)
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
                 raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, `pretrained` or `random`")
             overlay, pretrained, self.weights_source = {"file": str(path)}, True, f"checkpoint:{path}"
         try:
-            self.model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
-                                           features_only=True, out_indices=(stage,))
+            if not hasattr(self, "model"):
+                self.model = self._build(name, stage, pretrained, overlay)
         except IndexError as e:
             raise ConfigError(f"encoder {name} has no stage {stage}; use -5..4 (-1 is the last)") from e
         except (OSError, RuntimeError) as e:
@@ -75,6 +96,11 @@ class TimmEncoder(nn.Module):
             raise ConfigError(f"could not load weights for encoder {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
                               "set encoder.weights to `random` or a local checkpoint path") from e
         self.channels: int = self.model.feature_info.channels()[-1]
+
+    @staticmethod
+    def _build(name: str, stage: int, pretrained: bool, overlay: dict | None) -> nn.Module:
+        return timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                                 features_only=True, out_indices=(stage,))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Grid]:
         fmap = self.model(images)[-1]

@@ -134,17 +134,21 @@ def count_flops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> FlopCount:
 
     Non-tensor `kwargs` (such as a projector's `grid`) are bound before tracing.
     """
-    module = module.eval()
-    traced = float_twin(module) if any(True for _ in _quantized_linears(module)) else module
-    analysis = FlopCountAnalysis(_Call(traced, **kwargs), inputs).set_op_handle(**_handles())
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        by_op = {k: int(v) for k, v in analysis.by_operator().items()}
-        uncounted = dict(analysis.unsupported_ops())
-    counter = FlopCounterMode(display=False, custom_mapping=_TORCH_EXTRA)
-    with torch.inference_mode(), counter:
-        module(*inputs, **kwargs)
+    was_training = module.training
+    module.eval()
+    try:
+        traced = float_twin(module) if any(True for _ in _quantized_linears(module)) else module
+        analysis = FlopCountAnalysis(_Call(traced, **kwargs), inputs).set_op_handle(**_handles())
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+            uncounted = dict(analysis.unsupported_ops())
+        counter = FlopCounterMode(display=False, custom_mapping=_TORCH_EXTRA)
+        with torch.inference_mode(), counter:
+            module(*inputs, **kwargs)
+    finally:
+        module.train(was_training)
     return FlopCount(sum(by_op.values()), by_op, uncounted, int(counter.get_total_flops()))
 
 

@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import pandas as pd
 import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ._registry import create_projector
+from .accuracy import evaluate_projector
 from .encoders import create_encoder
 from .env import environment
 from .errors import ConfigError
@@ -24,13 +27,15 @@ log = logging.getLogger(__name__)
 
 # Columns printed at the end of a run or sweep (the table holds many more).
 SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
-           "latency_iqr_ms", "peak_mem_mb", "size_mb", "uncounted_ops", "error"]
+           "latency_iqr_ms", "peak_mem_mb", "size_mb", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "error"]
 _PROJECTOR_KEYS = ("name", "in_dim", "out_dim")
+DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
+SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"
 
 
 def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: DictConfig, **kwargs: Any) -> dict[str, Any]:
     fc = count_flops(module, *inputs, **kwargs)
-    lat = measure_latency(lambda: module(*inputs, **kwargs), threads=device.threads or torch.get_num_threads(),
+    lat = measure_latency(lambda: module(*inputs, **kwargs), threads=device.threads or DEFAULT_THREADS,
                           min_run_time=device.min_run_time, warmup=device.warmup)
     return {
         f"{prefix}params": count_params(module),
@@ -38,6 +43,7 @@ def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: D
         f"{prefix}flops": fc.flops,
         f"{prefix}macs_by_op": fc.by_op,
         f"{prefix}torch_flops": fc.torch_flops,
+        f"{prefix}torch_flops_agree": fc.torch_flops == 2 * fc.matmul_macs,
         f"{prefix}uncounted_ops": fc.uncounted_ops,
         f"{prefix}latency_ms": lat.median_ms,
         f"{prefix}latency_iqr_ms": lat.iqr_ms,
@@ -47,12 +53,23 @@ def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: D
     }
 
 
+def _positive(cfg: DictConfig, group: str, *keys: str) -> None:
+    for k in keys:
+        v = cfg[group][k]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ConfigError(f"{group}.{k} must be a positive integer, got {v!r}")
+
+
 def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid | None, dict[str, Any]]:
     """Tokens from the encoder (and its costs), or synthetic tokens of `shape.*` when `encoder=none`."""
+    _positive(cfg, "shape", "batch")
     batch = cfg.shape.batch
     if cfg.encoder.name is None:
+        _positive(cfg, "shape", "tokens", "in_dim")
+        grid = token_grid(cfg.shape.tokens, cfg.shape.grid, "shape") if cfg.shape.grid is not None else None
         tokens = torch.randn(batch, cfg.shape.tokens, cfg.shape.in_dim, generator=gen)
-        return tokens, tuple(cfg.shape.grid) if cfg.shape.grid else None, {"encoder": "none"}
+        return tokens, grid, {"encoder": "none"}
+    _positive(cfg, "encoder", "img_size")
     enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights).eval()
     images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
     with torch.inference_mode():
@@ -82,23 +99,31 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     return row | _costs("", proj, (tokens,), cfg.device, grid=grid)
 
 
-def run(cfg: DictConfig, sweep_id: str) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Measure one design and append its row; a failure is recorded in the row, never raised."""
     row: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:12], "sweep_id": sweep_id,
+        "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
     }
-    torch.set_num_threads(cfg.device.threads or torch.get_num_threads())
     try:
+        threads = cfg.device.threads or DEFAULT_THREADS
+        if not isinstance(threads, int) or threads <= 0:
+            raise ConfigError(f"device.threads must be a positive integer or null, got {threads!r}")
+        torch.set_num_threads(threads)
         row |= measure(cfg)
+        if cfg.task.get("_target_"):
+            row |= evaluate_projector(cfg)
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
         first = str(e).splitlines()[0] if str(e) else ""
         row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
         log.debug("job failed", exc_info=True)
     row |= environment() | {"threads": torch.get_num_threads(), "config": OmegaConf.to_container(cfg, resolve=True)}
-    append_row(cfg.results_dir, row)
+    try:
+        append_row(cfg.results_dir, row)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not record the row: {e}") from e
     return row
 
 
@@ -114,15 +139,33 @@ def summary(df) -> str:
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+def accuracy_table(df) -> str:
+    """Accuracy per question type with its 95% interval, one row per design ("" without accuracy)."""
+    if "accuracy_by_type" not in df or df["accuracy_by_type"].isna().all():
+        return ""
+    rows = {}
+    for _, r in df.dropna(subset=["accuracy_by_type"]).iterrows():
+        rows[r["projector"]] = {"tokens": r["acc_tokens_out"], "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
+            k: f"{v:.1f} [{r['accuracy_ci_by_type'][k][0]:.1f}, {r['accuracy_ci_by_type'][k][1]:.1f}]" for k, v in r["accuracy_by_type"].items()}
+    base = df["majority_baseline"].dropna()
+    note = f"\nmajority-answer baseline: {base.iloc[0]:.1f}" if len(base) else ""
+    return "accuracy % on held-out questions [95% bootstrap CI]\n" + pd.DataFrame(rows).T.to_string() + note
+
+
 class PrintSweepTable(Callback):
-    """At the end of a multirun: print the sweep's rows; exit 1 if any job failed."""
+    """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         df = load_results(config.results_dir)
-        df = df[df["sweep_id"] == str(config.hydra.sweep.dir)] if len(df) else df
+        df = df[df["sweep_id"] == os.environ.pop(SWEEP_ENV, None)] if len(df) else df
         if not len(df):
             return
         print(summary(df))
+        if acc := accuracy_table(df):
+            print(acc)
         failed = df[df["status"] != "ok"]
         if len(failed):
             print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in "

@@ -6,14 +6,17 @@ import sys
 
 import pytest
 
-TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1"]
+TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none"]
 
 
 def cli(tmp_path, *args):
+    """Run the CLI in `tmp_path` with `args`, then the TINY settings that `args` does not set."""
+    keys = {a.split("=")[0] for a in args}
+    tiny = [t for t in TINY if t.split("=")[0] not in keys]
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
     overrides = [f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run",
                  f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
-    return subprocess.run([sys.executable, "-m", "projector_bench", *args, *overrides],
+    return subprocess.run([sys.executable, "-m", "projector_bench", *args, *tiny, *overrides],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -23,7 +26,7 @@ def rows(tmp_path):
 
 
 def test_single_run_appends_a_complete_row(tmp_path):
-    r = cli(tmp_path, "projector=ldp", *TINY)
+    r = cli(tmp_path, "projector=ldp")
     assert r.returncode == 0, r.stderr
     [row] = rows(tmp_path)
     assert row["status"] == "ok" and row["projector"] == "ldp" and row["tokens_in"] == 16 and row["tokens_out"] == 4
@@ -36,7 +39,7 @@ def test_single_run_appends_a_complete_row(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_records_every_design_and_prints_its_table(tmp_path):
-    r = cli(tmp_path, "+sweep=ldp_vs_mlp", *TINY)
+    r = cli(tmp_path, "+sweep=ldp_vs_mlp")
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
     assert {g["projector"] for g in got} >= {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"}
@@ -47,8 +50,8 @@ def test_sweep_records_every_design_and_prints_its_table(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
-    assert cli(tmp_path, "projector=mlp", *TINY).returncode == 0
-    r = cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15", *TINY[1:])
+    assert cli(tmp_path, "projector=mlp").returncode == 0
+    r = cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15")
     assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
     before, ldp, mlp = rows(tmp_path)
     assert before["status"] == "ok"  # what was recorded before is kept
@@ -63,12 +66,38 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["projector.name=nope"], "unknown projector 'nope'", 1),
     (["projector=ldp", "shape.tokens=15"], "ldp needs a square token grid but got 15 tokens", 1),
     (["projector.out_dim=0"], "out_dim must be a positive integer, got 0", 1),
+    (["shape.tokens=0"], "shape.tokens must be a positive integer, got 0", 1),
+    (["shape.batch=0"], "shape.batch must be a positive integer, got 0", 1),
+    (["shape.in_dim=-2"], "shape.in_dim must be a positive integer, got -2", 1),
+    (["shape.grid=[3,5]"], "grid 3x5 holds 15 tokens but the input has 16", 1),
+    (["shape.grid=[3]"], "grid must be a pair [h, w]", 1),
+    (["device.threads=-1"], "device.threads must be a positive integer or null, got -1", 1),
+    (["encoder.name=nope"], "unknown encoder 'nope'; choose one of: none, mobilevit_s", 1),
+    (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size must be a positive integer, got 0", 1),
+    (["projector=ldp", "projector.kernel=4"], "ldp kernel must be odd and positive", 1),
+    (["projector=ldpv2", "projector.pool=[0,0]"], "ldpv2 pool must be positive, got [0, 0]", 1),
     (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
      "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
 ])
 def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message, code):
-    r = cli(tmp_path, *args, *TINY[1:]) if "shape.tokens=15" in args else cli(tmp_path, *args, *TINY)
+    r = cli(tmp_path, *args)
+    assert r.returncode == code, r.stderr
     assert r.returncode == code
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_sweeps_are_told_apart_and_glob_sweeps_work(tmp_path):
+    assert cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15").returncode == 1
+    r = cli(tmp_path, "-m", "projector=glob(linear*)")  # same sweep dir as the failed sweep
+    assert r.returncode == 0, r.stderr
+    assert "linear_int8" in r.stdout and "ldp" not in r.stdout and len(rows(tmp_path)) == 4
+
+
+def test_thread_count_does_not_leak_between_jobs(tmp_path):
+    r = cli(tmp_path, "-m", "device.threads=1,null")
+    assert r.returncode == 0, r.stderr
+    one, default = rows(tmp_path)
+    assert one["threads"] == 1 and default["threads"] == os.cpu_count()

@@ -43,10 +43,25 @@ def test_local_checkpoint_is_loaded_through_timm(tmp_path):
 
 def test_auto_without_cached_weights_falls_back_to_random_with_a_notice(caplog, monkeypatch):
     monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: False)
     with caplog.at_level(logging.WARNING):
         enc = create_encoder("mobilevit_xxs", weights="auto")
     assert enc.weights_source == "random"
     assert "no pretrained weights in the local cache" in caplog.text and len(caplog.records) == 1
+
+
+def test_auto_fetches_when_the_hub_is_reachable(monkeypatch):
+    calls = []
+    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: True)
+    real = timm.create_model
+
+    def fake_create(name, pretrained=False, **kw):  # stands in for the download this machine cannot make
+        calls.append(pretrained)
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr("projector_bench.encoders.timm.create_model", fake_create)
+    assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "timm-pretrained" and calls == [True]
 
 
 def test_auto_uses_cached_weights(tmp_path, monkeypatch):

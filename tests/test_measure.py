@@ -80,13 +80,13 @@ def test_int8_design_counts_the_same_as_its_float_twin():
 
 @pytest.mark.parametrize("name,published", [("mlp", 3.624e9), ("ldp", 6.677e9), ("ldpv2", 3.628e9)])
 def test_mobilevlm_macs_match_published_fvcore_counts(name, published):
-    # REFERENCES.md: fvcore MACs at 576 tokens, 1024 -> 2048. Ours add the elementwise ops (< 0.1%).
+    # shared/REFERENCES.md: fvcore MACs at 576 tokens, 1024 -> 2048. Ours add the elementwise ops (< 0.1%).
     fc = count_flops(create_projector(name, 1024, 2048), torch.randn(1, 576, 1024))
     assert abs(fc.macs - published) / published < 1e-3
     assert fc.by_op["linear"] == 576 * (1024 * 2048 + 2048 * 2048)
 
 
-@pytest.mark.parametrize("name,published", [  # REFERENCES.md: timm results, 256 px, with heads
+@pytest.mark.parametrize("name,published", [  # shared/REFERENCES.md: timm results, 256 px, with heads
     ("mobilevit_xxs", 0.42e9), ("mobilevit_xs", 1.05e9), ("mobilevit_s", 2.03e9),
     ("mobilevitv2_050", 0.48e9), ("mobilevitv2_075", 1.05e9), ("mobilevitv2_100", 1.84e9),
 ])

@@ -60,7 +60,7 @@ def test_int8_of_a_design_without_linear_layers_is_refused():
 
 @pytest.mark.parametrize("name,expected", [("mlp", 6_295_552), ("ldp", 18_936_832), ("ldpv2", 6_316_032)])
 def test_official_parameter_counts_at_mobilevlm_1_7b_shapes(name, expected):
-    # ../shared/REFERENCES.md: MobileVLM official code, 1024 -> 2048
+    # shared/REFERENCES.md: MobileVLM official code, 1024 -> 2048
     assert sum(t.numel() for t in create_projector(name, 1024, 2048).parameters()) == expected
 
 
@@ -92,6 +92,8 @@ def test_ldpv2_is_mlp_then_pool_then_peg():
     p = create_projector("ldpv2", 8, 16).eval()
     assert set(p.state_dict()) == {"mlp.mlp.0.weight", "mlp.mlp.0.bias", "mlp.mlp.2.weight", "mlp.mlp.2.bias",
                                    "peg.peg.0.weight", "peg.peg.0.bias"}
+    assert p.num_tokens_out((24, 24)) == 144 and p.num_tokens_out((8, 8)) == 16
+    assert create_projector("ldpv2", 8, 16, pool=(12, 12)).num_tokens_out((8, 8)) == 144
     x = torch.randn(1, 576, 8)
     with torch.no_grad():
         h = p.mlp(x).transpose(1, 2).reshape(1, 16, 24, 24)

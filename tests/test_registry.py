@@ -46,3 +46,11 @@ def test_register_new_design_without_touching_dispatch():
             register_projector(_make, name="_test_identity_linear")
     finally:
         pb._registry._PROJECTORS.pop("_test_identity_linear")
+
+
+def test_every_module_in_projectors_is_imported():
+    import pkgutil
+    import sys
+
+    names = {m.name for m in pkgutil.iter_modules(pb.projectors.__path__)}
+    assert names > {"mlp", "ldp", "int8"} and all(f"projector_bench.projectors.{n}" in sys.modules for n in names)

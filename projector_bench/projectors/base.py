@@ -13,7 +13,7 @@ Grid = tuple[int, int]
 def token_grid(num_tokens: int, grid: Grid | None, design: str) -> Grid:
     """The (h, w) grid of `num_tokens` tokens: `grid` if given, else the square one."""
     if grid is not None:
-        h, w = int(grid[0]), int(grid[1])
+        h, w = positive_pair(grid, "grid")
         if h * w != num_tokens:
             raise ConfigError(f"{design}: grid {h}x{w} holds {h * w} tokens but the input has {num_tokens}; give the grid of the tokens")
         return h, w
@@ -24,6 +24,17 @@ def token_grid(num_tokens: int, grid: Grid | None, design: str) -> Grid:
             f"use a square count such as {side * side} or {(side + 1) ** 2}, or give the grid (grid=(h, w); shape.grid=[h,w])"
         )
     return side, side
+
+
+def positive_pair(value: object, what: str) -> Grid:
+    """`value` as an (h, w) pair of positive ints, or a one-line error naming `what`."""
+    try:
+        h, w = (int(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a pair [h, w], got {value!r}") from None
+    if h <= 0 or w <= 0:
+        raise ConfigError(f"{what} must be positive, got [{h}, {w}]")
+    return h, w
 
 
 class Projector(nn.Module):

@@ -1,9 +1,9 @@
 """`<design>_int8`: any design with its Linear layers dynamically quantized to int8.
 
 Why `torch.ao.quantization.quantize_dynamic` and not torchao: on this x86 CPU (AVX-512 VNNI) the
-fbgemm/x86 kernels behind `quantize_dynamic` run mlp at 576×1024→2048 about 3.5× faster than fp32,
-while torchao 0.18's `Int8DynamicActivationInt8WeightConfig` reaches about 2× in eager mode (it needs
-`torch.compile` to fuse). `benchmarks/issue2.py` measures the first ratio. Weights are int8 per
+fbgemm/x86 kernels behind `quantize_dynamic` run mlp at 576×1024→2048 about 4× faster than fp32,
+while torchao 0.18's `Int8DynamicActivationInt8WeightConfig` reached 2–3× in eager mode (it needs
+`torch.compile` to fuse). `python -m projector_bench.bench` measures the first ratio. Weights are int8 per
 tensor; activations are quantized per batch at run time; other layers (convs, norms) stay fp32.
 Post-training quantization: the result is inference-only, so its parameters are frozen.
 """
@@ -26,8 +26,11 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
 
 
 class Int8Projector(Projector):
-    def __init__(self, base: Projector) -> None:
+    """`base` quantized; `float_twin` says how to build its float twin (to train it, then quantize)."""
+
+    def __init__(self, base: Projector, float_twin: tuple[str, dict] | None = None) -> None:
         super().__init__(base.in_dim, base.out_dim)
+        self.float_twin = float_twin
         if not any(isinstance(m, nn.Linear) for m in base.modules()):
             raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; pick a design with one, e.g. mlp")
         self.needs_grid = base.needs_grid
@@ -43,7 +46,7 @@ class Int8Projector(Projector):
 @register_projector
 def int8(in_dim: int, out_dim: int, base: str = "mlp", **kwargs) -> Int8Projector:
     """Design `base` (built with `kwargs`) with int8 dynamically quantized Linear layers."""
-    return Int8Projector(create_projector(base, in_dim, out_dim, **kwargs))
+    return Int8Projector(create_projector(base, in_dim, out_dim, **kwargs), (base, kwargs))
 
 
 for _base in ("linear", "mlp", "bottleneck_transformer", "ldp", "ldpv2"):

@@ -14,6 +14,7 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from .._registry import register_projector
+from ..errors import ConfigError
 from .base import Grid, Projector
 from .mlp import mlp_gelu
 
@@ -34,6 +35,8 @@ class LDP(Projector):
 
     def __init__(self, in_dim: int, out_dim: int, kernel: int = 3) -> None:
         super().__init__(in_dim, out_dim)
+        if kernel < 1 or kernel % 2 == 0:
+            raise ConfigError(f"ldp kernel must be odd and positive (the stride-1 block adds its input back), got {kernel}; use 3")
         self.mlp = nn.Sequential(nn.Identity(), *mlp_gelu(in_dim, out_dim, depth=2))
         self.mb_block = nn.Sequential(
             nn.Identity(), mobilenetv3_block(out_dim, 1, kernel), mobilenetv3_block(out_dim, 2, kernel)

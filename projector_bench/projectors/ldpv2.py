@@ -3,12 +3,15 @@
 Source: Meituan-AutoML/MobileVLM, `mobilevlm/model/vision_projector.py` (`LDPNetV2Projector`):
 Linear–GELU–Linear (`FeatureIRLayer`), `AdaptiveAvgPool2d((12, 12))` (`TokenDownLayer`), then a
 positional-encoding generator from Twins' `gvt.py` (`PosInjectLayer`: 3×3 depthwise conv with bias,
-added back). Attribute names follow the official modules (`mlp.mlp`, `dwn.dwn`, `peg.peg`).
+added back). Attribute names follow the official modules (`mlp.mlp`, `peg.peg`; the pool has no weights).
+The official pool size is fixed at 12×12 because CLIP-336 gives 24×24; `pool=None` keeps that 2× per
+side reduction on any grid (24×24 → 12×12 exactly as the official, 8×8 → 4×4), `pool=(h, w)` fixes it.
 """
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._registry import register_projector
-from .base import Grid, Projector
+from .base import Grid, Projector, positive_pair
 from .mlp import mlp_gelu
 
 
@@ -27,25 +30,29 @@ class _Wrap(nn.Module):
 class LDPv2(Projector):
     needs_grid = True
 
-    def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] = (12, 12)) -> None:
+    def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] | None = None) -> None:
         super().__init__(in_dim, out_dim)
-        self.pool = (int(pool[0]), int(pool[1]))
+        self.pool = None if pool is None else positive_pair(pool, "ldpv2 pool")
         self.mlp = _Wrap("mlp", *mlp_gelu(in_dim, out_dim, depth=2))
-        self.dwn = _Wrap("dwn", nn.AdaptiveAvgPool2d(self.pool))
         self.peg = _Wrap("peg", nn.Conv2d(out_dim, out_dim, 3, 1, 1, bias=True, groups=out_dim))
 
+    def pooled_grid(self, grid: Grid) -> Grid:
+        """The grid after the pool: `pool`, or half of `grid` per side (rounded up)."""
+        return self.pool or (-(-grid[0] // 2), -(-grid[1] // 2))
+
     def num_tokens_out(self, grid: Grid) -> int:
-        return self.pool[0] * self.pool[1]
+        h, w = self.pooled_grid(grid)
+        return h * w
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         b = x.shape[0]
         x = self.mlp(x)
-        x = self.dwn(x.transpose(1, 2).reshape(b, -1, *grid))
+        x = F.adaptive_avg_pool2d(x.transpose(1, 2).reshape(b, -1, *grid), self.pooled_grid(grid))
         x = self.peg(x) + x
         return x.flatten(2).transpose(1, 2)
 
 
 @register_projector
-def ldpv2(in_dim: int, out_dim: int, pool: tuple[int, int] = (12, 12)) -> LDPv2:
-    """MobileVLM V2 LDPv2: pool to 12×12 = 144 tokens, then a PEG."""
-    return LDPv2(in_dim, out_dim, tuple(pool))
+def ldpv2(in_dim: int, out_dim: int, pool: tuple[int, int] | None = None) -> LDPv2:
+    """MobileVLM V2 LDPv2: pool 2× per side (24×24 → 12×12 = 144 tokens), then a PEG."""
+    return LDPv2(in_dim, out_dim, None if pool is None else tuple(pool))

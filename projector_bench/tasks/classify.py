@@ -1,0 +1,71 @@
+"""Classification tasks as one-question VQA ("which digit", "which class"): `digits`, `image_folder`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from . import TaskData, split_indices
+
+
+def _as_task(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, word: str,
+             test_fraction: float, seed: int) -> TaskData:
+    n = len(images)
+    train, test = split_indices(n, test_fraction, seed)
+    questions = torch.tensor([[1, 2]]).repeat(n, 1)  # "which <word>"
+    return TaskData(name, images, questions, labels, torch.arange(n), [word] * n, train, test, labels,
+                    num_classes, vocab_size=3)
+
+
+def digits(img_size: int = 96, test_fraction: float = 0.2, seed: int = 0) -> TaskData:
+    """scikit-learn's 1,797 handwritten 8×8 digits (shipped with the package), upsampled to `img_size`."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().unsqueeze(1) / 16.0 * 255.0
+    x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    images = x.clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1)
+    return _as_task("digits", images, torch.from_numpy(d.target).long(), 10, "digit", test_fraction, seed)
+
+
+def image_folder(root: str | None = None, img_size: int = 96, test_fraction: float = 0.2, seed: int = 0) -> TaskData:
+    """A user's labelled images in the class-per-folder layout (torchvision's `ImageFolder`)."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    if root is None:
+        raise ConfigError("task image_folder needs its folder: set task.root=/path/to/images (one sub-folder per class)")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"image folder {str(path)!r} does not exist; set task.root to a folder with one sub-folder per class")
+    try:
+        ds = ImageFolder(str(path))
+    except FileNotFoundError as e:  # torchvision: no class folders, or no image in them
+        raise ConfigError(f"image folder {str(path)!r} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
+                          "put each class's images in its own sub-folder") from e
+    if len(ds.classes) < 2:
+        raise ConfigError(f"image folder {str(path)!r} has a single class ({ds.classes[0]}); accuracy needs at least two class sub-folders")
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
+    images = torch.stack([tf(ds.loader(p).convert("RGB")) for p, _ in ds.samples])
+    labels = torch.tensor(ds.targets)
+    return _as_task("image_folder", images, labels, len(ds.classes), "class", test_fraction, seed)
+
+
+def write_image_folder(root: str | Path, classes: int = 3, per_class: int = 12, size: int = 32, seed: int = 0) -> Path:
+    """Write a small folder of generated PNG files (class k: a bright square in corner k), for tests and demos."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for k in range(classes):
+        (root / f"class_{k}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            y, x = divmod(k % 4, 2)
+            h = size // 2
+            img[y * h:(y + 1) * h, x * h:(x + 1) * h] = 200 + rng.integers(0, 55, 3, dtype=np.uint8)
+            Image.fromarray(img).save(root / f"class_{k}" / f"{i}.png")
+    return root

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from projector_bench import ConfigError
+from projector_bench.tasks.classify import digits, image_folder, write_image_folder
+from projector_bench.tasks.shapes_vqa import COLOURS, QTYPES, SHAPES, _vocab, shapes_vqa
+
+
+def test_shapes_vqa_is_deterministic_for_a_seed():
+    a, b, c = shapes_vqa(40, img_size=48, seed=3), shapes_vqa(40, img_size=48, seed=3), shapes_vqa(40, img_size=48, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.questions, b.questions) and torch.equal(a.answers, b.answers)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_shapes_vqa_answers_agree_with_the_scene():
+    d = shapes_vqa(60, img_size=48, seed=1)
+    words, answers = _vocab(3)
+    objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
+    cells = [f"{r}_{c}" for r in ("top", "middle", "bottom") for c in ("left", "center", "right")]
+    assert set(d.qtype) == set(QTYPES) and d.images.shape == (60, 3, 48, 48) and d.images.dtype == torch.uint8
+    for q, a, i, t in zip(d.questions.tolist(), d.answers.tolist(), d.image_of.tolist(), d.qtype):
+        lab = d.encoder_labels[i].flatten().tolist()  # 0 empty, else 1 + colour * 3 + shape, row-major cells
+        text = [words[w] for w in q if w]
+        names = ["nothing" if v == 0 else objects[v - 1] for v in lab]
+        if t == "what_at":
+            assert answers[a] == names[cells.index(f"{text[3]}_{text[4]}")]
+        elif t == "where":
+            assert names[cells.index(answers[a])] == f"{text[3]}_{text[4]}"
+        elif t == "count":
+            assert int(answers[a]) == sum(n.endswith(text[2]) for n in names)
+        elif t == "exists":
+            assert (answers[a] == "yes") == (f"{text[3]}_{text[4]}" in names)
+        else:  # left_of: "is the c s left of the c s"
+            p, o = names.index(f"{text[2]}_{text[3]}") % 3, names.index(f"{text[7]}_{text[8]}") % 3
+            assert (answers[a] == "yes") == (p < o)
+
+
+def test_shapes_vqa_splits_by_image_and_validates_difficulty():
+    d = shapes_vqa(50, img_size=48, test_fraction=0.2)
+    assert len(d.test) == 10 and not set(d.train.tolist()) & set(d.test.tolist())
+    assert set(d.image_of[d.split("test")].tolist()) <= set(d.test.tolist())
+    with pytest.raises(ConfigError, match="min_objects"):
+        shapes_vqa(5, min_objects=4, max_objects=2)
+
+
+def test_digits_come_from_scikit_learn():
+    d = digits(img_size=32)
+    assert d.images.shape == (1797, 3, 32, 32) and d.num_answers == 10 and set(d.answers.tolist()) == set(range(10))
+    assert d.qtype[0] == "digit" and torch.equal(d.image_of, torch.arange(1797))
+
+
+def test_image_folder_reads_generated_pngs(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", classes=3, per_class=5, size=24)
+    d = image_folder(str(root), img_size=32)
+    assert d.images.shape == (15, 3, 32, 32) and d.num_answers == 3 and sorted(np.bincount(d.answers.numpy())) == [5, 5, 5]
+
+
+def test_image_folder_errors_are_one_line(tmp_path):
+    cases = [(None, "needs its folder"), (str(tmp_path / "missing"), "does not exist")]
+    (tmp_path / "empty").mkdir()
+    cases.append((str(tmp_path / "empty"), "holds no images"))
+    write_image_folder(tmp_path / "one", classes=1, per_class=3, size=8)
+    cases.append((str(tmp_path / "one"), "has a single class"))
+    for root, message in cases:
+        with pytest.raises(ConfigError, match=message) as e:
+            image_folder(root)
+        assert "\n" not in str(e.value)
