@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,17 +50,27 @@ def _cached(path: Path, build):
     return value
 
 
-def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
-    """Build the task from its config (`_target_`), cached on disk by config."""
+def task_key(task_cfg: DictConfig) -> str:
+    """What a task's data depends on: its config and, for a folder of images, the folder's files."""
     spec = OmegaConf.to_container(task_cfg, resolve=True)
-    return _cached(cache / "tasks" / f"{spec['_target_'].rsplit('.', 1)[-1]}-{_key(spec)}.pt", lambda: instantiate(task_cfg))
+    root = spec.get("root")
+    if root and Path(root).expanduser().is_dir():
+        spec["files"] = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                               for p in Path(root).expanduser().rglob("*") if p.is_file())
+    return _key(spec)
+
+
+def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
+    """Build the task from its config (`_target_`), cached on disk by `task_key`."""
+    name = task_cfg._target_.rsplit(".", 1)[-1]
+    return _cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", lambda: instantiate(task_cfg))
 
 
 def _normalize(images: Tensor) -> Tensor:
     return (images.float() / 255.0 - 0.5) / 0.25
 
 
-def _pretrain_encoder(enc: TimmEncoder, task: TaskData, cfg: DictConfig, quiet: bool) -> dict[str, Any]:
+def _pretrain_encoder(enc: TimmEncoder, task: TaskData, cfg: DictConfig, seed: int, quiet: bool) -> dict[str, Any]:
     """Train the encoder on the task's images: per-region classes (dense head) or image classes."""
     labels = task.encoder_labels
     dense = labels.ndim == 3
@@ -68,7 +78,7 @@ def _pretrain_encoder(enc: TimmEncoder, task: TaskData, cfg: DictConfig, quiet: 
     head = nn.Conv2d(enc.channels, classes, 1) if dense else nn.Linear(enc.channels, classes)
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     idx = task.train
     enc.train()
     steps = cfg.epochs * -(-len(idx) // cfg.batch_size)
@@ -95,13 +105,13 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
     """Features `(N, h·w, C)` of every image of `task`, the grid, and how the encoder was obtained (cached)."""
     e = cfg.accuracy.encoder
     enc = TimmEncoder(e.name, e.stage, e.weights)
-    key = _key(e.name, e.stage, e.weights, enc.weights_source, OmegaConf.to_container(cfg.task, resolve=True), cfg.seed)
+    key = _key(e.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task), cfg.seed)
     source = enc.weights_source
     if source == "random":  # no pretrained weights: train on the task first
         torch.manual_seed(cfg.seed)
         enc = TimmEncoder(e.name, e.stage, "random")
         state = _cached(cache / "encoders" / f"{e.name}-{key}.pt",
-                        lambda: _pretrain_encoder(enc, task, cfg.accuracy.encoder_training, quiet))
+                        lambda: _pretrain_encoder(enc, task, cfg.accuracy.encoder_training, cfg.seed, quiet))
         enc.load_state_dict(state["state_dict"])
         source = f"trained on {task.name} ({cfg.accuracy.encoder_training.epochs} epochs from random init)"
 
@@ -204,8 +214,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     proj = create_projector(name, in_dim, t.width, **kwargs)
     model = TinyVLM(proj, grid, task.vocab_size, task.questions.shape[1], task.num_answers, t.width, t.layers, t.heads)
-    key = _key(name, kwargs, in_dim, grid, source, OmegaConf.to_container(cfg.task, resolve=True),
-               OmegaConf.to_container(cfg.accuracy, resolve=True), cfg.seed)
+    key = _key(name, kwargs, in_dim, grid, source, task_key(cfg.task), OmegaConf.to_container(cfg.accuracy, resolve=True), cfg.seed)
     trained = _cached(cache / "models" / f"{name}-{key}.pt", lambda: _train(model, task, feats, cfg, name, quiet))
     model.load_state_dict(trained["state_dict"])
     model.eval()

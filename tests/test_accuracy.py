@@ -69,3 +69,13 @@ def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monke
     acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp_int8"))
     assert seen == ["LDP"]
     assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in real(acc.create_projector("ldp", 8, 8)).modules())
+
+
+def test_a_changed_image_folder_is_not_served_from_the_cache(tmp_path):
+    from omegaconf import OmegaConf
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
+    cfg = OmegaConf.create({"_target_": "projector_bench.tasks.classify.image_folder", "root": str(root)})
+    before = acc.task_key(cfg)
+    write_image_folder(root, classes=3, per_class=4, size=16)
+    assert acc.task_key(cfg) != before

@@ -101,3 +101,29 @@ def test_thread_count_does_not_leak_between_jobs(tmp_path):
     assert r.returncode == 0, r.stderr
     one, default = rows(tmp_path)
     assert one["threads"] == 1 and default["threads"] == os.cpu_count()
+
+
+ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accuracy.encoder_training.epochs=1",
+            "accuracy.training.epochs=1", "accuracy.training.width=16", "accuracy.training.layers=1",
+            "accuracy.training.heads=2", "quiet=true"]
+
+
+@pytest.mark.slow
+def test_mobilevit_variants_sweep_end_to_end(tmp_path):
+    r = cli(tmp_path, "+sweep=mobilevit_variants", "hydra.sweeper.params.encoder=mobilevit_xxs,mobilevitv2_050",
+            "encoder.weights=random", *ACC_TINY)
+    assert r.returncode == 0, r.stderr
+    got = rows(tmp_path)
+    assert {(g["encoder"], g["projector"]) for g in got} == {(e, p) for e in ("mobilevit_xxs", "mobilevitv2_050") for p in ("mlp", "ldp")}
+    for g in got:
+        assert g["encoder_macs"] > 0 and g["macs"] > 0 and 0 <= g["accuracy"] <= 100 and g["acc_encoder"] == g["encoder"]
+        assert g["encoder_weights"] == "random" and g["acc_encoder_source"].startswith("trained on shapes_vqa")
+    assert "accuracy % on held-out questions" in r.stdout
+
+
+@pytest.mark.slow
+def test_a_diverging_training_fails_its_row_and_keeps_its_costs(tmp_path):
+    r = cli(tmp_path, "-m", "projector=mlp,linear", "accuracy.training.lr=1e30", *ACC_TINY)
+    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr
+    for g in rows(tmp_path):
+        assert g["status"] == "failed" and g["error"].startswith("DivergedError: training diverged") and g["macs"] > 0

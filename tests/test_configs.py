@@ -65,3 +65,12 @@ def test_ldp_vs_mlp_sweep_is_a_multirun_over_the_designs():
     swept = cfg.hydra.sweeper.params.projector.split(",")
     assert {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"} <= set(swept) and set(swept) <= set(list_projectors())
     assert cfg.shape.tokens == 576 and cfg.shape.in_dim == 1024 and cfg.shape.out_dim == 2048
+
+
+def test_mobilevit_variants_sweep_measures_costs_where_accuracy_is_taken():
+    cfg = compose_cfg("+sweep=mobilevit_variants", "encoder=mobilevit_xs", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert set(params.encoder.split(",")) >= {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100"}
+    assert set(params.projector.split(",")) == {"mlp", "ldp"} and cfg.task._target_.endswith("shapes_vqa")
+    assert cfg.accuracy.encoder.name == "mobilevit_xs" and cfg.encoder.stage == cfg.accuracy.encoder.stage
+    assert cfg.encoder.img_size == cfg.task.img_size
