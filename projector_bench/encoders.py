@@ -78,8 +78,8 @@ class TimmEncoder(nn.Module):
                     log.warning("encoder %s: pretrained weights could not be fetched (%s); using random init", name, type(e).__name__)
             if not hasattr(self, "weights_source"):
                 self.weights_source = "random"
-                log.warning("encoder %s: no pretrained weights in the local cache and the hub is unreachable; using "
-                            "random init (set encoder.weights to a checkpoint path)", name)
+                log.warning("encoder %s: no pretrained weights in the local cache and the hub is unreachable; "
+                            "starting from random weights (a checkpoint path in *.weights loads real ones)", name)
         else:
             path = Path(weights).expanduser()
             if not path.is_file():

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from projector_bench.__main__ import config_dir
+
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none"]
 
 
@@ -42,7 +44,10 @@ def test_sweep_records_every_design_and_prints_its_table(tmp_path):
     r = cli(tmp_path, "+sweep=ldp_vs_mlp")
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
-    assert {g["projector"] for g in got} >= {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"}
+    swept = [line.split(": ")[1] for line in (config_dir() / "sweep" / "ldp_vs_mlp.yaml").read_text().splitlines()
+             if line.strip().startswith("projector:")][0].split(",")
+    assert sorted(g["projector"] for g in got) == sorted(swept)  # one row per design
+    assert {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"} <= set(swept)
     assert all(g["status"] == "ok" for g in got) and len({g["sweep_id"] for g in got}) == 1
     for name in ("mlp_int8", "ldpv2", "bottleneck_transformer"):
         assert name in r.stdout
