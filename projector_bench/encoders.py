@@ -47,6 +47,27 @@ def _hub_reachable() -> bool:
     return True
 
 
+def _weights_plan(name: str, weights: str) -> tuple[bool, dict | None, str]:
+    """(pretrained, timm `pretrained_cfg_overlay`, source) for an `encoder.weights` setting."""
+    if weights == "random":
+        return False, None, "random"
+    if weights == "pretrained":
+        return True, None, "timm-pretrained"
+    if weights == "auto":
+        cached = _cached_pretrained_file(name)
+        if cached:
+            return True, {"file": cached}, "timm-pretrained"
+        if _hub_reachable():
+            return True, None, "timm-pretrained"
+        log.warning("encoder %s: no pretrained weights in the local cache and the hub is unreachable; "
+                    "starting from random weights (a checkpoint path in *.weights loads real ones)", name)
+        return False, None, "random"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, `pretrained` or `random`")
+    return True, {"file": str(path)}, f"checkpoint:{path}"
+
+
 class TimmEncoder(nn.Module):
     """A timm model truncated at one stage; `forward(images)` returns `(tokens, grid)`.
 
@@ -61,40 +82,19 @@ class TimmEncoder(nn.Module):
         if name not in list_encoders():
             raise ConfigError(f"unknown encoder {name!r}; choose one of: none, {', '.join(list_encoders())}")
         self.name, self.stage = name, stage
-        overlay, pretrained = None, False
-        if weights == "random":
-            self.weights_source = "random"
-        elif weights == "pretrained":
-            pretrained, self.weights_source = True, "timm-pretrained"
-        elif weights == "auto":
-            cached = _cached_pretrained_file(name)
-            if cached:
-                overlay, pretrained, self.weights_source = {"file": cached}, True, "timm-pretrained"
-            elif _hub_reachable():
-                try:
-                    self.model = self._build(name, stage, True, None)
-                    self.weights_source = "timm-pretrained"
-                except (OSError, RuntimeError) as e:
-                    log.warning("encoder %s: pretrained weights could not be fetched (%s); using random init", name, type(e).__name__)
-            if not hasattr(self, "weights_source"):
-                self.weights_source = "random"
-                log.warning("encoder %s: no pretrained weights in the local cache and the hub is unreachable; "
-                            "starting from random weights (a checkpoint path in *.weights loads real ones)", name)
-        else:
-            path = Path(weights).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, `pretrained` or `random`")
-            overlay, pretrained, self.weights_source = {"file": str(path)}, True, f"checkpoint:{path}"
+        pretrained, overlay, self.weights_source = _weights_plan(name, weights)
         try:
-            if not hasattr(self, "model"):
-                self.model = self._build(name, stage, pretrained, overlay)
+            self.model = self._build(name, stage, pretrained, overlay)
         except IndexError as e:
             raise ConfigError(f"encoder {name} has no stage {stage}; use -5..4 (-1 is the last)") from e
         except (OSError, RuntimeError) as e:
             if not pretrained:
                 raise
-            raise ConfigError(f"could not load weights for encoder {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                              "set encoder.weights to `random` or a local checkpoint path") from e
+            if weights != "auto":
+                raise ConfigError(f"could not load weights for encoder {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "set encoder.weights to `random` or a local checkpoint path") from e
+            log.warning("encoder %s: pretrained weights could not be fetched (%s); starting from random weights", name, type(e).__name__)
+            self.model, self.weights_source = self._build(name, stage, False, None), "random"
         self.channels: int = self.model.feature_info.channels()[-1]
 
     @staticmethod

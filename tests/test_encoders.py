@@ -79,3 +79,21 @@ def test_auto_uses_cached_weights(tmp_path, monkeypatch):
 def test_bad_encoder_input_is_a_clear_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         create_encoder(**kwargs)
+
+
+def test_auto_falls_back_to_random_when_the_fetch_fails(monkeypatch, caplog):
+    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: True)
+    real = timm.create_model
+
+    def failing(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("connection reset")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr("projector_bench.encoders.timm.create_model", failing)
+    with caplog.at_level(logging.WARNING):
+        assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "random"
+    assert "could not be fetched (OSError)" in caplog.text
+    with pytest.raises(ConfigError, match="could not load weights for encoder mobilevit_xxs"):
+        create_encoder("mobilevit_xxs", weights="pretrained")
