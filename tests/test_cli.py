@@ -115,7 +115,7 @@ ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accura
 
 @pytest.mark.slow
 def test_mobilevit_variants_sweep_end_to_end(tmp_path):
-    r = cli(tmp_path, "+sweep=mobilevit_variants", "hydra.sweeper.params.encoder=mobilevit_xxs,mobilevitv2_050",
+    r = cli(tmp_path, "+sweep=mobilevit_variants", "encoder=mobilevit_xxs,mobilevitv2_050",
             "encoder.weights=random", *ACC_TINY)
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
