@@ -27,7 +27,7 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
-GROUPS = ("projector", "encoder", "shape", "device", "sweep")
+GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep")
 
 
 def check_group_choices(args: list[str]) -> None:

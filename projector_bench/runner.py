@@ -16,21 +16,28 @@ from torch import Tensor, nn
 
 from ._registry import create_projector
 from .accuracy import evaluate_projector
+from .choose import estimate_row
 from .encoders import create_encoder
 from .env import environment
 from .errors import ConfigError
+from .lm import LanguageModel
 from .measure import count_flops, count_params, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
 from .results import append_row, load_results
+from .roofline import device_from_config, trace_ops, trace_timm_on_meta
 
 log = logging.getLogger(__name__)
 
 # Columns printed at the end of a run or sweep (the table holds many more).
 SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
-           "latency_iqr_ms", "peak_mem_mb", "size_mb", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "error"]
+           "latency_iqr_ms", "peak_mem_mb", "size_mb", "est_projector_ms", "est_ttft_ms", "accuracy", "accuracy_ci_low",
+           "accuracy_ci_high", "error"]
 _PROJECTOR_KEYS = ("name", "in_dim", "out_dim")
 DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
 SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"
+# The host's measured roofs (about 8 s to measure) are kept per machine, CPU, thread count and torch version.
+HOST_CACHE = os.environ.get("PROJECTOR_BENCH_CACHE") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "projector_bench")
 
 
 def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: DictConfig, **kwargs: Any) -> dict[str, Any]:
@@ -50,6 +57,7 @@ def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: D
         f"{prefix}latency_runs": lat.runs,
         f"{prefix}peak_mem_mb": peak_memory_mb(module, *inputs, **kwargs),
         f"{prefix}size_mb": size_mb(module),
+        f"{prefix}ops": trace_ops(module, *inputs, **kwargs),  # [kind, dtype, flops, bytes, count]: for the roofline
     }
 
 
@@ -68,7 +76,11 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
         _positive(cfg, "shape", "tokens", "in_dim")
         grid = token_grid(cfg.shape.tokens, cfg.shape.grid, "shape") if cfg.shape.grid is not None else None
         tokens = torch.randn(batch, cfg.shape.tokens, cfg.shape.in_dim, generator=gen)
-        return tokens, grid, {"encoder": "none"}
+        info: dict[str, Any] = {"encoder": "none"}
+        if cfg.shape.get("vision_encoder"):  # the encoder these tokens stand for: its ops, for end-to-end estimates
+            info["e2e_encoder"] = cfg.shape.vision_encoder
+            info["encoder_ops"] = [list(op) for op in trace_timm_on_meta(cfg.shape.vision_encoder, cfg.shape.vision_img_size)]
+        return tokens, grid, info
     _positive(cfg, "encoder", "img_size")
     enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights).eval()
     images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
@@ -99,6 +111,16 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     return row | _costs("", proj, (tokens,), cfg.device, grid=grid)
 
 
+def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """The row's end-to-end estimates on `cfg.device` (roofline per op; `host`: roofs measured here)."""
+    lm = LanguageModel.from_config(cfg.lm)
+    if lm.hidden != row["out_dim"]:
+        log.warning("lm %s is %d wide but the projector outputs %d: the prefill is priced at the LM's width",
+                    lm.name, lm.hidden, row["out_dim"])
+    device = device_from_config(cfg.device, cfg.device.threads or DEFAULT_THREADS, HOST_CACHE)
+    return {"device": device.name} | estimate_row(row, device, lm)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Measure one design and append its row; a failure is recorded in the row, never raised."""
     row: dict[str, Any] = {
@@ -112,6 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"device.threads must be a positive integer or null, got {threads!r}")
         torch.set_num_threads(threads)
         row |= measure(cfg)
+        row |= estimates(cfg, row)
         if cfg.task.get("_target_"):
             row |= evaluate_projector(cfg)
         row["status"], row["error"] = "ok", None

@@ -1,0 +1,240 @@
+"""One self-contained HTML report of a sweep: recommendation, results table, plots, provenance.
+
+`write_report(df, out_dir, ...)` writes `out_dir/report-<YYYYmmdd-HHMMSS>.html`. Plots are embedded as
+base64 PNGs and nothing is loaded from the network. Every string (design names, errors, configs) goes
+through jinja2's autoescaping.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import numbers
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+from jinja2 import Environment  # noqa: E402
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: sans-serif; margin: 2em; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; } tr.failed { background: #fde8e8; } tr.infeasible { color: #a00; }
+img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p>Device: <b>{{ device }}</b>. {{ summary }}</p>
+
+<h2>Recommendation</h2>
+<table id="recommendations">
+<tr><th>budget</th><th>device</th><th>design</th><th>feasible</th><th>latency (ms)</th><th>params</th><th>memory (MB)</th><th>reason</th></tr>
+{% for r in recommendations %}
+<tr class="{{ '' if r.feasible else 'infeasible' }}"><td>{{ r.budget }}</td><td>{{ r.device }}</td><td>{{ r.design }}</td>
+<td>{{ 'yes' if r.feasible else 'no' }}</td><td>{{ r.latency_ms }}</td><td>{{ r.params }}</td><td>{{ r.memory_mb }}</td><td>{{ r.reason }}</td></tr>
+{% endfor %}
+</table>
+
+<h2>Results</h2>
+<table id="results-table">
+<tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in rows %}
+<tr class="{{ row.css }}">{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}
+</table>
+
+<h2>Plots</h2>
+{% for p in plots %}
+<h3>{{ p.alt }}</h3>
+<img id="{{ p.id }}" alt="{{ p.alt }}" src="data:image/png;base64,{{ p.b64 }}">
+{% else %}
+<p>No successful design with an accuracy to plot.</p>
+{% endfor %}
+
+{% if validation %}
+<h2>Estimator validation</h2>
+<p>Roofline estimate vs measured host latency: median absolute error {{ validation.median }}.</p>
+<table id="validation">
+<tr><th>design</th><th>measured (ms)</th><th>estimated (ms)</th><th>error</th></tr>
+{% for v in validation.rows %}<tr><td>{{ v[0] }}</td><td>{{ v[1] }}</td><td>{{ v[2] }}</td><td>{{ v[3] }}</td></tr>{% endfor %}
+</table>
+{% endif %}
+
+<h2>Provenance</h2>
+<dl id="provenance">
+{% for k, v in provenance %}<dt>{{ k }}</dt><dd><pre>{{ v }}</pre></dd>
+{% endfor %}
+</dl>
+<script>
+window.addEventListener("load", function () {
+  var n = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.imagesLoaded = String(n);
+});
+</script>
+</body></html>
+"""
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, numbers.Number) and math.isnan(x))
+
+
+def _fmt(x: Any, digits: int = 1, scale: float = 1.0) -> str:
+    if _missing(x):
+        return ""
+    if isinstance(x, numbers.Number) and not isinstance(x, bool):
+        return f"{x / scale:,.{digits}f}"
+    return str(x)
+
+
+def _si(x: Any) -> str:
+    """12_300_000 -> '12.3M' (a budget's params may be a raw count or already small)."""
+    if _missing(x):
+        return ""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _labels(df: pd.DataFrame) -> pd.Series:
+    if df["encoder"].nunique(dropna=False) <= 1:
+        return df["projector"].astype(str)
+    return df["encoder"].astype(str) + "+" + df["projector"].astype(str)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, limit: float | None) -> str | None:
+    d = ok[ok[x].notna() & (ok[x] > 0)]
+    if d.empty:
+        return None
+    on = d[front].fillna(False).astype(bool) if front in d else pd.Series(False, index=d.index)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    sns.scatterplot(data=d[~on], x=x, y="accuracy", ax=ax, alpha=0.3, color="grey", s=50)
+    sns.scatterplot(data=d[on], x=x, y="accuracy", ax=ax, color="tab:red", s=80, label="Pareto front")
+    if on.any():
+        f = d[on].sort_values(x)
+        ax.step(f[x], f["accuracy"], where="post", color="tab:red", lw=1.5)
+    for _, r in d.iterrows():
+        ax.annotate(r["design"], (r[x], r["accuracy"]), xytext=(4, 4), textcoords="offset points", fontsize=8,
+                    alpha=1.0 if on[r.name] else 0.5)
+    if limit is not None:
+        ax.axvline(limit, ls="--", color="tab:blue", label=f"budget {limit:g}")
+    ax.set(xscale="log", xlabel=xlabel, ylabel="accuracy (%)", title=title)
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _accuracy_by_type_plot(ok: pd.DataFrame) -> str | None:
+    long = [{"design": r["design"], "type": str(t), "accuracy": a}
+            for _, r in ok.iterrows() if isinstance(r.get("accuracy_by_type"), dict)
+            for t, a in r["accuracy_by_type"].items() if not _missing(a)]
+    if not long:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    sns.barplot(data=pd.DataFrame(long), x="type", y="accuracy", hue="design", ax=ax)
+    ax.set(xlabel="question type", ylabel="accuracy (%)", title="Accuracy per question type")
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
+    parts = ["est_encoder_ms", "est_projector_ms", "est_prefill_ms"]
+    d = ok.set_index("design")[[c for c in parts if c in ok]].dropna(how="all")
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(d) + 2))
+    d.fillna(0).rename(columns=lambda c: c[4:-3]).plot.barh(stacked=True, ax=ax)
+    ax.set(xlabel="estimated ms", ylabel="", title=f"Time to first token breakdown on {device}")
+    return _png(fig)
+
+
+def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> list[dict]:
+    ok = df[(df["status"] == "ok") & df["accuracy"].notna()].copy()
+    if ok.empty:
+        return []
+    ok["gmacs"] = ok["macs"] / 1e9
+    ok["design"] = ok["design"].str.replace("$", r"\$", regex=False)  # a literal $, not matplotlib mathtext
+    specs = [
+        ("plot-pareto-latency", f"Accuracy vs {latency_col} on {device}",
+         lambda: _pareto_plot(ok, latency_col, "pareto_latency", f"{latency_col} (log)",
+                              f"Accuracy vs {latency_col} on {device}", limits.get("latency_ms"))),
+        ("plot-pareto-macs", "Accuracy vs GMACs",
+         lambda: _pareto_plot(ok, "gmacs", "pareto_macs", "GMACs (log)", "Accuracy vs GMACs", None)),
+        ("plot-accuracy-by-type", "Accuracy per question type", lambda: _accuracy_by_type_plot(ok)),
+        ("plot-latency-breakdown", f"Latency breakdown on {device}", lambda: _latency_breakdown_plot(ok, device)),
+    ]
+    with sns.axes_style("whitegrid"):
+        out = [{"id": i, "alt": alt, "b64": make()} for i, alt, make in specs]
+    return [p for p in out if p["b64"]]
+
+
+COLUMNS = ["design", "status", "tokens_out", "params (M)", "GMACs", "latency_ms", "est_projector_ms", "est_ttft_ms",
+           "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error"]
+
+
+def _table_rows(df: pd.DataFrame) -> list[dict]:
+    rows = []
+    for _, r in df.iterrows():
+        acc = _fmt(r.get("accuracy"))
+        if acc and not _missing(r.get("accuracy_ci_low")) and not _missing(r.get("accuracy_ci_high")):
+            acc += f" [{_fmt(r['accuracy_ci_low'])}, {_fmt(r['accuracy_ci_high'])}]"
+        failed = r.get("status") != "ok"
+        cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
+                 _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
+                 _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_decode_tok_s"), 1), _fmt(r.get("peak_mem_mb"), 1),
+                 acc, _fmt(r.get("error")) if failed else ""]
+        rows.append({"css": "failed" if failed else "", "cells": cells})
+    return rows
+
+
+def _validation(validation: dict | None) -> dict | None:
+    if not validation:
+        return None
+    rows = []
+    for name, v in validation.get("per_design", {}).items():
+        m, e = v.get("measured_ms"), v.get("estimated_ms")
+        err = f"{(e - m) / m:+.0%}" if not (_missing(m) or _missing(e) or m == 0) else ""
+        rows.append((name, _fmt(m, 2), _fmt(e, 2), err))
+    med = validation.get("median_abs_error")  # a fraction: 0.12 is 12 %
+    return {"median": "n/a" if _missing(med) else f"{med:.1%}", "rows": rows}
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
+                 recommendations: list[dict], provenance: dict, validation: dict | None = None) -> Path:
+    """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path."""
+    df = df.reset_index(drop=True).copy()
+    df["design"] = _labels(df)
+    limits = (recommendations[0].get("limits") or {}) if recommendations else {}
+    failed = df.loc[df["status"] != "ok", "design"].tolist()
+    summary = f"{len(df)} designs measured, {len(failed)} failed" + (f" ({', '.join(failed)})." if failed else ".")
+    recs = [{**r, "design": r.get("design") or "none", "latency_ms": _fmt(r.get("latency_ms")),
+             "params": _si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
+    prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
+    html = Environment(autoescape=True).from_string(TEMPLATE).render(
+        title=title, device=device, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
+        plots=_plots(df, device, latency_col, limits), validation=_validation(validation), provenance=prov)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"report-{datetime.now():%Y%m%d-%H%M%S}.html"
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,239 @@
+"""Latency on a device from each op's work and bytes moved: a per-op roofline.
+
+`trace_ops(module, *inputs)` runs the module once under a `TorchDispatchMode` and records every aten op
+as (kind, dtype, flops, bytes). Shapes are all it needs, so a large model can be traced on the `meta`
+device without computing anything (CLIP ViT-L/14 in under a second). `Device.latency_ms(ops)` then sums,
+op by op (not per model: a memory-bound GELU and a compute-bound GEMM are each limited by their own roof),
+
+    t(op) = op_overhead + max(flops / (peak_flops[dtype] * eff_compute), bytes / (bandwidth * eff_memory))
+
+Target devices are data (`conf/device/*.yaml`, every figure with its source). `host` is this machine,
+its roofs measured by micro-benchmarks (`host_device()`), which lets the estimator be checked against
+measured latency (`python -m projector_bench.bench` reports the median error over the shipped designs).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count
+
+from .errors import ConfigError
+
+# An op as stored in a results row: [kind, dtype, flops, bytes, count] (identical ops folded together).
+OpRow = list
+
+_ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"}
+_REDUCTION = {"mean", "sum", "amax", "amin", "var_mean", "_softmax", "_safe_softmax", "softmax", "native_layer_norm",
+              "_adaptive_avg_pool2d", "avg_pool2d", "_log_softmax"}
+_FREE = {torch.ops.aten._unsafe_view, torch.ops.aten.detach}  # views that are not flagged as views
+
+
+def _dtype(tensors: list[Tensor], quantized: bool) -> str:
+    if quantized:
+        return "int8"
+    for t in tensors:
+        if t.is_floating_point():
+            return "fp16" if t.dtype in (torch.float16, torch.bfloat16) else "fp32"
+    return "fp32"
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _flops_and_kind(name: str, func: Any, args: tuple, kwargs: dict, out: Any, tensors_in: list[Tensor],
+                    tensors_out: list[Tensor]) -> tuple[str, int]:
+    out_shape = tensors_out[0].shape if tensors_out else None
+    if name == "linear_dynamic":  # quantized::linear_dynamic(x, packed_weight): 2 ops per int8 MAC
+        return "matmul", 2 * math.prod(args[0].shape) * out_shape[-1]
+    if name in _ATTENTION:
+        return "attention", sdpa_flop_count(*(a.shape for a in args[:3]))
+    if func.overloadpacket in flop_registry:  # torch's own formulas: matmuls and convolutions, 2 per MAC
+        flops = int(flop_registry[func.overloadpacket](*args, out_val=out, **kwargs))
+        if name in ("convolution", "_convolution"):
+            return ("depthwise_conv" if args[8] > 1 else "conv"), flops
+        return "matmul", flops
+    if name in _REDUCTION:
+        return "reduction", tensors_in[0].numel() if tensors_in else 0
+    return "elementwise", math.prod(out_shape) if out_shape is not None else 0
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "is_view", False) or func.overloadpacket in _FREE:
+            return out  # metadata only: no work, no bytes
+        name = func.overloadpacket.__name__
+        tensors_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
+        tensors_out = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
+        quantized = func.namespace == "quantized"
+        kind, flops = _flops_and_kind(name, func, args, kwargs, out, tensors_in, tensors_out)
+        moved = sum(_nbytes(t) for t in {id(t): t for t in tensors_in + tensors_out}.values())
+        if quantized and name == "linear_dynamic":  # the packed int8 weight is a ScriptObject: add its bytes
+            moved += args[0].shape[-1] * tensors_out[0].shape[-1]
+        self.ops[(kind, _dtype(tensors_in, quantized), int(flops), int(moved))] += 1
+        return out
+
+
+def trace_ops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> list[OpRow]:
+    """Every aten op of one inference forward as `[kind, dtype, flops, bytes, count]` (views are free)."""
+    rec = _Recorder()
+    with torch.no_grad(), rec:  # not inference_mode: there composite ops (linear, conv2d) would not decompose
+        module(*inputs, **kwargs)
+    return [[k, d, f, b, n] for (k, d, f, b), n in sorted(rec.ops.items(), key=lambda kv: -kv[0][2])]
+
+
+@cache
+def trace_timm_on_meta(name: str, img_size: int) -> tuple[tuple, ...]:
+    """Ops of a timm model's `forward_features` at `img_size`, traced on the meta device (no weights, no compute)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, img_size=img_size).eval()
+        images = torch.empty(1, 3, img_size, img_size)
+    return tuple(tuple(op) for op in trace_ops(model.forward_features, images))
+
+
+def totals(ops: Iterable[OpRow]) -> dict[str, int]:
+    """Total flops and bytes of an op list."""
+    ops = list(ops)
+    return {"flops": sum(o[2] * o[4] for o in ops), "bytes": sum(o[3] * o[4] for o in ops), "ops": sum(o[4] for o in ops)}
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device's roofs: peak throughput per dtype (GFLOP/s), DRAM bandwidth (GB/s), achievable fractions."""
+
+    name: str
+    kind: str
+    peak_gflops: Mapping[str, float]
+    memory_gbps: float
+    eff_compute: float = 1.0
+    eff_memory: float = 1.0
+    op_overhead_us: float = 0.0
+    kind_gflops: Mapping[str, float] = field(default_factory=dict)  # measured per-kind roofs (host only)
+
+    def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
+        """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
+        peak = (self.kind_gflops.get(kind) if dtype == "fp32" else None) or self.peak_gflops.get(dtype) or self.peak_gflops["fp32"]
+        compute = flops / (peak * 1e9 * self.eff_compute)
+        memory = nbytes / (self.memory_gbps * 1e9 * self.eff_memory)
+        return self.op_overhead_us * 1e-6 + max(compute, memory)
+
+    def latency_ms(self, ops: Iterable[OpRow]) -> float:
+        """Sum of per-op roofline times, in ms."""
+        return 1e3 * sum(n * self.op_seconds(k, d, f, b) for k, d, f, b, n in ops)
+
+    def as_row(self) -> dict[str, Any]:
+        return {f"device_{k}": v for k, v in asdict(self).items()}
+
+
+def _seconds(fn, min_run_time: float = 0.3) -> float:
+    from torch.utils.benchmark import Timer
+
+    for _ in range(3):
+        fn()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())  # Timer defaults to 1 thread
+    return min(timer.blocked_autorange(min_run_time=min_run_time).times)  # a roof: the best run (load only slows)
+
+
+def _gemm_gflops(n: int, dtype: torch.dtype) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / _seconds(lambda: a @ b) / 1e9
+
+
+def _kind_gflops() -> dict[str, float]:
+    """Achievable fp32 throughput of single kernels of each op kind, by our counting convention
+    (2 per MAC; one op per element for elementwise and reduction ops), on a 1024-channel 24x24 map."""
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 1024, 24, 24)
+    pw, dw = torch.randn(1024, 1024, 1, 1), torch.randn(1024, 1, 3, 3)
+    t = torch.randn(576, 2048)
+    q = k = v = torch.randn(1, 8, 576, 64)
+    return {
+        "conv": 2 * 1024 * 1024 * 576 / _seconds(lambda: F.conv2d(x, pw)) / 1e9,
+        "depthwise_conv": 2 * 9 * 1024 * 576 / _seconds(lambda: F.conv2d(x, dw, padding=1, groups=1024)) / 1e9,
+        "attention": 4 * 8 * 576 * 576 * 64 / _seconds(lambda: F.scaled_dot_product_attention(q, k, v)) / 1e9,
+        "elementwise": t.numel() / _seconds(lambda: F.gelu(t)) / 1e9,
+        "reduction": t.numel() / _seconds(lambda: F.layer_norm(t, (2048,))) / 1e9,
+    }
+
+
+def calibrate_host(threads: int) -> Device:
+    """Measure this machine's roofs with `threads` threads (about 8 s): the best fp32 and bf16 GEMM
+    throughput of two sizes, an int8 dynamically quantized Linear, DRAM bandwidth (a 256 MiB copy), the
+    fixed cost of one tiny op, and the achievable throughput of one kernel of each other op kind."""
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            fp32 = max(_gemm_gflops(n, torch.float32) for n in (1024, 2048))
+            fp16 = max(_gemm_gflops(n, torch.bfloat16) for n in (1024, 2048))
+            q, x = QLinear(2048, 2048), torch.randn(576, 2048)
+            int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)) / 1e9
+            src, dst = torch.empty(2**26), torch.empty(2**26)  # 256 MiB each
+            bandwidth = 2 * _nbytes(src) / _seconds(lambda: dst.copy_(src)) / 1e9
+            one = torch.ones(1)
+            overhead = _seconds(lambda: torch.add(one, one)) * 1e6
+            kinds = _kind_gflops()
+    finally:
+        torch.set_num_threads(previous)
+    return Device("host", "host", {"fp32": fp32, "fp16": max(fp16, fp32), "int8": int8}, bandwidth, 1.0, 1.0, overhead, kinds)
+
+
+def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
+    """This machine's measured roofs, cached on disk by CPU, thread count and torch version."""
+    from .env import cpu_model
+
+    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    path = Path(cache_dir) / "host_device.json" if cache_dir else None
+    if path and path.exists():
+        saved = json.loads(path.read_text())
+        if key in saved:
+            return Device(**saved[key])
+    dev = _calibrated(threads)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved[key] = asdict(dev)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(saved, indent=1))
+        tmp.replace(path)
+    return dev
+
+
+@cache
+def _calibrated(threads: int) -> Device:
+    return calibrate_host(threads)
+
+
+def device_from_config(dev: Mapping[str, Any], threads: int, cache_dir: str | Path | None = None) -> Device:
+    """A `Device` from a `conf/device/*.yaml` mapping; `kind: host` is measured here."""
+    if dev.get("kind", "host") == "host":
+        return host_device(threads, cache_dir)
+    peaks = dict(dev["peak_gflops"])
+    missing = [k for k in ("fp32",) if not peaks.get(k)]
+    if missing or not dev.get("memory_gbps"):
+        raise ConfigError(f"device {dev.get('name')!r} needs peak_gflops.fp32 and memory_gbps; add them to conf/device/{dev.get('name')}.yaml")
+    eff = dev.get("efficiency") or {}
+    return Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
+                  float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))

@@ -1,0 +1,106 @@
+"""The HTML report: self-contained, escaped, and rendered by a real headless Chromium."""
+import base64
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from projector_bench.report import write_report
+
+PLOT_IDS = ["plot-pareto-latency", "plot-pareto-macs", "plot-accuracy-by-type", "plot-latency-breakdown"]
+EVIL = "<script>alert(1)</script>"
+NAN = float("nan")
+
+
+def _row(projector, acc, ttft, macs, pl=False, pm=False, status="ok", error=NAN, by_type=NAN):
+    return {"projector": projector, "encoder": "vit_tiny", "status": status, "error": error, "params": macs / 500,
+            "macs": macs, "tokens_in": 196, "tokens_out": 49, "latency_ms": ttft / 10, "peak_mem_mb": 120.0,
+            "size_mb": macs / 2e8, "accuracy": acc, "accuracy_ci_low": acc - 3, "accuracy_ci_high": acc + 3,
+            "accuracy_by_type": by_type, "est_encoder_ms": ttft * 0.5, "est_projector_ms": ttft * 0.1,
+            "est_prefill_ms": ttft * 0.4, "est_ttft_ms": ttft, "est_decode_tok_s": 30.0, "pareto_latency": pl,
+            "pareto_macs": pm}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    df = pd.DataFrame([
+        _row("mlp", 70.0, 120.0, 2e9, True, True, by_type={"count": 60.0, "color": 80.0}),
+        _row("ldp", 74.0, 180.0, 3e9, True, True, by_type={"count": 66.0, "color": 82.0}),
+        _row("resampler", 68.0, 200.0, 4e9),
+        _row(EVIL, 78.0, 300.0, 6e9, True, True, by_type={"count": 70.0, "color": 86.0}),
+        _row("qformer", NAN, NAN, 5e9, status="failed", error="RuntimeError: <oom> & friends"),
+    ])
+    df.loc[4, ["accuracy_ci_low", "accuracy_ci_high", "est_encoder_ms", "est_projector_ms", "est_prefill_ms"]] = np.nan
+    recs = [{"budget": "est_ttft_ms ≤ 200, params ≤ 20M", "device": "phone", "design": "ldp", "feasible": True,
+             "reason": "best accuracy within budget <b>", "latency_ms": 180.0, "params": 6e6, "memory_mb": 120.0,
+             "limits": {"latency_ms": 200.0, "params": 20e6}},
+            {"budget": "est_ttft_ms ≤ 50", "device": "phone", "design": None, "feasible": False,
+             "reason": "no design fits: fastest is mlp at 120 ms", "latency_ms": None, "params": None, "memory_mb": None}]
+    provenance = {"command": "python -m projector_bench +sweep=ldp_vs_mlp", "git_commit": "abc123",
+                  "config": {"sweep": {"projectors": ["mlp", "ldp"]}, "note": "</pre><script>x()</script>"}}
+    validation = {"median_abs_error": 0.12, "per_design": {"mlp": {"measured_ms": 10.0, "estimated_ms": 11.0}}}
+    path = write_report(df, tmp_path_factory.mktemp("reports") / "out", title="Projector sweep", device="phone",
+                        latency_col="est_ttft_ms", recommendations=recs, provenance=provenance, validation=validation)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_report_is_written_self_contained_and_escaped(report):
+    path, html = report
+    assert path.exists() and re.fullmatch(r"report-\d{8}-\d{6}\.html", path.name)
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html, re.I)
+    assert "<link" not in html and "@import" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>alert(1)" not in html and "<script>x()" not in html
+    assert html.count("<script") == 1  # only the report's own image counter
+    assert "RuntimeError: &lt;oom&gt; &amp; friends" in html
+    for i in ["recommendations", "results-table", *PLOT_IDS]:
+        assert f'id="{i}"' in html, i
+    assert "12.0%" in html and "no design fits" in html and "abc123" in html
+
+
+def test_each_plot_is_an_embedded_png(report):
+    _, html = report
+    for i in PLOT_IDS:
+        m = re.search(rf'<img id="{i}" alt="[^"]+" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+        assert m, i
+        assert base64.b64decode(m.group(1)).startswith(b"\x89PNG\r\n\x1a\n"), i
+
+
+def _chromium():
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not installed: .ci/run should have installed it (apt-get install chromium)")
+        pytest.skip("chromium not installed: apt-get install chromium")
+    return exe
+
+
+def _run_chromium(tmp_path, *args):
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_chromium_loads_every_plot(report, tmp_path):
+    path, _ = report
+    dom = _run_chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
+    assert re.search(rf'<body[^>]*data-images-loaded="{len(PLOT_IDS)}"', dom), dom[:500]
+    assert 'id="results-table"' in dom and 'id="recommendations"' in dom
+
+
+def test_chromium_screenshot_is_not_blank(report, tmp_path):
+    from PIL import Image
+
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    _run_chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", path.as_uri())
+    with Image.open(shot) as img:
+        rgb = img.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 24)
+        assert rgb.size == (1280, 2000)
+    assert len(colours) > 20 and rgb.getextrema() != ((255, 255), (255, 255), (255, 255))

@@ -1,0 +1,174 @@
+"""Per-op traces against hand counts and fvcore, device profiles as data, the LM's ops, the budget's choice."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from projector_bench import create_projector, list_projectors
+from projector_bench.__main__ import config_dir
+from projector_bench.choose import Budget, add_estimates, estimate_row, pareto_mask, recommend
+from projector_bench.errors import ConfigError
+from projector_bench.lm import LanguageModel
+from projector_bench.measure import count_flops
+from projector_bench.roofline import Device, calibrate_host, device_from_config, totals, trace_ops, trace_timm_on_meta
+
+TARGETS = sorted(p.stem for p in (config_dir() / "device").glob("*.yaml") if p.stem != "host")
+
+
+def matmul_flops(ops) -> int:
+    return sum(op[2] * op[4] for op in ops if op[0] in ("matmul", "conv", "depthwise_conv", "attention"))
+
+
+def lm(name="mobilellama_1.4b") -> LanguageModel:
+    return LanguageModel.from_config(yaml.safe_load((config_dir() / "lm" / f"{name}.yaml").read_text()))
+
+
+def target(name: str) -> Device:
+    cfg = yaml.safe_load((config_dir() / "device" / f"{name}.yaml").read_text())
+    return device_from_config(cfg, threads=1)
+
+
+def test_a_linear_is_one_matmul_with_its_flops_and_bytes():
+    [[kind, dtype, flops, nbytes, count]] = trace_ops(nn.Linear(8, 4), torch.randn(3, 8))
+    assert (kind, dtype, count) == ("matmul", "fp32", 1)
+    assert flops == 2 * 3 * 8 * 4
+    assert nbytes == 4 * (3 * 8 + 4 * 8 + 4 + 3 * 4)  # input, weight, bias, output
+
+
+def test_convolutions_are_told_apart_and_views_are_free():
+    x = torch.randn(1, 4, 6, 6)
+    dw = dict((op[0], op) for op in trace_ops(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), x))
+    pw = dict((op[0], op) for op in trace_ops(nn.Conv2d(4, 8, 1, bias=False), x))
+    assert dw["depthwise_conv"][2] == 2 * 4 * 9 * 36 and pw["conv"][2] == 2 * 4 * 8 * 36
+    assert trace_ops(lambda t: t.permute(0, 2, 1).transpose(0, 1).reshape(6), torch.randn(1, 2, 3).transpose(1, 2)) == []
+    [copy] = trace_ops(lambda t: t.permute(0, 2, 1).reshape(6), torch.randn(1, 2, 3))  # a real copy is not free
+    assert copy[0] == "elementwise" and copy[3] == 2 * 6 * 4
+
+
+@pytest.mark.parametrize("name", [n for n in list_projectors() if n != "int8"])
+def test_every_design_traces_the_macs_that_count_flops_counts(name):
+    p = create_projector(name, 32, 48).eval()
+    x = torch.randn(1, 64, 32)
+    ops = trace_ops(p, x)
+    assert matmul_flops(ops) == pytest.approx(2 * count_flops(p, x).matmul_macs, rel=1e-6)
+    assert totals(ops)["flops"] == pytest.approx(count_flops(p, x).flops, rel=0.1)  # elementwise: 1 op, fvcore 1 MAC
+    dtypes = {op[1] for op in ops if op[0] == "matmul"}
+    assert ("int8" in dtypes) if name.endswith("_int8") else (dtypes <= {"fp32"})
+
+
+def test_a_timm_model_traced_on_meta_matches_its_real_count():
+    import timm
+
+    meta = matmul_flops(trace_timm_on_meta("vit_tiny_patch16_224", 224))
+    real = count_flops(timm.create_model("vit_tiny_patch16_224", num_classes=0, global_pool="").eval(), torch.randn(1, 3, 224, 224))
+    assert meta == pytest.approx(2 * real.matmul_macs, rel=1e-6)
+
+
+def test_an_op_is_limited_by_its_own_roof():
+    d = Device("d", "target", {"fp32": 100.0}, memory_gbps=10.0, eff_compute=0.5, eff_memory=0.5, op_overhead_us=1.0)
+    assert d.op_seconds("matmul", "fp32", 50e9, 1e6) == pytest.approx(1.0 + 1e-6)  # compute-bound: 50 / (100 * 0.5)
+    assert d.op_seconds("elementwise", "fp32", 1e6, 5e9) == pytest.approx(1.0 + 1e-6)  # memory-bound: 5 / (10 * 0.5)
+    assert d.op_seconds("matmul", "int8", 50e9, 0) == d.op_seconds("matmul", "fp32", 50e9, 0)  # no int8 peak: fp32's
+
+
+@pytest.mark.parametrize("name", TARGETS)
+def test_every_target_device_has_a_source_for_every_figure(name):
+    cfg = yaml.safe_load((config_dir() / "device" / f"{name}.yaml").read_text())
+    figures = [f"peak_gflops.{k}" for k in cfg["peak_gflops"]] + ["memory_gbps", "efficiency", "op_overhead_us"]
+    assert all(str(cfg["sources"].get(f, "")).strip() for f in figures), set(figures) - set(cfg["sources"])
+    dev = target(name)
+    assert dev.kind == "target" and dev.peak_gflops["fp32"] > 0 and dev.memory_gbps > 0 and 0 < dev.eff_compute <= 1
+
+
+def test_a_device_without_its_figures_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="needs peak_gflops.fp32 and memory_gbps"):
+        device_from_config({"name": "phone", "kind": "target", "peak_gflops": {"fp16": 1.0}}, threads=1)
+
+
+def test_host_calibration_measures_every_roof():
+    host = calibrate_host(threads=1)
+    assert host.kind == "host" and min(host.peak_gflops.values()) > 0 and host.memory_gbps > 0
+    assert set(host.kind_gflops) == {"conv", "depthwise_conv", "attention", "elementwise", "reduction"}
+
+
+def test_mobilellama_dimensions_give_its_published_size():
+    assert lm().params == pytest.approx(2.73e9 / 2, rel=0.005)  # its fp16 checkpoint: 2.73 GB
+    assert lm("mobilellama_2.7b").params == pytest.approx(2.7e9, rel=0.01)
+
+
+def test_prefill_is_two_flops_per_weight_per_token_plus_attention_and_decode_reads_every_weight():
+    m = lm()
+    body = m.params - 2 * m.vocab * m.hidden  # embeddings are looked up, not multiplied; the head runs once
+    prefill = totals(m.prefill_ops(144))["flops"]
+    assert prefill == pytest.approx(2 * body * (144 + m.prompt_tokens), rel=0.05)
+    decode = totals(m.decode_ops(176))
+    assert decode["bytes"] == pytest.approx((m.params - m.vocab * m.hidden) * 2, rel=0.02)
+    with pytest.raises(ConfigError, match="lm.hidden=100 is not a multiple of lm.heads=16"):
+        LanguageModel.from_config({"name": "x", "hidden": 100, "layers": 1, "heads": 16, "intermediate": 4, "vocab": 8})
+
+
+@pytest.fixture(scope="module")
+def mobilevlm_rows():
+    """mlp and ldp at MobileVLM 1.7B's shapes with CLIP ViT-L/14's ops, as a sweep records them."""
+    x = torch.randn(1, 576, 1024)
+    enc = [list(op) for op in trace_timm_on_meta("vit_large_patch14_clip_336", 336)]
+    rows = []
+    for name in ("mlp", "ldp"):
+        p = create_projector(name, 1024, 2048).eval()
+        rows.append({"projector": name, "tokens_out": p.num_tokens_out((24, 24)), "ops": trace_ops(p, x), "encoder_ops": enc})
+    return rows
+
+
+def test_ldp_costs_more_itself_but_wins_end_to_end_on_a_phone(mobilevlm_rows):
+    mlp, ldp = (estimate_row(r, target("snapdragon888_cpu"), lm()) for r in mobilevlm_rows)
+    assert ldp["est_projector_ms"] > mlp["est_projector_ms"]
+    assert ldp["est_prefill_ms"] < mlp["est_prefill_ms"] / 3  # 144 + 32 tokens instead of 576 + 32
+    assert ldp["est_ttft_ms"] < mlp["est_ttft_ms"]
+    assert ldp["est_ttft_ms"] == pytest.approx(ldp["est_encoder_ms"] + ldp["est_projector_ms"] + ldp["est_prefill_ms"])
+    assert ldp["est_decode_tok_s"] > mlp["est_decode_tok_s"] > 0  # a shorter KV cache to read
+
+
+def test_pareto_front_by_hand():
+    df = pd.DataFrame({"cost": [1, 2, 3, 2, 5], "accuracy": [50, 60, 55, 60, 70]})
+    assert pareto_mask(df, "cost").tolist() == [True, True, False, True, True]  # equal points do not dominate each other
+
+
+def table(**cols) -> pd.DataFrame:
+    base = {"projector": ["mlp", "ldp", "pool"], "status": ["ok"] * 3, "encoder": ["none"] * 3,
+            "est_ttft_ms": [3000.0, 1500.0, 900.0], "params": [6.3e6, 18.9e6, 6.3e6], "peak_mem_mb": [35.0, 92.0, 35.0],
+            "accuracy": [70.7, 51.9, 51.0], "accuracy_ci_low": [68.7, 49.7, 48.8]}
+    return pd.DataFrame(base | cols).assign(design_params=lambda d: d.params, design_mem_mb=lambda d: d.peak_mem_mb)
+
+
+def test_the_most_accurate_design_within_budget_is_recommended_with_a_reason():
+    r = recommend(table(), Budget(latency_ms=2000), "phone")
+    assert r.feasible and r.design == "ldp" and "most accurate" in r.reason and "ttft ≤ 2000 ms" in r.reason
+    assert recommend(table(), Budget(), "phone").design == "mlp"
+    assert recommend(table(), Budget(params=10e6, memory_mb=50), "phone").design == "mlp"
+
+
+def test_an_impossible_budget_says_so_and_names_the_closest_design():
+    r = recommend(table(), Budget(latency_ms=100), "phone")
+    assert not r.feasible and r.design == "pool" and "no design fits" in r.reason and "9.00× over the latency_ms limit" in r.reason
+
+
+def test_without_accuracy_the_fastest_within_budget_is_picked():
+    r = recommend(table(accuracy=[math.nan] * 3), Budget(latency_ms=2000), "phone")
+    assert r.feasible and r.design == "pool" and "fastest" in r.reason
+
+
+def test_bad_budgets_are_one_line_errors():
+    with pytest.raises(ConfigError, match="budget.latency='gpu' is not one of: ttft, vision, projector"):
+        Budget(latency="gpu")
+    with pytest.raises(ConfigError, match="budget.params must be positive or null"):
+        Budget(params=0)
+
+
+def test_estimates_are_added_per_row_from_its_own_lm(mobilevlm_rows):
+    rows = [r | {"status": "ok", "params": 1.0, "peak_mem_mb": 1.0, "config": {"lm": {**vars(lm())}}} for r in mobilevlm_rows]
+    df = add_estimates(pd.DataFrame(rows + [{"projector": "old", "status": "ok"}]), target("raspberry_pi5"))
+    assert (df["device"] == "raspberry_pi5").all() and df["est_ttft_ms"].iloc[:2].gt(0).all()
+    assert math.isnan(df["est_ttft_ms"].iloc[2])  # a row recorded before ops were: no estimate, not a wrong one
