@@ -3,6 +3,7 @@
     python -m projector_bench +sweep=ldp_vs_mlp          # the MobileVLM-shape sweep
     python -m projector_bench projector=ldp projector.out_dim=2560
     python -m projector_bench -m projector=mlp,ldp encoder=mobilevit_xs
+    python -m projector_bench report results device=snapdragon888_cpu budget.latency_ms=5000
 """
 from __future__ import annotations
 
@@ -69,9 +70,43 @@ def _main(cfg: DictConfig) -> None:
         print(acc)
 
 
+def report_main(argv: list[str]) -> Path:
+    """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
+    and the other config keys as overrides)."""
+    import argparse
+
+    from hydra import compose, initialize_config_dir
+
+    from .report import build_report
+    from .results import load_results
+
+    ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
+    ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
+    ap.add_argument("--sweep", default="last", help="the sweep id to report, `last` (default) or `all`")
+    args, overrides = ap.parse_known_args(argv)
+    check_group_choices(overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    src = Path(args.results or cfg.results_dir)
+    folder = src.parent if src.suffix == ".jsonl" else src
+    df = load_results(folder)
+    if not len(df):
+        raise ConfigError(f"no results in {folder}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp)")
+    if args.sweep != "all":
+        sweep = df["sweep_id"].iloc[-1] if args.sweep == "last" else args.sweep
+        if sweep not in set(df["sweep_id"]):
+            raise ConfigError(f"no sweep {sweep!r} in {folder}; choose one of: last, all, {', '.join(df['sweep_id'].unique())}")
+        df = df[df["sweep_id"] == sweep]
+    return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
+                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)})
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: Hydra runs and sweeps, or `report`."""
     try:
+        if sys.argv[1:2] == ["report"]:
+            print(f"report: {report_main(sys.argv[2:])}")
+            return
         check_group_choices(sys.argv[1:])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

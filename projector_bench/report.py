@@ -24,6 +24,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from jinja2 import Environment  # noqa: E402
 
+from .choose import Budget, add_estimates, design_label, pareto_mask, recommend  # noqa: E402
+
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
@@ -108,12 +110,6 @@ def _si(x: Any) -> str:
     return f"{x:.3g}"
 
 
-def _labels(df: pd.DataFrame) -> pd.Series:
-    if df["encoder"].nunique(dropna=False) <= 1:
-        return df["projector"].astype(str)
-    return df["encoder"].astype(str) + "+" + df["projector"].astype(str)
-
-
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -169,11 +165,10 @@ def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
 
 
 def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> list[dict]:
-    ok = df[(df["status"] == "ok") & df["accuracy"].notna()].copy()
-    if ok.empty:
-        return []
-    ok["gmacs"] = ok["macs"] / 1e9
-    ok["design"] = ok["design"].str.replace("$", r"\$", regex=False)  # a literal $, not matplotlib mathtext
+    measured = df[df["status"] == "ok"].copy()  # costs-only rows (task=none) still get the latency breakdown
+    measured["design"] = measured["design"].str.replace("$", r"\$", regex=False)  # a literal $, not mathtext
+    measured["gmacs"] = measured["macs"] / 1e9 if "macs" in measured else float("nan")
+    ok = measured[measured["accuracy"].notna()] if "accuracy" in measured else measured.iloc[:0]
     specs = [
         ("plot-pareto-latency", f"Accuracy vs {latency_col} on {device}",
          lambda: _pareto_plot(ok, latency_col, "pareto_latency", f"{latency_col} (log)",
@@ -181,7 +176,7 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
         ("plot-pareto-macs", "Accuracy vs GMACs",
          lambda: _pareto_plot(ok, "gmacs", "pareto_macs", "GMACs (log)", "Accuracy vs GMACs", None)),
         ("plot-accuracy-by-type", "Accuracy per question type", lambda: _accuracy_by_type_plot(ok)),
-        ("plot-latency-breakdown", f"Latency breakdown on {device}", lambda: _latency_breakdown_plot(ok, device)),
+        ("plot-latency-breakdown", f"Latency breakdown on {device}", lambda: _latency_breakdown_plot(measured, device)),
     ]
     with sns.axes_style("whitegrid"):
         out = [{"id": i, "alt": alt, "b64": make()} for i, alt, make in specs]
@@ -223,7 +218,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
                  recommendations: list[dict], provenance: dict, validation: dict | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path."""
     df = df.reset_index(drop=True).copy()
-    df["design"] = _labels(df)
+    df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
     failed = df.loc[df["status"] != "ok", "design"].tolist()
     summary = f"{len(df)} designs measured, {len(failed)} failed" + (f" ({', '.join(failed)})." if failed else ".")
@@ -238,3 +233,50 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     path = out / f"report-{datetime.now():%Y%m%d-%H%M%S}.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def _device_configs(conf: Path) -> dict[str, dict]:
+    from omegaconf import OmegaConf
+
+    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((conf / "device").glob("*.yaml"))}
+
+
+def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any]) -> Path:
+    """Estimate every row on `cfg.device`, mark the Pareto fronts, recommend a design for `cfg.budget` on that
+    device and on every other shipped device profile, check the estimator against measured host latency, and
+    write the HTML report under `out_dir`."""
+    from omegaconf import OmegaConf
+
+    from .__main__ import config_dir
+    from .roofline import device_from_config
+    from .runner import DEFAULT_THREADS, HOST_CACHE
+
+    threads = cfg.device.threads or DEFAULT_THREADS
+    device = device_from_config(cfg.device, threads, HOST_CACHE)
+    budget = Budget.from_config(cfg.budget)
+    df = add_estimates(df, device)
+    ok = (df["status"] == "ok") if "status" in df else pd.Series(False, index=df.index)
+    for col, cost in (("pareto_latency", budget.latency_col), ("pareto_macs", "macs")):
+        df[col] = pareto_mask(df[ok], cost).reindex(df.index, fill_value=False) if cost in df and "accuracy" in df else False
+    recs = [recommend(df, budget, device.name)]
+    for name, dcfg in _device_configs(config_dir()).items():
+        if name != device.name and dcfg.get("kind") == "target":
+            recs.append(recommend(add_estimates(df, device_from_config(dcfg, threads)), budget, name))
+    validation = None
+    if device.kind == "host" and "est_projector_ms" in df:
+        v = df[ok & df["est_projector_ms"].notna() & df["latency_ms"].notna()]
+        if len(v):
+            err = (v["est_projector_ms"] - v["latency_ms"]).abs() / v["latency_ms"]
+            validation = {"median_abs_error": float(err.median()), "per_design": {
+                label: {"measured_ms": m, "estimated_ms": e}
+                for label, m, e in zip(design_label(v), v["latency_ms"], v["est_projector_ms"])}}
+    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # hydra's node holds per-job interpolations
+    provenance = provenance | {"report config": OmegaConf.to_yaml(own, resolve=True), "device roofs": device.as_row()}
+    for col in ("env_git_commit", "env_torch", "env_timm", "env_cpu", "sweep_id"):
+        if col in df:
+            provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
+    if "config" in df and len(df):
+        provenance["first row's config"] = df["config"].iloc[0]
+    return write_report(df, out_dir, title=f"projector_bench: {len(df)} designs on {device.name}", device=device.name,
+                        latency_col=budget.latency_col, recommendations=[r.as_dict() for r in recs],
+                        provenance=provenance, validation=validation)

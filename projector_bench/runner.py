@@ -189,6 +189,12 @@ class PrintSweepTable(Callback):
         print(summary(df))
         if acc := accuracy_table(df):
             print(acc)
+        if config.get("report"):
+            from .report import build_report
+
+            path = build_report(df.reset_index(drop=True), config, config.reports_dir,
+                                {"command": " ".join(["python -m projector_bench", *sys.argv[1:]]), "results": config.results_dir})
+            print(f"report: {path}")
         failed = df[df["status"] != "ok"]
         if len(failed):
             print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in "

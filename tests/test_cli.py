@@ -132,3 +132,39 @@ def test_a_diverging_training_fails_its_row_and_keeps_its_costs(tmp_path):
     assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr
     for g in rows(tmp_path):
         assert g["status"] == "failed" and g["error"].startswith("DivergedError: training diverged") and g["macs"] > 0
+
+
+def report(tmp_path, *args):
+    env = dict(os.environ, HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", "projector_bench", "report", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and_budget(tmp_path):
+    r = cli(tmp_path, "-m", "projector=mlp,ldp", "device=snapdragon888_cpu")
+    assert r.returncode == 0, r.stderr
+    [first] = (tmp_path / "reports").glob("report-*.html")
+    assert "report: reports/report-" in r.stdout and "snapdragon888_cpu" in first.read_text()
+    for g in rows(tmp_path):
+        assert g["device"] == "snapdragon888_cpu" and g["e2e_encoder"] == "vit_large_patch14_clip_336"
+        assert g["est_ttft_ms"] == pytest.approx(g["est_encoder_ms"] + g["est_projector_ms"] + g["est_prefill_ms"])
+    r = report(tmp_path, "results", "device=raspberry_pi5", "budget.latency_ms=1", "reports_dir=other")
+    assert r.returncode == 0, r.stderr
+    [html] = (tmp_path / "other").glob("report-*.html")
+    text = html.read_text()
+    assert "raspberry_pi5" in text and "no design fits ttft ≤ 1 ms on raspberry_pi5; the closest is" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nowhere"], "no results in nowhere: run a sweep first"),
+    (["results", "--sweep", "nope"], "no sweep 'nope' in results; choose one of: last, all,"),
+    (["results", "budget.latency=gpu"], "budget.latency='gpu' is not one of: ttft, vision, projector"),
+    (["results", "device=phone"], "unknown device 'phone'; choose one of:"),
+])
+def test_report_errors_are_one_line(tmp_path, args, message):
+    assert cli(tmp_path, "projector=linear").returncode == 0
+    r = report(tmp_path, *args)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and len(rows(tmp_path)) == 1
