@@ -22,8 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 from timm.layers import LayerNormAct2d
@@ -33,8 +33,8 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, list_projectors
 from .measure import Timer, measure_latency
-from .roofline import calibrate_host, trace_ops
 from .results import load_results
+from .roofline import calibrate_host, trace_ops
 
 SHAPE = (1, 576, 1024)
 OUT = 2048
@@ -85,7 +85,7 @@ def roofline_errors(x: Tensor, rounds: int = 2) -> dict[str, tuple[float, float]
             if name == "int8":
                 continue  # `int8` is `mlp_int8` by another name
             p = create_projector(name, SHAPE[-1], OUT).eval()
-            measured = measure_latency(lambda: p(x), threads=threads, min_run_time=0.5).median_ms
+            measured = measure_latency(partial(p, x), threads=threads, min_run_time=0.5).median_ms
             est = host.latency_ms(trace_ops(p, x))
             if name not in best or measured < best[name][0]:
                 best[name] = (measured, est)

@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,8 +47,8 @@ def add_estimates(df: pd.DataFrame, device: Device) -> pd.DataFrame:
     out = df.drop(columns=[c for c in df.columns if c.startswith("est_")], errors="ignore")
     out = pd.concat([out.reset_index(drop=True), pd.DataFrame(est, index=range(len(df)))], axis=1)
     out["device"] = device.name
-    enc_params = out["encoder_params"] if "encoder_params" in out else 0
-    enc_mem = out["encoder_peak_mem_mb"] if "encoder_peak_mem_mb" in out else 0
+    enc_params = out.get("encoder_params", 0)
+    enc_mem = out.get("encoder_peak_mem_mb", 0)
     out["design_params"] = out.get("params", np.nan) + pd.Series(enc_params, index=out.index).fillna(0)
     out["design_mem_mb"] = out.get("peak_mem_mb", np.nan) + pd.Series(enc_mem, index=out.index).fillna(0)
     return out
@@ -82,7 +83,7 @@ class Budget:
                 raise ConfigError(f"budget.{k} must be positive or null, got {v!r}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "Budget":
+    def from_config(cls, cfg: Mapping[str, Any]) -> Budget:
         return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
 
     @property
@@ -137,7 +138,7 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     rows = df[(df.get("status") == "ok") & df[budget.latency_col].notna()].copy() if budget.latency_col in df else df.iloc[:0]
     rows["label"] = design_label(rows) if len(rows) else []
     limits = budget.limits()
-    base = dict(budget=budget.describe(), device=device, limits=limits)
+    base = {"budget": budget.describe(), "device": device, "limits": limits}
     if not len(rows):
         return Recommendation(**base, design=None, feasible=False,
                               reason="no measured design has estimates on this device: run a sweep first")

@@ -8,8 +8,9 @@ SwiGLU MLP (gate, up, down); then the final norm and the LM head for the last po
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .roofline import OpRow
@@ -32,7 +33,7 @@ class LanguageModel:
     prompt_tokens: int = 32
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "LanguageModel":
+    def from_config(cls, cfg: Mapping[str, Any]) -> LanguageModel:
         """From a `conf/lm/*.yaml` mapping, with one-line errors for bad values."""
         lm = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
         for k in ("hidden", "layers", "heads", "intermediate", "vocab"):

@@ -21,8 +21,9 @@ import logging
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 # torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on CUDA builds
 # running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-from torch.utils.benchmark import Timer  # noqa: E402
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.

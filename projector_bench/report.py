@@ -18,13 +18,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-from jinja2 import Environment  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from jinja2 import Environment
+from matplotlib.ticker import FuncFormatter
 
-from .choose import Budget, add_estimates, design_label, pareto_mask, recommend  # noqa: E402
+from .choose import Budget, add_estimates, design_label, pareto_mask, recommend
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -150,7 +151,7 @@ def _seconds(fn, min_run_time: float = 0.3) -> float:
     for _ in range(3):
         fn()
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())  # Timer defaults to 1 thread
-    return min(timer.blocked_autorange(min_run_time=min_run_time).times)  # a roof: the best run (load only slows)
+    return timer.blocked_autorange(min_run_time=min_run_time).median  # the median, as latency_ms is
 
 
 def _gemm_gflops(n: int, dtype: torch.dtype) -> float:

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 # Columns printed at the end of a run or sweep (the table holds many more).
 SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
-           "latency_iqr_ms", "peak_mem_mb", "size_mb", "est_projector_ms", "est_ttft_ms", "accuracy", "accuracy_ci_low",
-           "accuracy_ci_high", "error"]
+           "latency_iqr_ms", "peak_mem_mb", "size_mb", "est_projector_ms", "est_prefill_ms", "est_ttft_ms",
+           "accuracy", "accuracy_ci_low", "accuracy_ci_high", "error"]
 _PROJECTOR_KEYS = ("name", "in_dim", "out_dim")
 DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
 SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"

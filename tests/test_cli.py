@@ -44,8 +44,8 @@ def test_sweep_records_every_design_and_prints_its_table(tmp_path):
     r = cli(tmp_path, "+sweep=ldp_vs_mlp")
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
-    swept = [line.split(": ")[1] for line in (config_dir() / "sweep" / "ldp_vs_mlp.yaml").read_text().splitlines()
-             if line.strip().startswith("projector:")][0].split(",")
+    swept = next(line.split(": ")[1] for line in (config_dir() / "sweep" / "ldp_vs_mlp.yaml").read_text().splitlines()
+             if line.strip().startswith("projector:")).split(",")
     assert sorted(g["projector"] for g in got) == sorted(swept)  # one row per design
     assert {"linear", "mlp", "mlp_int8", "ldp", "ldpv2"} <= set(swept)
     assert all(g["status"] == "ok" for g in got) and len({g["sweep_id"] for g in got}) == 1

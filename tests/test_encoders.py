@@ -72,9 +72,9 @@ def test_auto_uses_cached_weights(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(name="mobilevit_xxxl"), "unknown encoder 'mobilevit_xxxl'; choose one of: none, mobilevit_s"),
-    (dict(name="mobilevit_xxs", weights="/no/such.pth"), "encoder checkpoint '/no/such.pth' does not exist"),
-    (dict(name="mobilevit_xxs", stage=7, weights="random"), "has no stage 7"),
+    ({"name": "mobilevit_xxxl"}, "unknown encoder 'mobilevit_xxxl'; choose one of: none, mobilevit_s"),
+    ({"name": "mobilevit_xxs", "weights": "/no/such.pth"}, "encoder checkpoint '/no/such.pth' does not exist"),
+    ({"name": "mobilevit_xxs", "stage": 7, "weights": "random"}, "has no stage 7"),
 ])
 def test_bad_encoder_input_is_a_clear_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):

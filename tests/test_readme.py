@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def quick_start() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Quick start.*?```bash\n(.*?)```", text, re.S).group(1)
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", text, re.DOTALL).group(1)
     return [line for line in block.splitlines() if line.strip()]
 
 

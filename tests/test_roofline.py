@@ -40,8 +40,8 @@ def test_a_linear_is_one_matmul_with_its_flops_and_bytes():
 
 def test_convolutions_are_told_apart_and_views_are_free():
     x = torch.randn(1, 4, 6, 6)
-    dw = dict((op[0], op) for op in trace_ops(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), x))
-    pw = dict((op[0], op) for op in trace_ops(nn.Conv2d(4, 8, 1, bias=False), x))
+    dw = {op[0]: op for op in trace_ops(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), x)}
+    pw = {op[0]: op for op in trace_ops(nn.Conv2d(4, 8, 1, bias=False), x)}
     assert dw["depthwise_conv"][2] == 2 * 4 * 9 * 36 and pw["conv"][2] == 2 * 4 * 8 * 36
     assert trace_ops(lambda t: t.permute(0, 2, 1).transpose(0, 1).reshape(6), torch.randn(1, 2, 3).transpose(1, 2)) == []
     [copy] = trace_ops(lambda t: t.permute(0, 2, 1).reshape(6), torch.randn(1, 2, 3))  # a real copy is not free
@@ -172,3 +172,15 @@ def test_estimates_are_added_per_row_from_its_own_lm(mobilevlm_rows):
     df = add_estimates(pd.DataFrame(rows + [{"projector": "old", "status": "ok"}]), target("raspberry_pi5"))
     assert (df["device"] == "raspberry_pi5").all() and df["est_ttft_ms"].iloc[:2].gt(0).all()
     assert math.isnan(df["est_ttft_ms"].iloc[2])  # a row recorded before ops were: no estimate, not a wrong one
+
+
+@pytest.mark.parametrize("device,prompt_tok_s,decode_tok_s", [
+    ("snapdragon888_cpu", 19.7, 14.1),  # llama.cpp examples/llava/MobileVLM-README.md: MobileVLM-1.7B q4_k, 4 threads
+    ("jetson_orin", 801.7, 65.6),
+])
+def test_a_roofline_bounds_the_published_llama_cpp_speeds(device, prompt_tok_s, decode_tok_s):
+    """No real runtime beats the roofs: a published speed above the estimate would mean a wrong device profile."""
+    m = LanguageModel.from_config(vars(lm()) | {"weight_bits": 4.5, "prompt_tokens": 0})
+    d = target(device)
+    assert 256 / (d.latency_ms(m.prefill_ops(256)) / 1e3) > prompt_tok_s
+    assert 1e3 / d.latency_ms(m.decode_ops(256)) > decode_tok_s
