@@ -28,7 +28,7 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
-GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep")
+GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search")
 
 
 def check_group_choices(args: list[str]) -> None:
@@ -54,6 +54,16 @@ def check_group_choices(args: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if cfg.get("search"):
+        from .search import front_table, run_search
+
+        try:
+            study = run_search(cfg)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
+        return
     try:
         row = run(cfg)
     except ConfigError as e:  # the row could not be written: say so in one line

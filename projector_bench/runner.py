@@ -121,13 +121,13 @@ def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     return {"device": device.name} | estimate_row(row, device, lm)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Measure one design and append its row; a failure is recorded in the row, never raised."""
+def run(cfg: DictConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure one design and append its row (with the `extra` columns); a failure is recorded in the row, never raised."""
     row: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
-    }
+    } | (extra or {})
     try:
         threads = cfg.device.threads or DEFAULT_THREADS
         if not isinstance(threads, int) or threads <= 0:

@@ -5,7 +5,8 @@ Linear–GELU–Linear (`FeatureIRLayer`), `AdaptiveAvgPool2d((12, 12))` (`Token
 positional-encoding generator from Twins' `gvt.py` (`PosInjectLayer`: 3×3 depthwise conv with bias,
 added back). Attribute names follow the official modules (`mlp.mlp`, `peg.peg`; the pool has no weights).
 The official pool size is fixed at 12×12 because CLIP-336 gives 24×24; `pool=None` keeps that 2× per
-side reduction on any grid (24×24 → 12×12 exactly as the official, 8×8 → 4×4), `pool=(h, w)` fixes it.
+side reduction on any grid (24×24 → 12×12 exactly as the official, 8×8 → 4×4), `reduce=k` makes it k× per
+side (the same token ratio on any grid, which a search can vary), and `pool=(h, w)` fixes the output grid.
 """
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,15 +31,16 @@ class _Wrap(nn.Module):
 class LDPv2(Projector):
     needs_grid = True
 
-    def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] | None = None) -> None:
+    def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] | None = None, reduce: int = 2) -> None:
         super().__init__(in_dim, out_dim)
         self.pool = None if pool is None else positive_pair(pool, "ldpv2 pool")
+        self.reduce = positive_pair((reduce, reduce), "ldpv2 reduce")[0]
         self.mlp = _Wrap("mlp", *mlp_gelu(in_dim, out_dim, depth=2))
         self.peg = _Wrap("peg", nn.Conv2d(out_dim, out_dim, 3, 1, 1, bias=True, groups=out_dim))
 
     def pooled_grid(self, grid: Grid) -> Grid:
-        """The grid after the pool: `pool`, or half of `grid` per side (rounded up)."""
-        return self.pool or (-(-grid[0] // 2), -(-grid[1] // 2))
+        """The grid after the pool: `pool`, or `grid` cut `reduce`× per side (rounded up)."""
+        return self.pool or (-(-grid[0] // self.reduce), -(-grid[1] // self.reduce))
 
     def num_tokens_out(self, grid: Grid) -> int:
         h, w = self.pooled_grid(grid)
@@ -53,6 +55,6 @@ class LDPv2(Projector):
 
 
 @register_projector
-def ldpv2(in_dim: int, out_dim: int, pool: tuple[int, int] | None = None) -> LDPv2:
-    """MobileVLM V2 LDPv2: pool 2× per side (24×24 → 12×12 = 144 tokens), then a PEG."""
-    return LDPv2(in_dim, out_dim, None if pool is None else tuple(pool))
+def ldpv2(in_dim: int, out_dim: int, pool: tuple[int, int] | None = None, reduce: int = 2) -> LDPv2:
+    """MobileVLM V2 LDPv2: pool 2× per side (24×24 → 12×12 = 144 tokens; `reduce` sets the factor), then a PEG."""
+    return LDPv2(in_dim, out_dim, None if pool is None else tuple(pool), reduce)

@@ -1,0 +1,154 @@
+"""`python -m projector_bench +search=<name>`: a multi-objective Optuna study over designs.
+
+Optuna 5 directly (the Hydra Optuna sweeper pins optuna<3). The search space, the objectives (columns of a
+results row, each `maximize` or `minimize`) and the storage are config (`conf/search/`). Each trial composes
+the config with its sampled overrides, runs the ordinary job (`runner.run`: costs, estimates on the device,
+accuracy) and so appends an ordinary results row (`sweep_id` = the study's name, `trial` = its number).
+Device budgets (`budget.*`) become Optuna constraints (`trial.set_constraint`, feasible when ≤ 0), so
+`study.best_trials`, the Pareto front, holds feasible designs only.
+
+Storage: SQLite under `results_dir` by default; any SQLAlchemy URL (PostgreSQL for many machines); or
+`journal:PATH` for Optuna's journal file. Run the same command again, or in several processes or machines
+at once, and they share the study: trials that finished are kept and counted toward `search.n_trials`; on
+a database, a trial whose process died (no heartbeat for `search.grace_period` s) is failed and retried.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import optuna
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .choose import Budget
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+
+
+class TrialFailed(Exception):
+    """The job recorded a failed row; its error is the trial's `error` attribute."""
+
+
+def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> optuna.storages.BaseStorage:
+    """The study's storage: `null` (SQLite in `results_dir`), a SQLAlchemy URL, or `journal:PATH`."""
+    from pathlib import Path
+
+    if spec and spec.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
+    if not spec:
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
+    try:
+        return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
+                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                                          engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
+    except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
+        raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
+
+
+def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
+    """Sample `space` into Hydra overrides. A parameter is `{choices: [...]}` or `{low, high[, step, log]}`;
+    `if: {key: [values]}` samples it only when an earlier parameter took one of those values."""
+    taken: dict[str, Any] = {}
+    for key, spec in space.items():
+        cond = spec.get("if") or {}
+        if any(taken.get(k) not in list(v) for k, v in cond.items()):
+            continue
+        if "choices" in spec:
+            choices = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in spec.choices]
+            idx = trial.suggest_categorical(key, list(range(len(choices)))) if any(isinstance(c, list) for c in choices) \
+                else None
+            taken[key] = choices[idx] if idx is not None else trial.suggest_categorical(key, choices)
+        elif isinstance(spec.low, int) and isinstance(spec.high, int):
+            taken[key] = trial.suggest_int(key, spec.low, spec.high, step=spec.get("step") or 1, log=bool(spec.get("log")))
+        else:
+            taken[key] = trial.suggest_float(key, spec.low, spec.high, log=bool(spec.get("log")))
+    # a group (projector=mlp) is chosen; keys inside it are set or added (++projector.depth=3)
+    return [f"{k}={_value(v)}" if "." not in k else f"++{k}={_value(v)}" for k, v in taken.items()]
+
+
+def _value(v: Any) -> str:
+    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _objective(cfg: DictConfig, base_overrides: list[str]):
+    from .runner import run
+
+    objectives = dict(cfg.search.objectives)
+    budget = Budget.from_config(cfg.budget)
+    limits = budget.limits()
+    columns = {"latency_ms": budget.latency_col, "params": "params", "memory_mb": "peak_mem_mb"}
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        overrides = suggest(trial, cfg.search.space)
+        trial.set_user_attr("overrides", overrides)
+        job = compose("config", overrides=base_overrides + overrides)
+        row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides})
+        if row["status"] != "ok":
+            trial.set_user_attr("error", row["error"])
+            raise TrialFailed(row["error"])
+        for k, limit in limits.items():  # feasible when <= 0, as Optuna wants
+            trial.set_constraint(k, float(row[columns[k]]) - limit)
+        missing = [m for m in objectives if row.get(m) is None]
+        if missing:
+            trial.set_user_attr("error", f"objective {missing[0]!r} is not in the row; run with a task for accuracy")
+            raise TrialFailed(trial.user_attrs["error"])
+        return [float(row[m]) for m in objectives]
+
+    return objective
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that finished: completed ones, and failures the job recorded (not those of a process that died)."""
+    return sum(t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)
+               for t in study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_search(cfg: DictConfig) -> optuna.Study:
+    """Create or resume the study `cfg.search.name` and run trials until `search.n_trials` have finished."""
+    s = cfg.search
+    for m, d in s.objectives.items():
+        if d not in ("maximize", "minimize"):
+            raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
+                                         constraints_func=_constraints if Budget.from_config(cfg.budget).limits() else None)
+    study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
+                                directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
+    if not study.metric_names:
+        study.set_metric_names(list(s.objectives))
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in s.objectives.values()]:
+        raise ConfigError(f"study {s.name!r} in this storage has other objectives; set search.name to start a new one")
+    base = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("search")]
+
+    def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if _counted(study) >= s.n_trials:
+            study.stop()
+
+    if _counted(study) < s.n_trials:
+        study.optimize(_objective(cfg, base), n_trials=s.n_trials, callbacks=[stop_when_done], catch=(TrialFailed,))
+    return study
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    c = trial.constraints
+    return [c[k] for k in sorted(c)] if c else [1.0] * 3  # a failed trial counts as infeasible
+
+
+def front_table(study: optuna.Study) -> str:
+    """The study's Pareto front (feasible trials only) as a printable table."""
+    import pandas as pd
+
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = [{"trial": t.number, **dict(zip(names, t.values)), "overrides": " ".join(t.user_attrs.get("overrides", []))}
+            for t in sorted(study.best_trials, key=lambda t: t.number)]
+    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}") if rows else "(no feasible trial)"

@@ -1,0 +1,116 @@
+"""The Optuna search: sampling the space, rows per trial, resuming, several workers, failures, constraints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from projector_bench.search import suggest
+
+from .test_cli import ACC_TINY, TINY, rows
+
+SEARCH = ["+search=projector_space", "encoder.weights=random", "accuracy.encoder.weights=random", "search.heartbeat=1",
+          "search.grace_period=3", *ACC_TINY, *[t for t in TINY if not t.startswith("task=")]]
+
+
+def search(tmp_path, *args, wait=True):
+    cmd = [sys.executable, "-m", "projector_bench", *SEARCH, *args, f"results_dir={tmp_path}/results",
+           f"hydra.run.dir={tmp_path}/hydra/run"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, HYDRA_FULL_ERROR="0"))
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=900)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def study(tmp_path, name="projector_space"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/optuna.db")
+
+
+def finished(s):
+    return [t for t in s.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
+
+
+SPACE = OmegaConf.create({
+    "projector": {"choices": ["linear", "mlp", "pool"]},
+    "projector.depth": {"low": 1, "high": 3, "if": {"projector": ["mlp"]}},
+    "projector.pool": {"choices": [[1, 1], [2, 2]], "if": {"projector": ["pool"]}},
+    "accuracy.training.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+})
+
+
+def test_the_space_becomes_overrides_and_conditions_hold():
+    t = optuna.trial.FixedTrial({"projector": "mlp", "projector.depth": 3, "accuracy.training.lr": 0.001})
+    assert suggest(t, SPACE) == ["projector=mlp", "++projector.depth=3", "++accuracy.training.lr=0.001"]
+    t = optuna.trial.FixedTrial({"projector": "pool", "projector.pool": 1, "accuracy.training.lr": 0.01})
+    assert suggest(t, SPACE) == ["projector=pool", "++projector.pool=[2,2]", "++accuracy.training.lr=0.01"]
+
+
+@pytest.mark.slow
+def test_every_trial_is_a_row_and_a_second_run_resumes(tmp_path):
+    r = search(tmp_path, "search.n_trials=2")
+    assert r.returncode == 0, r.stderr
+    assert "Pareto front" in r.stdout
+    first = rows(tmp_path)
+    assert sorted(g["trial"] for g in first) == [0, 1] and {g["sweep_id"] for g in first} == {"projector_space"}
+    assert all(g["accuracy"] is not None and g["est_ttft_ms"] > 0 for g in first)
+    r = search(tmp_path, "search.n_trials=3")  # the same study: one more trial, none repeated
+    assert r.returncode == 0, r.stderr
+    assert sorted(g["trial"] for g in rows(tmp_path)) == [0, 1, 2] and len(finished(study(tmp_path))) == 3
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_record_each_trial_once(tmp_path):
+    workers = [search(tmp_path, "search.n_trials=4", wait=False) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err
+    s = study(tmp_path)
+    done = sorted(t.number for t in finished(s))
+    recorded = sorted(g["trial"] for g in rows(tmp_path))
+    assert recorded == done and 4 <= len(done) <= 5  # a worker may start one trial before it hears the end
+    assert len({tuple(t.user_attrs["overrides"]) for t in finished(s)}) >= 2  # they explored, not repeated one design
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
+    p = search(tmp_path, "search.n_trials=3", wait=False)
+    deadline = time.time() + 600
+    while len(rows(tmp_path)) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)  # mid-run: a trial may be left RUNNING with no heartbeat
+    p.wait()
+    before = {g["trial"] for g in rows(tmp_path)}
+    time.sleep(4)  # past the grace period: the dead trial is failed (and retried) by the next run
+    r = search(tmp_path, "search.n_trials=3")
+    assert r.returncode == 0, r.stderr
+    s = study(tmp_path)
+    complete = [t.number for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    recorded = [g["trial"] for g in rows(tmp_path)]
+    assert len(recorded) == len(set(recorded)) and before <= set(recorded)  # nothing lost, nothing twice
+    assert len(complete) == 3 and set(complete) == set(recorded)
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in s.trials)
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tmp_path):
+    r = search(tmp_path, "search.n_trials=2", "accuracy.training.lr=1e30")
+    assert r.returncode == 0, r.stderr
+    s = study(tmp_path)
+    assert len(finished(s)) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in s.trials)
+    assert all(t.user_attrs["error"].startswith("DivergedError: training diverged") for t in s.trials)
+    assert [g["status"] for g in rows(tmp_path)] == ["failed", "failed"]
+
+
+@pytest.mark.slow
+def test_budgets_are_constraints_and_the_front_holds_feasible_trials_only(tmp_path):
+    r = search(tmp_path, "search.n_trials=2", "budget.latency_ms=1")
+    assert r.returncode == 0, r.stderr
+    s = study(tmp_path)
+    assert all(t.constraints["latency_ms"] > 0 for t in s.trials) and s.best_trials == []
+    assert "(no feasible trial)" in r.stdout
