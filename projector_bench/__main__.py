@@ -63,6 +63,13 @@ def _main(cfg: DictConfig) -> None:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
+        if cfg.report:
+            from .report import build_report
+            from .results import load_results
+
+            df = load_results(cfg.results_dir)
+            df = df[df["sweep_id"] == study.study_name].reset_index(drop=True)
+            print(f"report: {build_report(df, cfg, cfg.reports_dir, {'command': ' '.join(sys.argv)})}")
         return
     try:
         row = run(cfg)
@@ -108,7 +115,7 @@ def report_main(argv: list[str]) -> Path:
             raise ConfigError(f"no sweep {sweep!r} in {folder}; choose one of: last, all, {', '.join(df['sweep_id'].unique())}")
         df = df[df["sweep_id"] == sweep]
     return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
-                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)})
+                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)}, folder)
 
 
 def main() -> None:

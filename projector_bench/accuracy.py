@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def _cached(path: Path, build):
         return torch.load(path, weights_only=False)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: search workers may cache the same entry
     torch.save(value, tmp)
     tmp.replace(path)
     return value

@@ -125,10 +125,13 @@ class Recommendation:
 
 
 def design_label(df: pd.DataFrame) -> pd.Series:
-    """`projector`, or `encoder+projector` when the rows use more than one encoder."""
+    """`projector`, or `encoder+projector` when the rows use more than one encoder; `#trial` for search rows."""
+    label = df["projector"].astype(str)
     if "encoder" in df and df["encoder"].nunique() > 1:
-        return df["encoder"].astype(str) + "+" + df["projector"].astype(str)
-    return df["projector"].astype(str)
+        label = df["encoder"].astype(str) + "+" + label
+    if "trial" in df:
+        label = label + df["trial"].map(lambda t: "" if pd.isna(t) else f"#{int(t)}")
+    return label
 
 
 def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:

@@ -215,8 +215,10 @@ def _validation(validation: dict | None) -> dict | None:
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
-                 recommendations: list[dict], provenance: dict, validation: dict | None = None) -> Path:
-    """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path."""
+                 recommendations: list[dict], provenance: dict, validation: dict | None = None,
+                 extra_plots: list[dict] | None = None) -> Path:
+    """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
+    `{"id", "alt", "b64"}` dicts appended to the plots."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -227,12 +229,54 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, device=device, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
-        plots=_plots(df, device, latency_col, limits), validation=_validation(validation), provenance=prov)
+        plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
+        provenance=prov)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"report-{datetime.now():%Y%m%d-%H%M%S}.html"
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    path = next(p for i in range(1000) if not (p := out / f"report-{stamp}{f'-{i}' if i else ''}.html").exists())
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def study_plots(study: Any) -> list[dict]:
+    """An Optuna study's optimization history and parameter importances, for each objective (Optuna's own
+    matplotlib plots). Too few finished trials for importances gives a plot of its reason instead of nothing."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    out = []
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for i, name in enumerate(names):
+            def target(t, i=i):
+                return t.values[i]
+            ax = ovm.plot_optimization_history(study, target=target, target_name=name)
+            out.append({"id": f"plot-history-{i}", "alt": f"Optimization history: {name}", "b64": _png(ax.figure)})
+            try:
+                ax = ovm.plot_param_importances(study, target=target, target_name=name)
+                fig = ax.figure
+            except (ValueError, RuntimeError) as e:  # e.g. fewer than two completed trials: say so in the report
+                fig, ax = plt.subplots(figsize=(6, 1))
+                ax.axis("off")
+                ax.text(0, 0.5, f"parameter importances for {name} unavailable: {e}", fontsize=9)
+            out.append({"id": f"plot-importance-{i}", "alt": f"Parameter importances: {name}", "b64": _png(fig)})
+    return out
+
+
+def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None) -> list[Any]:
+    """The Optuna studies the rows came from (rows with a `trial` column), loaded from their storage."""
+    if "trial" not in df or df["trial"].isna().all():
+        return []
+    from .search import storage
+
+    store = storage(storage_spec, str(results_dir), heartbeat=60, grace=600)
+    import optuna
+
+    return [optuna.load_study(study_name=name, storage=store) for name in sorted(df.loc[df["trial"].notna(), "sweep_id"].unique())]
 
 
 def _device_configs(conf: Path) -> dict[str, dict]:
@@ -241,7 +285,8 @@ def _device_configs(conf: Path) -> dict[str, dict]:
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((conf / "device").glob("*.yaml"))}
 
 
-def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any]) -> Path:
+def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any],
+                 results_dir: str | Path | None = None) -> Path:
     """Estimate every row on `cfg.device`, mark the Pareto fronts, recommend a design for `cfg.budget` on that
     device and on every other shipped device profile, check the estimator against measured host latency, and
     write the HTML report under `out_dir`."""
@@ -277,6 +322,8 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
             provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
     if "config" in df and len(df):
         provenance["first row's config"] = df["config"].iloc[0]
+    search = cfg.get("search") or {}
+    plots = [p for st in _studies(df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
     return write_report(df, out_dir, title=f"projector_bench: {len(df)} designs on {device.name}", device=device.name,
                         latency_col=budget.latency_col, recommendations=[r.as_dict() for r in recs],
-                        provenance=provenance, validation=validation)
+                        provenance=provenance, validation=validation, extra_plots=plots)

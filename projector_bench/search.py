@@ -48,7 +48,7 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
         spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
     try:
         return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                                           engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
     except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
         raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "

@@ -14,7 +14,7 @@ from projector_bench.search import suggest
 from .test_cli import ACC_TINY, TINY, rows
 
 SEARCH = ["+search=projector_space", "encoder.weights=random", "accuracy.encoder.weights=random", "search.heartbeat=1",
-          "search.grace_period=3", *ACC_TINY, *[t for t in TINY if not t.startswith("task=")]]
+          "search.grace_period=10", *ACC_TINY, *[t for t in TINY if not t.startswith("task=")]]
 
 
 def search(tmp_path, *args, wait=True):
@@ -86,7 +86,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
     p.send_signal(signal.SIGKILL)  # mid-run: a trial may be left RUNNING with no heartbeat
     p.wait()
     before = {g["trial"] for g in rows(tmp_path)}
-    time.sleep(4)  # past the grace period: the dead trial is failed (and retried) by the next run
+    time.sleep(11)  # past the grace period: the dead trial is failed (and retried) by the next run
     r = search(tmp_path, "search.n_trials=3")
     assert r.returncode == 0, r.stderr
     s = study(tmp_path)
