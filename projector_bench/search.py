@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from functools import partial
 from typing import Any
 
 import optuna
@@ -120,8 +121,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         if d not in ("maximize", "minimize"):
             raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    limits = sorted(Budget.from_config(cfg.budget).limits())
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
-                                         constraints_func=_constraints if Budget.from_config(cfg.budget).limits() else None)
+                                         constraints_func=partial(_constraints, limits) if limits else None)
     study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
                                 directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
     if not study.metric_names:
@@ -139,9 +141,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     return study
 
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    c = trial.constraints
-    return [c[k] for k in sorted(c)] if c else [1.0] * 3  # a failed trial counts as infeasible
+def _constraints(keys: list[str], trial: optuna.trial.FrozenTrial) -> list[float]:
+    """The trial's constraint values in `keys` order; a failed trial (no values) counts as infeasible."""
+    return [trial.constraints.get(k, 1.0) for k in keys]
 
 
 def front_table(study: optuna.Study) -> str:
