@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -146,12 +147,10 @@ class Device:
 
 
 def _seconds(fn, min_run_time: float = 0.3) -> float:
-    from torch.utils.benchmark import Timer
+    """Median seconds of `fn()`, timed as `latency_ms` is (`measure.measure_latency`)."""
+    from .measure import measure_latency
 
-    for _ in range(3):
-        fn()
-    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())  # Timer defaults to 1 thread
-    return timer.blocked_autorange(min_run_time=min_run_time).median  # the median, as latency_ms is
+    return measure_latency(fn, threads=torch.get_num_threads(), min_run_time=min_run_time).median_ms / 1e3
 
 
 def _gemm_gflops(n: int, dtype: torch.dtype) -> float:
@@ -216,7 +215,7 @@ def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
         path.parent.mkdir(parents=True, exist_ok=True)
         saved = json.loads(path.read_text()) if path.exists() else {}
         saved[key] = asdict(dev)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: workers may calibrate at once
         tmp.write_text(json.dumps(saved, indent=1))
         tmp.replace(path)
     return dev
@@ -231,9 +230,8 @@ def device_from_config(dev: Mapping[str, Any], threads: int, cache_dir: str | Pa
     """A `Device` from a `conf/device/*.yaml` mapping; `kind: host` is measured here."""
     if dev.get("kind", "host") == "host":
         return host_device(threads, cache_dir)
-    peaks = dict(dev["peak_gflops"])
-    missing = [k for k in ("fp32",) if not peaks.get(k)]
-    if missing or not dev.get("memory_gbps"):
+    peaks = dict(dev.get("peak_gflops") or {})
+    if not peaks.get("fp32") or not dev.get("memory_gbps"):
         raise ConfigError(f"device {dev.get('name')!r} needs peak_gflops.fp32 and memory_gbps; add them to conf/device/{dev.get('name')}.yaml")
     eff = dev.get("efficiency") or {}
     return Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
