@@ -37,20 +37,28 @@ def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> d
     out["est_vision_ms"] = np.nansum([out["est_encoder_ms"], out["est_projector_ms"]])
     out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
     out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(int(row["tokens_out"]) + lm.prompt_tokens))
+    # what `budget.params` and `budget.memory_mb` bound: the projector, plus the encoder when one was measured
+    out["design_params"] = row.get("params", math.nan) + _or0(row.get("encoder_params"))
+    out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + _or0(row.get("encoder_peak_mem_mb"))
     return out
 
 
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _or0(x: Any) -> float:
+    return 0.0 if _missing(x) else x
+
+
 def add_estimates(df: pd.DataFrame, device: Device) -> pd.DataFrame:
-    """`df` with `est_*` columns for `device`, each row priced with its own LM (`config.lm`) and ops."""
+    """`df` with `estimate_row`'s columns for `device`, each row priced with its own LM (`config.lm`) and ops."""
     est = [estimate_row(r, device, LanguageModel.from_config(r["config"]["lm"]))
            if isinstance(r.get("config"), dict) and "lm" in r["config"] else {} for r in df.to_dict("records")]
-    out = df.drop(columns=[c for c in df.columns if c.startswith("est_")], errors="ignore")
-    out = pd.concat([out.reset_index(drop=True), pd.DataFrame(est, index=range(len(df)))], axis=1)
+    est_df = pd.DataFrame(est, index=range(len(df)))
+    out = df.drop(columns=[c for c in est_df.columns if c in df.columns]).reset_index(drop=True)
+    out = pd.concat([out, est_df], axis=1)
     out["device"] = device.name
-    enc_params = out.get("encoder_params", 0)
-    enc_mem = out.get("encoder_peak_mem_mb", 0)
-    out["design_params"] = out.get("params", np.nan) + pd.Series(enc_params, index=out.index).fillna(0)
-    out["design_mem_mb"] = out.get("peak_mem_mb", np.nan) + pd.Series(enc_mem, index=out.index).fillna(0)
     return out
 
 
@@ -98,13 +106,19 @@ class Budget:
         return {"latency_ms": self.latency_col, "params": "design_params", "memory_mb": "design_mem_mb"}
 
     def describe(self) -> str:
-        words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {_si(v)}",
+        words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {si(v)}",
                  "memory_mb": lambda v: f"memory ≤ {v:g} MB"}
         return ", ".join(words[k](v) for k, v in self.limits().items()) or "no budget"
 
 
-def _si(n: float) -> str:
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n:,.0f}"
+def si(x: Any) -> str:
+    """12_300_000 -> '12.3M'; '' for a missing value."""
+    if _missing(x):
+        return ""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
 
 
 @dataclass
@@ -155,7 +169,7 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
                 "memory_mb": float(r["design_mem_mb"]), "accuracy": float(r["accuracy"]) if has_acc else math.nan}
 
     def cost(r: pd.Series) -> str:
-        return f"{budget.latency} {r[budget.latency_col]:.4g} ms on {device}, {_si(r['design_params'])} params"
+        return f"{budget.latency} {r[budget.latency_col]:.4g} ms on {device}, {si(r['design_params'])} params"
 
     if len(fits):
         if has_acc:

@@ -24,7 +24,7 @@ import seaborn as sns
 from jinja2 import Environment
 from matplotlib.ticker import FuncFormatter
 
-from .choose import Budget, add_estimates, design_label, pareto_mask, recommend
+from .choose import Budget, add_estimates, design_label, pareto_mask, recommend, si
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -98,16 +98,6 @@ def _fmt(x: Any, digits: int = 1, scale: float = 1.0) -> str:
     if isinstance(x, numbers.Number) and not isinstance(x, bool):
         return f"{x / scale:,.{digits}f}"
     return str(x)
-
-
-def _si(x: Any) -> str:
-    """12_300_000 -> '12.3M' (a budget's params may be a raw count or already small)."""
-    if _missing(x):
-        return ""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
 
 
 def _png(fig) -> str:
@@ -225,7 +215,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     failed = df.loc[df["status"] != "ok", "design"].tolist()
     summary = f"{len(df)} designs measured, {len(failed)} failed" + (f" ({', '.join(failed)})." if failed else ".")
     recs = [{**r, "design": r.get("design") or "none", "latency_ms": _fmt(r.get("latency_ms")),
-             "params": _si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
+             "params": si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
     prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, device=device, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),

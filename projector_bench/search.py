@@ -87,7 +87,7 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
     objectives = dict(cfg.search.objectives)
     budget = Budget.from_config(cfg.budget)
     limits = budget.limits()
-    columns = {"latency_ms": budget.latency_col, "params": "params", "memory_mb": "peak_mem_mb"}
+    columns = budget.columns()  # the same values a report's budget bounds
 
     def objective(trial: optuna.Trial) -> list[float]:
         overrides = suggest(trial, cfg.search.space)

@@ -169,8 +169,10 @@ def test_bad_budgets_are_one_line_errors():
 
 def test_estimates_are_added_per_row_from_its_own_lm(mobilevlm_rows):
     rows = [r | {"status": "ok", "params": 1.0, "peak_mem_mb": 1.0, "config": {"lm": {**vars(lm())}}} for r in mobilevlm_rows]
+    rows[1] |= {"encoder_params": 5.0, "encoder_peak_mem_mb": 2.0}  # an encoder that is part of the design counts
     df = add_estimates(pd.DataFrame(rows + [{"projector": "old", "status": "ok"}]), target("raspberry_pi5"))
     assert (df["device"] == "raspberry_pi5").all() and df["est_ttft_ms"].iloc[:2].gt(0).all()
+    assert df["design_params"].iloc[:2].tolist() == [1.0, 6.0] and df["design_mem_mb"].iloc[:2].tolist() == [1.0, 3.0]
     assert math.isnan(df["est_ttft_ms"].iloc[2])  # a row recorded before ops were: no estimate, not a wrong one
 
 
