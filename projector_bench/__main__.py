@@ -64,12 +64,11 @@ def _main(cfg: DictConfig) -> None:
             raise SystemExit(1) from None
         print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
         if cfg.report:
-            from .report import build_report
+            from .report import report_at_end
             from .results import load_results
 
             df = load_results(cfg.results_dir)
-            df = df[df["sweep_id"] == study.study_name].reset_index(drop=True)
-            print(f"report: {build_report(df, cfg, cfg.reports_dir, {'command': ' '.join(sys.argv)})}")
+            report_at_end(df[df["sweep_id"] == study.study_name], cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
         return
     try:
         row = run(cfg)

@@ -317,3 +317,10 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     return write_report(df, out_dir, title=f"projector_bench: {len(df)} designs on {device.name}", device=device.name,
                         latency_col=budget.latency_col, recommendations=[r.as_dict() for r in recs],
                         provenance=provenance, validation=validation, extra_plots=plots)
+
+
+def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:
+    """The report a sweep or a search writes when it ends (unless `report=false`); prints its path."""
+    path = build_report(df.reset_index(drop=True), cfg, cfg.reports_dir, {"command": command, "results": cfg.results_dir})
+    print(f"report: {path}")
+    return path

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ._registry import create_projector
 from .accuracy import evaluate_projector
-from .choose import estimate_row
+from .choose import Budget, estimate_row
 from .encoders import create_encoder
 from .env import environment
 from .errors import ConfigError
@@ -179,6 +179,11 @@ class PrintSweepTable(Callback):
     """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:  # the budget is used by the report at the end: check it before the first job, not after the last
+            Budget.from_config(config.budget)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -190,11 +195,9 @@ class PrintSweepTable(Callback):
         if acc := accuracy_table(df):
             print(acc)
         if config.get("report"):
-            from .report import build_report
+            from .report import report_at_end
 
-            path = build_report(df.reset_index(drop=True), config, config.reports_dir,
-                                {"command": " ".join(["python -m projector_bench", *sys.argv[1:]]), "results": config.results_dir})
-            print(f"report: {path}")
+            report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
         failed = df[df["status"] != "ok"]
         if len(failed):
             print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in "

@@ -81,6 +81,8 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size must be a positive integer, got 0", 1),
     (["projector=ldp", "projector.kernel=4"], "ldp kernel must be odd and positive", 1),
     (["projector=ldpv2", "projector.pool=[0,0]"], "ldpv2 pool must be positive, got [0, 0]", 1),
+    (["-m", "projector=linear", "budget.latency=gpu"], "budget.latency='gpu' is not one of: ttft, vision, projector", 2),
+    (["-m", "projector=linear", "budget.params=0"], "budget.params must be positive or null, got 0", 2),
     (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
      "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
 ])
