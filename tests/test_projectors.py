@@ -135,3 +135,17 @@ def test_mlp_depth_is_configurable_and_matches_llava_layout():
     assert [type(m).__name__ for m in p.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
     with pytest.raises(ConfigError, match="depth must be >= 1"):
         create_projector("mlp", 8, 16, depth=0)
+
+
+@pytest.mark.parametrize("reduce,side24,side8", [(1, 24, 8), (2, 12, 4), (4, 6, 2)])
+def test_ldpv2_reduce_keeps_the_same_token_ratio_on_any_grid(reduce, side24, side8):
+    p = create_projector("ldpv2", 8, 16, reduce=reduce).eval()
+    assert p.num_tokens_out((24, 24)) == side24**2 and p.num_tokens_out((8, 8)) == side8**2
+    with torch.no_grad():
+        assert p(torch.randn(2, 64, 8)).shape == (2, side8**2, 16)
+    assert create_projector("ldpv2_int8", 8, 16, reduce=reduce).num_tokens_out((24, 24)) == side24**2
+
+
+def test_ldpv2_reduce_must_be_positive():
+    with pytest.raises(ConfigError, match="ldpv2 reduce must be positive"):
+        create_projector("ldpv2", 8, 16, reduce=0)
