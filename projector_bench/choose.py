@@ -178,9 +178,9 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
             reason = (f"{best.label} is the most accurate of the {len(fits)} designs within {budget.describe()}: "
                       f"{best.accuracy:.1f}% ({cost(best)})")
             if len(ranked) > 1:
-                nxt = ranked.iloc[1]
-                tie = "within" if nxt.accuracy >= best.get("accuracy_ci_low", math.inf) else "outside"
-                reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}% ({tie} {best.label}'s 95% interval) at {cost(nxt)}"
+                nxt, low = ranked.iloc[1], best.get("accuracy_ci_low")
+                ci = "" if _missing(low) else f" ({'within' if nxt.accuracy >= low else 'outside'} {best.label}'s 95% interval)"
+                reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}%{ci} at {cost(nxt)}"
         else:
             best = fits.sort_values(budget.latency_col).iloc[0]
             reason = f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} ({cost(best)}); no accuracy was measured (task=none)"

@@ -146,7 +146,10 @@ def table(**cols) -> pd.DataFrame:
 def test_the_most_accurate_design_within_budget_is_recommended_with_a_reason():
     r = recommend(table(), Budget(latency_ms=2000), "phone")
     assert r.feasible and r.design == "ldp" and "most accurate" in r.reason and "ttft ≤ 2000 ms" in r.reason
+    assert "the next, pool, scores 51.0% (within ldp's 95% interval)" in r.reason
     assert recommend(table(), Budget(), "phone").design == "mlp"
+    no_ci = recommend(table(accuracy_ci_low=[math.nan] * 3), Budget(latency_ms=2000), "phone").reason
+    assert "the next, pool, scores 51.0% at" in no_ci  # no interval recorded: no claim about one
     assert recommend(table(), Budget(params=10e6, memory_mb=50), "phone").design == "mlp"
 
 
