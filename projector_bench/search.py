@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from functools import partial
 from typing import Any
 
 import optuna
@@ -108,6 +107,42 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
     return objective
 
 
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler whose random draws for trial n depend on (seed, n) only.
+
+    One worker reproduces a run; several workers on one storage, all with the same `search.seed`, still
+    sample different designs (a sampler seeded once per process would make each worker repeat the others'
+    random start-up trials). Each trial gets a fresh `make(seed)`; TPE keeps no state between trials
+    that the storage does not hold.
+    """
+
+    def __init__(self, make: Any, seed: int | None) -> None:
+        self._make, self._seed = make, seed
+        self._s: optuna.samplers.BaseSampler = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self._seed is not None:
+            import numpy as np
+
+            self._s = self._make(int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]))
+        self._s.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - BaseSampler's signature
+        return self._s.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return self._s.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return self._s.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+        self._s.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._s.reseed_rng()
+
+
 def _counted(study: optuna.Study) -> int:
     """Trials that finished: completed ones, and failures the job recorded (not those of a process that died)."""
     return sum(t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)
@@ -121,9 +156,8 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         if d not in ("maximize", "minimize"):
             raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    limits = sorted(Budget.from_config(cfg.budget).limits())
-    sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
-                                         constraints_func=partial(_constraints, limits) if limits else None)
+    sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
+                          s.seed)  # constraints: TPE reads each trial's set_constraint values itself
     study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
                                 directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
     if not study.metric_names:
@@ -139,11 +173,6 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     if _counted(study) < s.n_trials:
         study.optimize(_objective(cfg, base), n_trials=s.n_trials, callbacks=[stop_when_done], catch=(TrialFailed,))
     return study
-
-
-def _constraints(keys: list[str], trial: optuna.trial.FrozenTrial) -> list[float]:
-    """The trial's constraint values in `keys` order; a failed trial (no values) counts as infeasible."""
-    return [trial.constraints.get(k, 1.0) for k in keys]
 
 
 def front_table(study: optuna.Study) -> str:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from projector_bench.search import suggest
+from projector_bench.search import TrialSeeded, suggest
 
 from .test_cli import ACC_TINY, TINY, rows
 
@@ -49,6 +49,29 @@ def test_the_space_becomes_overrides_and_conditions_hold():
     assert suggest(t, SPACE) == ["projector=mlp", "++projector.depth=3", "++accuracy.training.lr=0.001"]
     t = optuna.trial.FixedTrial({"projector": "pool", "projector.pool": 1, "accuracy.training.lr": 0.01})
     assert suggest(t, SPACE) == ["projector=pool", "++projector.pool=[2,2]", "++accuracy.training.lr=0.01"]
+
+
+def _first_draws(sampler_for_worker, workers=2):
+    storage = optuna.storages.InMemoryStorage()
+    studies = [optuna.create_study(study_name="s", storage=storage, load_if_exists=True, sampler=sampler_for_worker())
+               for _ in range(workers)]
+    return [s.ask().suggest_float("x", 0, 1) for s in studies]
+
+
+def test_workers_with_one_seed_sample_different_designs_and_one_worker_is_reproducible():
+    tpe = lambda seed: optuna.samplers.TPESampler(seed=seed)  # noqa: E731
+    a, b = _first_draws(lambda: TrialSeeded(tpe, 0))
+    assert a != b  # two workers, same search.seed: different start-up designs
+    plain = _first_draws(lambda: optuna.samplers.TPESampler(seed=0))
+    assert plain[0] == plain[1]  # what TrialSeeded avoids
+
+    def one_worker(seed):
+        s = optuna.create_study(sampler=TrialSeeded(tpe, seed))
+        s.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+        return [t.params["x"] for t in s.trials]
+
+    assert one_worker(0) == one_worker(0) != one_worker(1)
+    assert one_worker(0)[:2] == [a, b]  # trial n draws from (seed, n), whichever worker runs it
 
 
 @pytest.mark.slow
