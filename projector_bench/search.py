@@ -127,16 +127,16 @@ class TrialSeeded(optuna.samplers.BaseSampler):
             self._s = self._make(int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]))
         self._s.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - BaseSampler's signature
+    def infer_relative_search_space(self, study, trial):  # BaseSampler's signature
         return self._s.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+    def sample_relative(self, study, trial, search_space):
         return self._s.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+    def sample_independent(self, study, trial, param_name, param_distribution):
         return self._s.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+    def after_trial(self, study, trial, state, values):
         self._s.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

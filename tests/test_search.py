@@ -59,7 +59,7 @@ def _first_draws(sampler_for_worker, workers=2):
 
 
 def test_workers_with_one_seed_sample_different_designs_and_one_worker_is_reproducible():
-    tpe = lambda seed: optuna.samplers.TPESampler(seed=seed)  # noqa: E731
+    tpe = lambda seed: optuna.samplers.TPESampler(seed=seed)
     a, b = _first_draws(lambda: TrialSeeded(tpe, 0))
     assert a != b  # two workers, same search.seed: different start-up designs
     plain = _first_draws(lambda: optuna.samplers.TPESampler(seed=0))
