@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._registry import create_projector
-from .encoders import TimmEncoder
+from .encoders import TimmEncoder, Variant
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData
 
@@ -105,13 +105,14 @@ def _pretrain_encoder(enc: TimmEncoder, task: TaskData, cfg: DictConfig, seed: i
 def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], str]:
     """Features `(N, h·w, C)` of every image of `task`, the grid, and how the encoder was obtained (cached)."""
     e = cfg.accuracy.encoder
-    enc = TimmEncoder(e.name, e.stage, e.weights)
-    key = _key(e.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task), cfg.seed)
+    variant = Variant.from_config(e)
+    enc = TimmEncoder(e.name, e.stage, e.weights, variant)
+    key = _key(enc.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task), cfg.seed)
     source = enc.weights_source
     if source == "random":  # no pretrained weights: train on the task first
         torch.manual_seed(cfg.seed)
-        enc = TimmEncoder(e.name, e.stage, "random")
-        state = _cached(cache / "encoders" / f"{e.name}-{key}.pt",
+        enc = TimmEncoder(e.name, e.stage, "random", variant)
+        state = _cached(cache / "encoders" / f"{enc.name}-{key}.pt",
                         lambda: _pretrain_encoder(enc, task, cfg.accuracy.encoder_training, cfg.seed, quiet))
         enc.load_state_dict(state["state_dict"])
         source = f"trained on {task.name} ({cfg.accuracy.encoder_training.epochs} epochs from random init)"
@@ -120,12 +121,12 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         enc.eval()
         out = []
         with torch.inference_mode():
-            for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {e.name}", disable=quiet, leave=False):
+            for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {enc.name}", disable=quiet, leave=False):
                 tokens, grid = enc(_normalize(task.images[b]))
                 out.append(tokens.to(torch.float16))
         return {"features": torch.cat(out), "grid": grid}
 
-    feats = _cached(cache / "features" / f"{e.name}-{key}.pt", extract)
+    feats = _cached(cache / "features" / f"{enc.name}-{key}.pt", extract)
     return feats["features"], tuple(feats["grid"]), source
 
 
@@ -237,7 +238,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "accuracy_ci_by_type": {k: bootstrap_ci(correct[types == k], cfg.seed) for k in kinds},
         "majority_baseline": 100 * float((task.answers[test_q] == majority).float().mean()),
         "train_time_s": trained["train_time_s"], "train_final_loss": trained["train_final_loss"],
-        "acc_encoder": cfg.accuracy.encoder.name, "acc_encoder_source": source,
+        "acc_encoder": Variant.from_config(cfg.accuracy.encoder).label(cfg.accuracy.encoder.name), "acc_encoder_source": source,
         "acc_grid": f"{grid[0]}x{grid[1]}", "acc_tokens_in": grid[0] * grid[1],
         "acc_tokens_out": proj.num_tokens_out(grid), "acc_test_questions": len(test_q),
     }

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ._registry import create_projector
 from .accuracy import evaluate_projector
 from .choose import Budget, estimate_row
-from .encoders import create_encoder
+from .encoders import Variant, create_encoder
 from .env import environment
 from .errors import ConfigError
 from .lm import LanguageModel
@@ -82,7 +82,7 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
             info["encoder_ops"] = [list(op) for op in trace_timm_on_meta(cfg.shape.vision_encoder, cfg.shape.vision_img_size)]
         return tokens, grid, info
     _positive(cfg, "encoder", "img_size")
-    enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights).eval()
+    enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights, Variant.from_config(cfg.encoder)).eval()
     images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
     with torch.inference_mode():
         tokens, grid = enc(images)

@@ -164,7 +164,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         study.set_metric_names(list(s.objectives))
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in s.objectives.values()]:
         raise ConfigError(f"study {s.name!r} in this storage has other objectives; set search.name to start a new one")
-    base = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("search")]
+    base = list(HydraConfig.get().overrides.task)  # with +search=<name>: its defaults and interpolations hold in trials
 
     def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if _counted(study) >= s.n_trials:

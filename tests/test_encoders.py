@@ -5,7 +5,10 @@ import timm
 import torch
 
 from projector_bench import ConfigError
-from projector_bench.encoders import create_encoder, list_encoders
+from timm.models import build_model_with_cfg
+from timm.models.byobnet import ByobNet
+
+from projector_bench.encoders import Variant, create_encoder, list_encoders
 
 
 def test_family_includes_the_named_variants():
@@ -97,3 +100,50 @@ def test_auto_falls_back_to_random_when_the_fetch_fails(monkeypatch, caplog):
     assert "could not be fetched (OSError)" in caplog.text
     with pytest.raises(ConfigError, match="could not load weights for encoder mobilevit_xxs"):
         create_encoder("mobilevit_xxs", weights="pretrained")
+
+
+def _blocks(enc, kind):
+    return [m for m in enc.modules() if type(m).__name__ == kind]
+
+
+@pytest.mark.parametrize("name,block,layer", [("mobilevit_xs", "MobileVitBlock", "Block"),
+                                              ("mobilevitv2_050", "MobileVitV2Block", "LinearTransformerBlock")])
+def test_a_custom_variant_changes_width_depth_and_patch_through_timms_config(name, block, layer):
+    named = create_encoder(name, stage=2, weights="random")
+    custom = create_encoder(name, stage=2, weights="random", variant=Variant(width=0.5, depth=2.0, patch_size=4))
+    assert custom.name == f"{name}-w0.5-d2-p4" and named.name == name
+    assert custom.channels == named.channels // 2  # timm's width_factor on every stage
+    assert len(_blocks(custom, layer)) == 2 * len(_blocks(named, layer))  # transformer depth of stage 2's block, doubled
+    [b] = _blocks(custom, block)
+    assert tuple(b.patch_size) == (4, 4) and tuple(_blocks(named, block)[0].patch_size) == (2, 2)
+    tokens, grid = custom.eval()(torch.randn(2, 3, 64, 64))
+    assert grid == (8, 8) and tokens.shape == (2, 64, custom.channels)
+    if name == "mobilevit_xs":  # v1 states its transformer width: scaled too (96 -> 48)
+        assert b.conv_1x1.out_channels == 48
+
+
+def test_a_variant_that_builds_the_named_model_is_the_named_model():
+    assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 2, "depth": 1.1}) == Variant()
+    assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 4}).label("mobilevit_xs") == "mobilevit_xs-p4"
+    assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 2, "width": 0.5}).label("mobilevit_xs") == "mobilevit_xs-w0.5"
+
+
+@pytest.mark.parametrize("bad", [{"width": 0}, {"depth": "deep"}, {"patch_size": 1.5}, {"patch_size": 0}])
+def test_a_bad_variant_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match="width and depth are positive multipliers, patch_size a positive integer"):
+        Variant.from_config({"name": "mobilevit_xs", **bad})
+
+
+def test_a_custom_variant_has_no_published_weights_but_loads_its_own_checkpoint(tmp_path):
+    v = Variant(width=0.75, patch_size=4)
+    assert create_encoder("mobilevit_xxs", weights="auto", variant=v).weights_source == "random"
+    with pytest.raises(ConfigError, match="mobilevit_xxs-w0.75-p4 has no pretrained weights"):
+        create_encoder("mobilevit_xxs", weights="pretrained", variant=v)
+    full = build_model_with_cfg(ByobNet, "mobilevit_xxs", False, model_cfg=v.model_cfg("mobilevit_xxs")).eval()
+    path = tmp_path / "custom.pth"
+    torch.save(full.state_dict(), path)
+    enc = create_encoder("mobilevit_xxs", weights=str(path), variant=v).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
+        assert torch.allclose(enc(x)[0], expected.flatten(2).transpose(1, 2), atol=1e-5)

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from projector_bench.encoders import Variant
 from projector_bench.search import TrialSeeded, suggest
 
 from .test_cli import ACC_TINY, TINY, rows
@@ -17,8 +18,8 @@ SEARCH = ["+search=projector_space", "encoder.weights=random", "accuracy.encoder
           "search.grace_period=10", *ACC_TINY, *[t for t in TINY if not t.startswith("task=")]]
 
 
-def search(tmp_path, *args, wait=True):
-    cmd = [sys.executable, "-m", "projector_bench", *SEARCH, *args, f"results_dir={tmp_path}/results",
+def search(tmp_path, *args, wait=True, space="projector_space"):
+    cmd = [sys.executable, "-m", "projector_bench", *[f"+search={space}" if a.startswith("+search=") else a for a in SEARCH], *args, f"results_dir={tmp_path}/results",
            f"hydra.run.dir={tmp_path}/hydra/run"]
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, HYDRA_FULL_ERROR="0"))
@@ -137,3 +138,21 @@ def test_budgets_are_constraints_and_the_front_holds_feasible_trials_only(tmp_pa
     s = study(tmp_path)
     assert all(t.constraints["latency_ms"] > 0 for t in s.trials) and s.best_trials == []
     assert "(no feasible trial)" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(tmp_path):
+    r = search(tmp_path, "search.n_trials=3", space="encoder_space")
+    assert r.returncode == 0, r.stderr
+    trials = {t.number: t.params for t in study(tmp_path, "encoder_space").trials}
+    got = rows(tmp_path)
+    assert len(got) == 3
+    for g in got:
+        p = trials[g["trial"]]
+        label = Variant.from_config({"name": p["encoder"], "width": p["encoder.width"], "depth": p["encoder.depth"],
+                                     "patch_size": p["encoder.patch_size"]}).label(p["encoder"])
+        assert g["encoder"] == g["acc_encoder"] == label  # costs and accuracy of the same variant
+        assert g["img_size"] == 32 and g["encoder_params"] > 0 and g["design_params"] == g["params"] + g["encoder_params"]
+        assert g["acc_encoder_source"].startswith("trained on shapes_vqa") and g["accuracy"] is not None
+    assert any(g["encoder"] not in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100")
+               for g in got)  # at least one variant timm does not name
