@@ -90,6 +90,12 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
     return tokens.clone(), grid, info | _costs("encoder_", enc.model, (images,), cfg.device)
 
 
+def build_projector(pcfg: DictConfig, in_dim: int) -> nn.Module:
+    """The projector a `projector` config describes, for tokens of `in_dim` channels, in eval mode."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(pcfg, resolve=True).items() if k not in _PROJECTOR_KEYS}
+    return create_projector(pcfg.name, in_dim, pcfg.out_dim, **kwargs).eval()
+
+
 def measure(cfg: DictConfig) -> dict[str, Any]:
     """Every cost column of one (token source, projector) pair."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -99,9 +105,8 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     if pcfg.in_dim is not None and pcfg.in_dim != in_dim:
         raise ConfigError(f"projector.in_dim={pcfg.in_dim} does not match the token source ({row['encoder']}: {in_dim} "
                           f"channels); set projector.in_dim={in_dim} or null")
-    kwargs = {k: v for k, v in OmegaConf.to_container(pcfg, resolve=True).items() if k not in _PROJECTOR_KEYS}
     torch.manual_seed(cfg.seed)
-    proj = create_projector(pcfg.name, in_dim, pcfg.out_dim, **kwargs).eval()
+    proj = build_projector(pcfg, in_dim)
     if proj.needs_grid:
         grid = token_grid(tokens.shape[1], grid, pcfg.name)
     with torch.inference_mode():

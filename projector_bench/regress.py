@@ -1,0 +1,245 @@
+"""Regression checks for CI that do not cry wolf: `python -m projector_bench.regress [golden|time|all] [--update]`.
+
+`golden`: parameters, MACs and output tokens of every shipped design (each `conf/projector/*.yaml` at MobileVLM
+1.7B's shape, 576 tokens of 1024 -> 2048) and of every MobileViT encoder config (at its `img_size`), compared
+exactly with `tests/benchmarks/golden.json`. Any difference fails until `golden --update` rewrites the file,
+so a change to them is a deliberate, committed one.
+
+`time`: each design's and each encoder's forward is timed against a fixed reference kernel (a 576x1024 @
+1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process
+(`bench.paired_ratio`). The median per-round ratio cancels what the machine is doing at that moment (a
+neighbour's load, clock changes), which raw milliseconds compared across runs do not. It is compared with the
+ratio committed for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json`; a case
+fails when its ratio grew by more than `--tolerance` in a first pass *and* in a second, longer one (a burst of
+load rarely lands twice on the same case; a real slowdown always does). Single-threaded by default: on a
+shared 2-core runner, a second thread waits on whichever core a neighbour holds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from .bench import paired_ratio
+from .encoders import Variant, create_encoder
+from .measure import count_flops, count_params
+from .projectors.base import token_grid
+
+HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
+GOLDEN, BASELINE = HERE / "golden.json", HERE / "baseline.json"
+SHAPE, OUT = (1, 576, 1024), 2048
+
+
+def _configs(group: str, names: list[str] | None = None) -> dict[str, DictConfig]:
+    """The full config with `group=<name>` for each shipped option of `group` (or each of `names`)."""
+    from hydra import compose, initialize_config_dir
+
+    from .__main__ import config_dir
+
+    names = names if names is not None else [n.split("/", 1)[1] for n in case_names() if n.startswith(f"{group}/")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return {n: compose("config", [f"{group}={n}", "task=none"]) for n in names}
+
+
+@dataclass
+class Case:
+    """One timed forward: `fn()`, and what `golden` records of it."""
+
+    fn: Callable[[], Any]
+    facts: Callable[[], dict[str, int]]
+
+
+def _projector_case(cfg: DictConfig) -> Case:
+    from .runner import build_projector
+
+    torch.manual_seed(0)
+    x = torch.randn(*SHAPE)
+    p = build_projector(cfg.projector, SHAPE[-1])
+    grid = token_grid(SHAPE[1], None, cfg.projector.name) if p.needs_grid else None
+
+    def facts() -> dict[str, int]:
+        with torch.inference_mode():
+            out = p(x, grid)
+        return {"params": count_params(p), "macs": count_flops(p, x, grid=grid).macs, "tokens_in": SHAPE[1],
+                "tokens_out": out.shape[1], "out_dim": out.shape[-1]}
+
+    return Case(lambda: p(x, grid), facts)
+
+
+def _encoder_case(cfg: DictConfig) -> Case:
+    e = cfg.encoder
+    torch.manual_seed(0)
+    enc = create_encoder(e.name, e.stage, "random", Variant.from_config(e)).eval()
+    images = torch.randn(1, 3, e.img_size, e.img_size)
+
+    def facts() -> dict[str, int]:
+        with torch.inference_mode():
+            tokens, _ = enc(images)
+        return {"params": count_params(enc), "macs": count_flops(enc.model, images).macs, "img_size": e.img_size,
+                "tokens_out": tokens.shape[1], "out_dim": tokens.shape[-1]}
+
+    return Case(lambda: enc(images), facts)
+
+
+def case_names() -> list[str]:
+    """`projector/<name>` for every `conf/projector/*.yaml`, `encoder/<name>` for every MobileViT encoder config."""
+    from .__main__ import config_dir
+
+    return [f"{g}/{p.stem}" for g in ("projector", "encoder") for p in sorted((config_dir() / g).glob("*.yaml"))
+            if (g, p.stem) != ("encoder", "none")]
+
+
+def cases(only: list[str] | None = None) -> dict[str, Case]:
+    """Every case of `case_names()`, or those named in `only`, built."""
+    out: dict[str, Case] = {}
+    for group, make in (("projector", _projector_case), ("encoder", _encoder_case)):
+        for name, cfg in _configs(group, [n.split("/", 1)[1] for n in only if n.startswith(f"{group}/")] if only else None).items():
+            out[f"{group}/{name}"] = make(cfg)
+    return out
+
+
+def reference_kernel() -> Callable[[], Any]:
+    """The fixed kernel every case is timed against: the GEMM of a linear projector at the reference shape."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(SHAPE[1], SHAPE[2], generator=g), torch.randn(SHAPE[2], OUT, generator=g)
+    return lambda: a @ b
+
+
+def machine(threads: int) -> str:
+    """The machine class a timing baseline is valid for: CPU model, threads, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
+
+
+def time_ratios(selected: dict[str, Case], rounds: int, threads: int) -> dict[str, tuple[float, float]]:
+    """(median, IQR) over `rounds` of time(case) / time(reference kernel), interleaved, for each case."""
+    ref = reference_kernel()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return {name: paired_ratio(c.fn, ref, rounds, 1) for name, c in selected.items()}
+    finally:
+        torch.set_num_threads(previous)
+
+
+def compare_golden(got: dict[str, dict[str, int]], want: dict[str, dict[str, int]]) -> list[str]:
+    """One line per difference between measured facts and the golden table (empty: identical)."""
+    lines = [f"{n}: not in the golden table" for n in got if n not in want]
+    lines += [f"{n}: in the golden table but not shipped any more" for n in want if n not in got]
+    for n in sorted(set(got) & set(want)):
+        lines += [f"{n}: {k} {want[n].get(k)} -> {v}" for k, v in got[n].items() if want[n].get(k) != v]
+    return lines
+
+
+def regressions(now: dict[str, tuple[float, float]], base: dict[str, float], tolerance: float) -> dict[str, float]:
+    """Cases whose ratio grew by more than `tolerance` over the baseline: name -> now / baseline."""
+    return {n: r / base[n] for n, (r, _) in now.items() if n in base and r / base[n] > 1 + tolerance}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}); restore it from git (git checkout -- {path})") from None
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def run_golden(update: bool) -> int:
+    """Check (or with `update`, rewrite) the golden table; 0 when it holds."""
+    got = {n: c.facts() for n, c in cases().items()}
+    if update:
+        _write(GOLDEN, got)
+        print(f"golden: wrote {len(got)} designs and encoders to {GOLDEN.relative_to(Path.cwd()) if GOLDEN.is_relative_to(Path.cwd()) else GOLDEN}")
+        return 0
+    diff = compare_golden(got, _load(GOLDEN))
+    for line in diff:
+        print(f"golden: {line}")
+    if diff:
+        print("golden: FAILED. If the change is deliberate: python -m projector_bench.regress golden --update, "
+              "and commit tests/benchmarks/golden.json")
+        return 1
+    print(f"golden: {len(got)} designs and encoders match exactly (params, MACs, tokens)")
+    return 0
+
+
+def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: list[str] | None) -> int:
+    """Check (or with `update`, record) this machine class's ratios to the reference kernel; 0 when none regressed."""
+    key = machine(threads)
+    data = _load(BASELINE)
+    selected = cases(only)
+    now = time_ratios(selected, rounds, threads)
+    if update:
+        data.setdefault("machines", {})[key] = {"recorded": date.today().isoformat(), "rounds": rounds,
+                                                "ratios": {n: round(r, 4) for n, (r, _) in now.items()}}
+        _write(BASELINE, data)
+        print(f"time: recorded {len(now)} ratios for {key}")
+        return 0
+    base = data.get("machines", {}).get(key)
+    if base is None:
+        known = "; ".join(data.get("machines", {})) or "none"
+        print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
+              "so none is compared: record one here with python -m projector_bench.regress time --update")
+        return 0
+    suspects = regressions(now, base["ratios"], tolerance)
+    confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance) \
+        if suspects else {}
+    print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
+    for n, (r, iqr) in now.items():
+        b = base["ratios"].get(n)
+        verdict = "new (no baseline)" if b is None else "REGRESSED" if n in confirmed else \
+            "ok (second pass)" if n in suspects else "faster: --update to keep" if r / b < 1 - tolerance else "ok"
+        print(f"  {n:40s} {b if b is not None else float('nan'):8.3f} -> {r:8.3f} (IQR {iqr:.3f})  "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}%  {verdict}")
+    if confirmed:
+        print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
+              " slower than the baseline in two passes")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`golden`, `time` or `all` (both); `--update` records instead of checking."""
+    ap = argparse.ArgumentParser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=("golden", "time", "all"), nargs="?", default="all")
+    ap.add_argument("--update", action="store_true", help="record the golden table / this machine's timing baseline")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per case (time)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of a ratio (0.10: 10%%)")
+    ap.add_argument("--only", nargs="*", help="cases to time, e.g. projector/mlp encoder/mobilevit_xs")
+    args = ap.parse_args(argv)
+    if args.rounds < 3 or args.threads < 1 or not 0 < args.tolerance < 1:
+        print("error: --rounds must be >= 3, --threads >= 1 and 0 < --tolerance < 1", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.only or []) - set(case_names()))
+    if unknown:
+        print(f"error: unknown case {unknown[0]!r}; choose from: {', '.join(case_names())}", file=sys.stderr)
+        return 2
+    status = 0
+    if args.what in ("golden", "all"):
+        status |= run_golden(args.update)
+    if args.what in ("time", "all"):
+        status |= run_time(args.update, args.rounds, args.threads, args.tolerance, args.only)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The regression gate's exact half (golden table) and its decision rules; the timing itself is exercised by
+tests/benchmarks/test_regression.py and by `python -m projector_bench.regress` in .ci/run."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from projector_bench.regress import GOLDEN, case_names, cases, compare_golden, machine, regressions
+
+
+def test_every_shipped_design_and_encoder_is_a_case_and_in_the_golden_table():
+    names = case_names()
+    assert {"projector/mlp", "projector/ldp", "projector/ldpv2_int8", "encoder/mobilevit_xxs"} <= set(names)
+    assert sorted(json.loads(GOLDEN.read_text())) == sorted(names)
+
+
+@pytest.mark.parametrize("name", ["projector/mlp", "projector/ldp", "projector/pool"])
+def test_the_golden_rows_hold_exactly(name):
+    want = json.loads(GOLDEN.read_text())
+    assert compare_golden({name: cases([name])[name].facts()}, {name: want[name]}) == []
+
+
+def test_golden_differences_name_the_design_and_the_field():
+    want = {"projector/mlp": {"params": 6, "macs": 3}, "projector/old": {"params": 1}}
+    got = {"projector/mlp": {"params": 6, "macs": 4}, "projector/new": {"params": 2}}
+    assert compare_golden(got, want) == ["projector/new: not in the golden table",
+                                         "projector/old: in the golden table but not shipped any more",
+                                         "projector/mlp: macs 3 -> 4"]
+
+
+def test_a_case_regresses_only_beyond_the_tolerance():
+    base = {"a": 2.0, "b": 2.0, "c": 2.0}
+    now = {"a": (2.19, 0.1), "b": (2.21, 0.1), "c": (1.0, 0.1), "d": (9.0, 0.1)}  # d: no baseline, not judged
+    assert regressions(now, base, 0.10) == {"b": pytest.approx(1.105)}
+
+
+def test_the_machine_class_names_cpu_threads_and_torch():
+    m = machine(1)
+    assert " | 1 thread | torch " in m and machine(2).endswith(m.rsplit("|", 1)[1]) and "2 threads" in machine(2)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["time", "--only", "projector/nope"], "error: unknown case 'projector/nope'; choose from: projector/"),
+    (["time", "--rounds", "1"], "error: --rounds must be >= 3"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = subprocess.run([sys.executable, "-m", "projector_bench.regress", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1
