@@ -15,6 +15,8 @@ a database, a trial whose process died (no heartbeat for `search.grace_period` s
 from __future__ import annotations
 
 import logging
+import random
+import time
 import warnings
 from typing import Any
 
@@ -46,13 +48,22 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
     if not spec:
         Path(results_dir).mkdir(parents=True, exist_ok=True)
         spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
-    try:
-        return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
-                                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                          engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
-    except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
-        raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                          "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
+                                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                                              engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
+        except (IntegrityError, OperationalError) as e:  # workers started together race to create the schema: retry
+            if attempt == 4:
+                raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
+            time.sleep(0.5 + random.random())
+        except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
+            raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
+    raise AssertionError("unreachable")
 
 
 def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:

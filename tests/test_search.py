@@ -156,3 +156,14 @@ def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(t
         assert g["acc_encoder_source"].startswith("trained on shapes_vqa") and g["accuracy"] is not None
     assert any(g["encoder"] not in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100")
                for g in got)  # at least one variant timm does not name
+
+
+def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path):
+    # they race to create the schema (alembic_version: UNIQUE constraint failed); the loser retries
+    code = "import sys; from projector_bench.search import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
+    for i in range(3):
+        ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(i))], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for p in ps:
+            out, err = p.communicate(timeout=300)
+            assert out.strip() == "ok", err
