@@ -9,7 +9,8 @@ so a change to them is a deliberate, committed one.
 1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process
 (`bench.paired_ratio`). The median per-round ratio cancels what the machine is doing at that moment (a
 neighbour's load, clock changes), which raw milliseconds compared across runs do not. It is compared with the
-ratio committed for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json`; a case
+ratio recorded for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json` (or
+a `--baseline` file, such as one the base branch wrote minutes earlier on the same CI runner); a case
 fails when its ratio grew by more than `--tolerance` in a first pass *and* in a second, longer one (a burst of
 load rarely lands twice on the same case; a real slowdown always does). Single-threaded by default: on a
 shared 2-core runner, a second thread waits on whichever core a neighbour holds.
@@ -181,23 +182,24 @@ def run_golden(update: bool) -> int:
     return 0
 
 
-def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: list[str] | None) -> int:
-    """Check (or with `update`, record) this machine class's ratios to the reference kernel; 0 when none regressed."""
+def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: list[str] | None,
+             baseline: Path = BASELINE) -> int:
+    """Check (or with `update`, record) this machine class's ratios in `baseline`; 0 when none regressed."""
     key = machine(threads)
-    data = _load(BASELINE)
+    data = _load(baseline)
     selected = cases(only)
     now = time_ratios(selected, rounds, threads)
     if update:
         data.setdefault("machines", {})[key] = {"recorded": date.today().isoformat(), "rounds": rounds,
                                                 "ratios": {n: round(r, 4) for n, (r, _) in now.items()}}
-        _write(BASELINE, data)
-        print(f"time: recorded {len(now)} ratios for {key}")
+        _write(baseline, data)
+        print(f"time: recorded {len(now)} ratios for {key} in {baseline}")
         return 0
     base = data.get("machines", {}).get(key)
     if base is None:
         known = "; ".join(data.get("machines", {})) or "none"
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
-              "so none is compared: record one here with python -m projector_bench.regress time --update")
+              f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
     suspects = regressions(now, base["ratios"], tolerance)
     confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance) \
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of a ratio (0.10: 10%%)")
     ap.add_argument("--only", nargs="*", help="cases to time, e.g. projector/mlp encoder/mobilevit_xs")
+    ap.add_argument("--baseline", type=Path, default=BASELINE,
+                    help="timing baseline file (default: the committed one); e.g. one --update wrote from the base branch")
     args = ap.parse_args(argv)
     if args.rounds < 3 or args.threads < 1 or not 0 < args.tolerance < 1:
         print("error: --rounds must be >= 3, --threads >= 1 and 0 < --tolerance < 1", file=sys.stderr)
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("golden", "all"):
         status |= run_golden(args.update)
     if args.what in ("time", "all"):
-        status |= run_time(args.update, args.rounds, args.threads, args.tolerance, args.only)
+        status |= run_time(args.update, args.rounds, args.threads, args.tolerance, args.only, args.baseline)
     return status
 
 
