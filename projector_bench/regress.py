@@ -6,9 +6,10 @@ exactly with `tests/benchmarks/golden.json`. Any difference fails until `golden 
 so a change to them is a deliberate, committed one.
 
 `time`: each design's and each encoder's forward is timed against a fixed reference kernel (a 576x1024 @
-1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process
-(`bench.paired_ratio`). The median per-round ratio cancels what the machine is doing at that moment (a
-neighbour's load, clock changes), which raw milliseconds compared across runs do not. It is compared with the
+1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process (`paired`).
+With one thread the clock is the thread's CPU time, which leaves out the time a neighbour holds the core;
+the median per-round ratio cancels what the machine does to both (clock speed, cache and memory
+contention). Raw milliseconds compared across runs do neither (the check prints what they would have said). It is compared with the
 ratio recorded for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json` (or
 a `--baseline` file, such as one the base branch wrote minutes earlier on the same CI runner); a case
 fails when its ratio grew by more than `--tolerance` in a first pass *and* in a second, longer one (a burst of
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -30,7 +34,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .bench import paired_ratio
 from .encoders import Variant, create_encoder
 from .measure import count_flops, count_params
 from .projectors.base import token_grid
@@ -126,13 +129,51 @@ def machine(threads: int) -> str:
     return f"{cpu} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
 
 
-def time_ratios(selected: dict[str, Case], rounds: int, threads: int) -> dict[str, tuple[float, float]]:
-    """(median, IQR) over `rounds` of time(case) / time(reference kernel), interleaved, for each case."""
+def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads: int,
+           repeat: int = 3) -> tuple[float, float, dict[str, float]]:
+    """(median, IQR) over `rounds` of time(case) / time(ref), and the case's own median times in ms
+    (`wall`, and `cpu` when one thread: what comparing raw times between runs would use).
+
+    Each round times the two back to back, in alternating order, each as the best of `repeat` calls. With one
+    thread the clock is the thread's CPU time, so time spent descheduled (a neighbour holding the core) is
+    not counted; the ratio then cancels what remains (clock speed, cache and memory contention).
+    """
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    ratios, wall, cpu = [], [], []
+    with torch.inference_mode():
+        case(), ref()
+        for r in range(rounds):
+            t, w = {}, math.inf
+            for f in (case, ref) if r % 2 == 0 else (ref, case):
+                best = math.inf
+                for _ in range(repeat):
+                    t0, w0 = clock(), time.perf_counter()
+                    f()
+                    best = min(best, clock() - t0)
+                    w = min(w, time.perf_counter() - w0) if f is case else w
+                t[f] = best
+            ratios.append(t[case] / t[ref])
+            wall.append(w)
+            cpu.append(t[case])
+    q = statistics.quantiles(ratios, n=4)
+    own = {"wall": statistics.median(wall) * 1e3} | ({"cpu": statistics.median(cpu) * 1e3} if threads == 1 else {})
+    return statistics.median(ratios), q[2] - q[0], own
+
+
+def time_ratios(selected: dict[str, Case], rounds: int, threads: int,
+                raw_ms: dict[str, dict[str, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """`paired` (median, IQR) of every case against the reference kernel (`raw_ms` receives its own ms)."""
     ref = reference_kernel()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return {name: paired_ratio(c.fn, ref, rounds, 1) for name, c in selected.items()}
+        out = {}
+        for name, c in selected.items():
+            med, iqr, ms = paired(c.fn, ref, rounds, threads)
+            out[name] = (med, iqr)
+            if raw_ms is not None:
+                raw_ms[name] = ms
+        return out
     finally:
         torch.set_num_threads(previous)
 
@@ -188,10 +229,12 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     key = machine(threads)
     data = _load(baseline)
     selected = cases(only)
-    now = time_ratios(selected, rounds, threads)
+    ms: dict[str, dict[str, float]] = {}
+    now = time_ratios(selected, rounds, threads, ms)
     if update:
         data.setdefault("machines", {})[key] = {"recorded": date.today().isoformat(), "rounds": rounds,
-                                                "ratios": {n: round(r, 4) for n, (r, _) in now.items()}}
+                                                "ratios": {n: round(r, 4) for n, (r, _) in now.items()},
+                                                "ms": {n: {k: round(v, 3) for k, v in m.items()} for n, m in ms.items()}}
         _write(baseline, data)
         print(f"time: recorded {len(now)} ratios for {key} in {baseline}")
         return 0
@@ -205,12 +248,21 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance) \
         if suspects else {}
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
+    print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s}  {'wall ms: baseline -> now':>24s} {'change':>7s}"
+          f"  {'cpu ms':>7s}  verdict")
+    over: dict[str, int] = {"wall": 0, "cpu": 0}
     for n, (r, iqr) in now.items():
-        b = base["ratios"].get(n)
+        b, bms = base["ratios"].get(n), base.get("ms", {}).get(n, {})
         verdict = "new (no baseline)" if b is None else "REGRESSED" if n in confirmed else \
             "ok (second pass)" if n in suspects else "faster: --update to keep" if r / b < 1 - tolerance else "ok"
-        print(f"  {n:40s} {b if b is not None else float('nan'):8.3f} -> {r:8.3f} (IQR {iqr:.3f})  "
-              f"{(r / b - 1) * 100 if b else 0:+6.1f}%  {verdict}")
+        raw = {k: ms[n][k] / bms[k] - 1 if bms.get(k) else math.nan for k in ("wall", "cpu")}
+        for k, v in raw.items():
+            over[k] += v > tolerance
+        print(f"  {n:34s} {b if b is not None else math.nan:8.3f} -> {r:7.3f} (IQR {iqr:5.3f}) "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}%  {bms.get('wall', math.nan):9.2f} -> {ms[n]['wall']:9.2f}  "
+              f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
+    print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
+          f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")
     if confirmed:
         print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
               " slower than the baseline in two passes")
