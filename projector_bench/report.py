@@ -241,13 +241,16 @@ def study_plots(study: Any) -> list[dict]:
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # handled: see `good`
         for i, name in enumerate(names):
             def target(t, i=i):
                 return t.values[i]
             ax = ovm.plot_optimization_history(study, target=target, target_name=name)
             out.append({"id": f"plot-history-{i}", "alt": f"Optimization history: {name}", "b64": _png(ax.figure)})
             try:
-                ax = ovm.plot_param_importances(study, target=target, target_name=name)
+                # Optuna's default evaluator (PED-ANOVA) ranks parameters for reaching *low* target values
+                good = (lambda t, i=i: -t.values[i]) if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else target
+                ax = ovm.plot_param_importances(study, target=good, target_name=name)
                 fig = ax.figure
             except (ValueError, RuntimeError) as e:  # e.g. fewer than two completed trials: say so in the report
                 fig, ax = plt.subplots(figsize=(6, 1))
