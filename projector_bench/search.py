@@ -31,6 +31,7 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+MAX_SKIPS = 3  # a worker skips at most this many designs in a row that another worker is measuring
 
 
 class TrialFailed(Exception):
@@ -99,9 +100,17 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
     limits = budget.limits()
     columns = budget.columns()  # the same values a report's budget bounds
 
+    skipped = [0]  # trials skipped in a row as duplicates of running ones
+
     def objective(trial: optuna.Trial) -> list[float]:
         overrides = suggest(trial, cfg.search.space)
         trial.set_user_attr("overrides", overrides)
+        same = [t.number for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if t.number != trial.number and t.user_attrs.get("overrides") == overrides]
+        if same and skipped[0] < MAX_SKIPS:  # another worker measures this design: sample another (not counted)
+            skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period)
+            raise optuna.TrialPruned(f"the design of running trial {same[0]}")
+        skipped[0] = 0
         job = compose("config", overrides=base_overrides + overrides)
         row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides})
         if row["status"] != "ok":
@@ -182,7 +191,8 @@ def run_search(cfg: DictConfig) -> optuna.Study:
             study.stop()
 
     if _counted(study) < s.n_trials:
-        study.optimize(_objective(cfg, base), n_trials=s.n_trials, callbacks=[stop_when_done], catch=(TrialFailed,))
+        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[stop_when_done],
+                       catch=(TrialFailed,))  # skipped duplicates are not counted: `stop_when_done` ends it
     return study
 
 
