@@ -11,8 +11,9 @@ With one thread the clock is the thread's CPU time, which leaves out the time a 
 the median per-round ratio cancels what the machine does to both (clock speed, cache and memory
 contention). Raw milliseconds compared across runs do neither (the check prints what they would have said). It is compared with the
 ratio recorded for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json` (or
-a `--baseline` file, such as one the base branch wrote minutes earlier on the same CI runner); a case
-fails when its ratio grew by more than `--tolerance` in a first pass *and* in a second, longer one (a burst of
+a `--baseline` file, such as one the base branch wrote minutes earlier on the same CI runner): the median of
+3 passes, whose spread is the case's noise. A case fails when its ratio grew by more than its limit,
+`--tolerance` or twice its noise if larger, in a first pass *and* in a second, longer one (a burst of
 load rarely lands twice on the same case; a real slowdown always does). Single-threaded by default: on a
 shared 2-core runner, a second thread waits on whichever core a neighbour holds.
 """
@@ -41,6 +42,7 @@ from .projectors.base import token_grid
 HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
 GOLDEN, BASELINE = HERE / "golden.json", HERE / "baseline.json"
 SHAPE, OUT = (1, 576, 1024), 2048
+RECORD_PASSES = 3  # `time --update` measures this many passes
 
 
 def _configs(group: str, names: list[str] | None = None) -> dict[str, DictConfig]:
@@ -187,9 +189,15 @@ def compare_golden(got: dict[str, dict[str, int]], want: dict[str, dict[str, int
     return lines
 
 
-def regressions(now: dict[str, tuple[float, float]], base: dict[str, float], tolerance: float) -> dict[str, float]:
-    """Cases whose ratio grew by more than `tolerance` over the baseline: name -> now / baseline."""
-    return {n: r / base[n] for n, (r, _) in now.items() if n in base and r / base[n] > 1 + tolerance}
+def regressions(now: dict[str, tuple[float, float]], base: dict[str, float], tolerance: float,
+                noise: dict[str, float] | None = None) -> dict[str, float]:
+    """Cases whose ratio grew over the baseline by more than their threshold: name -> now / baseline."""
+    return {n: r / base[n] for n, (r, _) in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
+
+
+def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> float:
+    """`tolerance`, or twice the case's noise between the baseline's passes when that is larger."""
+    return max(tolerance, 2 * (noise or {}).get(name, 0.0))
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -230,36 +238,42 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     data = _load(baseline)
     selected = cases(only)
     ms: dict[str, dict[str, float]] = {}
-    now = time_ratios(selected, rounds, threads, ms)
-    if update:
-        data.setdefault("machines", {})[key] = {"recorded": date.today().isoformat(), "rounds": rounds,
-                                                "ratios": {n: round(r, 4) for n, (r, _) in now.items()},
-                                                "ms": {n: {k: round(v, 3) for k, v in m.items()} for n, m in ms.items()}}
+    if update:  # several passes: the median is the baseline, their spread the case's noise
+        passes = [time_ratios(selected, rounds, threads, ms) for _ in range(RECORD_PASSES)]
+        ratios = {n: statistics.median(p[n][0] for p in passes) for n in selected}
+        data.setdefault("machines", {})[key] = {
+            "recorded": date.today().isoformat(), "rounds": rounds, "passes": RECORD_PASSES,
+            "ratios": {n: round(r, 4) for n, r in ratios.items()},
+            "noise": {n: round(max(abs(p[n][0] / r - 1) for p in passes), 4) for n, r in ratios.items()},
+            "ms": {n: {k: round(v, 3) for k, v in m.items()} for n, m in ms.items()}}
         _write(baseline, data)
-        print(f"time: recorded {len(now)} ratios for {key} in {baseline}")
+        print(f"time: recorded {len(ratios)} ratios ({RECORD_PASSES} passes) for {key} in {baseline}")
         return 0
+    now = time_ratios(selected, rounds, threads, ms)
     base = data.get("machines", {}).get(key)
     if base is None:
         known = "; ".join(data.get("machines", {})) or "none"
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
-    suspects = regressions(now, base["ratios"], tolerance)
-    confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance) \
-        if suspects else {}
+    noise = base.get("noise", {})
+    suspects = regressions(now, base["ratios"], tolerance, noise)
+    confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance,
+                            noise) if suspects else {}
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
-    print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s}  {'wall ms: baseline -> now':>24s} {'change':>7s}"
-          f"  {'cpu ms':>7s}  verdict")
+    print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
+          f"{'change':>7s}  {'cpu ms':>7s}  verdict")
     over: dict[str, int] = {"wall": 0, "cpu": 0}
     for n, (r, iqr) in now.items():
         b, bms = base["ratios"].get(n), base.get("ms", {}).get(n, {})
         verdict = "new (no baseline)" if b is None else "REGRESSED" if n in confirmed else \
-            "ok (second pass)" if n in suspects else "faster: --update to keep" if r / b < 1 - tolerance else "ok"
+            "ok (second pass)" if n in suspects else "faster: --update to keep" if r / b < 1 - threshold(n, tolerance, noise) \
+            else "ok"
         raw = {k: ms[n][k] / bms[k] - 1 if bms.get(k) else math.nan for k in ("wall", "cpu")}
         for k, v in raw.items():
             over[k] += v > tolerance
         print(f"  {n:34s} {b if b is not None else math.nan:8.3f} -> {r:7.3f} (IQR {iqr:5.3f}) "
-              f"{(r / b - 1) * 100 if b else 0:+6.1f}%  {bms.get('wall', math.nan):9.2f} -> {ms[n]['wall']:9.2f}  "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {threshold(n, tolerance, noise):5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms[n]['wall']:9.2f}  "
               f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
     print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
           f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")

@@ -33,6 +33,7 @@ def test_a_case_regresses_only_beyond_the_tolerance():
     base = {"a": 2.0, "b": 2.0, "c": 2.0}
     now = {"a": (2.19, 0.1), "b": (2.21, 0.1), "c": (1.0, 0.1), "d": (9.0, 0.1)}  # d: no baseline, not judged
     assert regressions(now, base, 0.10) == {"b": pytest.approx(1.105)}
+    assert regressions(now, base, 0.10, noise={"b": 0.06}) == {}  # a case that varied 6% between passes: limit 12%
 
 
 def test_the_machine_class_names_cpu_threads_and_torch():
