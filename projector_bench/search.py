@@ -56,15 +56,13 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
             return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
                                               heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                                               engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
-        except (IntegrityError, OperationalError) as e:  # workers started together race to create the schema: retry
-            if attempt == 4:
-                raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                                  "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
-            time.sleep(0.5 + random.random())
         except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
+            if isinstance(e, IntegrityError | OperationalError) and attempt < 4:  # workers started together race
+                time.sleep(0.5 + random.random())  # to create the schema: the loser opens it once it exists
+                continue
             raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
                               "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
