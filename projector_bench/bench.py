@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -32,7 +31,7 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, list_projectors
-from .measure import Timer, measure_latency
+from .measure import measure_latency, paired
 from .results import load_results
 from .roofline import calibrate_host, trace_ops
 
@@ -58,19 +57,6 @@ class OfficialLDP(nn.Module):
         h = int(n**0.5)
         x = self.mlp(x).permute(0, 2, 1).reshape(b, -1, h, h)
         return self.mb_block(x).flatten(2).permute(0, 2, 1)
-
-
-def paired_ratio(a: Callable[[], object], b: Callable[[], object], rounds: int, number: int) -> tuple[float, float]:
-    """Median and IQR over rounds of time(a) / time(b), the two timed back to back in alternating order."""
-    ratios = []
-    with torch.inference_mode():
-        a(), b()
-        for r in range(rounds):
-            order = (a, b) if r % 2 == 0 else (b, a)
-            t = {f: Timer("f()", globals={"f": f}).timeit(number).median for f in order}
-            ratios.append(t[a] / t[b])
-    q = statistics.quantiles(ratios, n=4)
-    return statistics.median(ratios), q[2] - q[0]
 
 
 def roofline_errors(x: Tensor, rounds: int = 2) -> dict[str, tuple[float, float]]:
@@ -118,25 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     x = torch.randn(*SHAPE)
     results: list[tuple[str, float, float, str, bool]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the paired ratios: one thread, its CPU-time clock (measure.paired)
 
     ours, official = create_projector("ldp", SHAPE[-1], OUT).eval(), OfficialLDP(SHAPE[-1], OUT).eval()
     official.load_state_dict(ours.state_dict())
     with torch.inference_mode():
         assert torch.allclose(ours(x), official(x), atol=1e-5), "ldp and the official block disagree"
-    med, iqr = paired_ratio(lambda: ours(x), lambda: official(x), args.rounds, 3)
+    med, iqr = paired(lambda: ours(x), lambda: official(x), args.rounds, 1)[:2]
     results.append(("ldp time / official LDPBlock time", med, iqr, "<= 1.05", med <= 1.05))
 
     mlp = create_projector("mlp", SHAPE[-1], OUT).eval()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mlp_flops = 2 * SHAPE[1] * (SHAPE[-1] * OUT + OUT * OUT)
-    med, iqr = paired_ratio(lambda: a @ b, lambda: mlp(x), args.rounds, 3)
+    med, iqr = paired(lambda: a @ b, lambda: mlp(x), args.rounds, 1)[:2]
     eff = med * mlp_flops / (2 * 2048**3)  # (mlp GFLOP/s) / (matmul GFLOP/s)
     results.append(("mlp GFLOP/s / 2048^3 matmul GFLOP/s", eff, iqr * mlp_flops / (2 * 2048**3), ">= 0.80", eff >= 0.80))
 
     q = create_projector("mlp_int8", SHAPE[-1], OUT)
-    med, iqr = paired_ratio(lambda: mlp(x), lambda: q(x), args.rounds, 3)
+    med, iqr = paired(lambda: mlp(x), lambda: q(x), args.rounds, 1)[:2]
     results.append(("mlp time / mlp_int8 time", med, iqr, ">= 3", med >= 3))
 
+    torch.set_num_threads(threads)
     roofline = roofline_errors(x)
     errs = {n: abs(e - m) / m for n, (m, e) in roofline.items()}
     med = statistics.median(errs.values())

@@ -19,6 +19,8 @@ import copy
 import io
 import logging
 import math
+import statistics
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -215,3 +217,43 @@ def measure_latency(fn: Callable[[], Any], threads: int, min_run_time: float = 1
     finally:
         torch.set_num_threads(previous)
     return Latency(m.median * 1e3, m.iqr * 1e3, len(m.times), threads)
+
+
+def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads: int,
+           repeat: int = 3) -> tuple[float, float, dict[str, float]]:
+    """(median, IQR) over `rounds` of time(case) / time(ref), and the case's own median times in ms
+    (`wall`, and `cpu` when one thread: what comparing raw times between runs would use).
+
+    Each round times the two back to back, in alternating order, each as the best of `repeat` calls. With one
+    thread the clock is the thread's CPU time, so time spent descheduled (a neighbour holding the core) is
+    not counted; the ratio then cancels what remains (clock speed, cache and memory contention).
+    `threads` is torch's thread count, which the caller sets once around all its pairs: switching it per
+    pair leaves OpenMP workers spinning on the sibling core and slowed the timed thread by up to 30%.
+    """
+    assert torch.get_num_threads() == threads, "set torch.set_num_threads(threads) around the timing"
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    ratios, wall, cpu = _paired_rounds(case, ref, rounds, repeat, clock)
+    q = statistics.quantiles(ratios, n=4)
+    own = {"wall": statistics.median(wall) * 1e3} | ({"cpu": statistics.median(cpu) * 1e3} if threads == 1 else {})
+    return statistics.median(ratios), q[2] - q[0], own
+
+
+def _paired_rounds(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, repeat: int,
+                   clock: Callable[[], float]) -> tuple[list[float], list[float], list[float]]:
+    ratios, wall, cpu = [], [], []
+    with torch.inference_mode():
+        case(), ref()
+        for r in range(rounds):
+            t, w = {}, math.inf
+            for f in (case, ref) if r % 2 == 0 else (ref, case):
+                best = math.inf
+                for _ in range(repeat):
+                    t0, w0 = clock(), time.perf_counter()
+                    f()
+                    best = min(best, clock() - t0)
+                    w = min(w, time.perf_counter() - w0) if f is case else w
+                t[f] = best
+            ratios.append(t[case] / t[ref])
+            wall.append(w)
+            cpu.append(t[case])
+    return ratios, wall, cpu

@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -35,13 +33,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from .bench import OUT, SHAPE
 from .encoders import Variant, create_encoder
-from .measure import count_flops, count_params
+from .env import cpu_model
+from .measure import count_flops, count_params, paired
 from .projectors.base import token_grid
 
 HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
 GOLDEN, BASELINE = HERE / "golden.json", HERE / "baseline.json"
-SHAPE, OUT = (1, 576, 1024), 2048
 RECORD_PASSES = 3  # `time --update` measures this many passes
 
 
@@ -122,44 +121,7 @@ def reference_kernel() -> Callable[[], Any]:
 
 def machine(threads: int) -> str:
     """The machine class a timing baseline is valid for: CPU model, threads, torch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
-
-
-def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads: int,
-           repeat: int = 3) -> tuple[float, float, dict[str, float]]:
-    """(median, IQR) over `rounds` of time(case) / time(ref), and the case's own median times in ms
-    (`wall`, and `cpu` when one thread: what comparing raw times between runs would use).
-
-    Each round times the two back to back, in alternating order, each as the best of `repeat` calls. With one
-    thread the clock is the thread's CPU time, so time spent descheduled (a neighbour holding the core) is
-    not counted; the ratio then cancels what remains (clock speed, cache and memory contention).
-    """
-    clock = time.thread_time if threads == 1 else time.perf_counter
-    ratios, wall, cpu = [], [], []
-    with torch.inference_mode():
-        case(), ref()
-        for r in range(rounds):
-            t, w = {}, math.inf
-            for f in (case, ref) if r % 2 == 0 else (ref, case):
-                best = math.inf
-                for _ in range(repeat):
-                    t0, w0 = clock(), time.perf_counter()
-                    f()
-                    best = min(best, clock() - t0)
-                    w = min(w, time.perf_counter() - w0) if f is case else w
-                t[f] = best
-            ratios.append(t[case] / t[ref])
-            wall.append(w)
-            cpu.append(t[case])
-    q = statistics.quantiles(ratios, n=4)
-    own = {"wall": statistics.median(wall) * 1e3} | ({"cpu": statistics.median(cpu) * 1e3} if threads == 1 else {})
-    return statistics.median(ratios), q[2] - q[0], own
+    return f"{cpu_model()} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
 
 
 def time_ratios(selected: dict[str, Case], rounds: int, threads: int,
@@ -193,6 +155,16 @@ def regressions(now: dict[str, tuple[float, float]], base: dict[str, float], tol
                 noise: dict[str, float] | None = None) -> dict[str, float]:
     """Cases whose ratio grew over the baseline by more than their threshold: name -> now / baseline."""
     return {n: r / base[n] for n, (r, _) in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
+
+
+def confirmed_regressions(now: dict[str, tuple[float, float]], base: dict[str, float], selected: dict[str, Case], rounds: int,
+                          threads: int, tolerance: float, noise: dict[str, float] | None = None
+                          ) -> tuple[dict[str, float], dict[str, float]]:
+    """(suspects, confirmed): cases over their limit in `now`, and those of them over it again in a second pass
+    of twice the rounds (a burst of load rarely lands twice on one case; a real slowdown does)."""
+    suspects = regressions(now, base, tolerance, noise)
+    again = time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads) if suspects else {}
+    return suspects, regressions(again, base, tolerance, noise)
 
 
 def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> float:
@@ -257,9 +229,7 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
     noise = base.get("noise", {})
-    suspects = regressions(now, base["ratios"], tolerance, noise)
-    confirmed = regressions(time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads), base["ratios"], tolerance,
-                            noise) if suspects else {}
+    suspects, confirmed = confirmed_regressions(now, base["ratios"], selected, rounds, threads, tolerance, noise)
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
     print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from projector_bench.projectors.mlp import MLPProjector
-from projector_bench.regress import cases, regressions, time_ratios
+from projector_bench.regress import cases, confirmed_regressions, time_ratios
 
 ROUNDS, TOL = 9, 0.10
 
@@ -22,16 +22,10 @@ def slower_mlp(monkeypatch):
     monkeypatch.setattr(MLPProjector, "project", slow)
 
 
-def _confirmed(now, base, selected):
-    """What `regress time` reports: over the tolerance in a first pass and in a second, longer one."""
-    suspects = regressions(now, base, TOL)
-    return regressions(time_ratios({n: selected[n] for n in suspects}, 2 * ROUNDS, 1), base, TOL) if suspects else {}
-
-
 def test_an_unchanged_tree_passes_and_an_extra_matmul_in_mlp_is_caught(request):
     selected = cases(["projector/mlp", "projector/linear"])
     base = {n: r for n, (r, _) in time_ratios(selected, ROUNDS, 1).items()}
-    assert _confirmed(time_ratios(selected, ROUNDS, 1), base, selected) == {}
+    assert confirmed_regressions(time_ratios(selected, ROUNDS, 1), base, selected, ROUNDS, 1, TOL)[1] == {}
     request.getfixturevalue("slower_mlp")
-    caught = _confirmed(time_ratios(selected, ROUNDS, 1), base, selected)
+    _, caught = confirmed_regressions(time_ratios(selected, ROUNDS, 1), base, selected, ROUNDS, 1, TOL)
     assert set(caught) == {"projector/mlp"} and caught["projector/mlp"] > 1.15
