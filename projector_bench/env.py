@@ -22,6 +22,20 @@ def cpu_model() -> str:
 
 
 @cache
+def cpu_id() -> str:
+    """The CPU's model name with its family, model and stepping numbers where /proc/cpuinfo gives them: VMs
+    often report one generic name ("Intel(R) Xeon(R) Processor") for several microarchitectures."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
+                      if ":" in line)
+    except OSError:
+        return cpu_model()
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    nums = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return f"{cpu_model()} ({', '.join(nums)})" if nums else cpu_model()
+
+
+@cache
 def git_commit() -> str:
     """HEAD of the repository this package runs from, with `-dirty` if it has changes; `unknown` outside git."""
     root = Path(__file__).resolve().parent.parent

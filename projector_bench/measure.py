@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -219,10 +219,18 @@ def measure_latency(fn: Callable[[], Any], threads: int, min_run_time: float = 1
     return Latency(m.median * 1e3, m.iqr * 1e3, len(m.times), threads)
 
 
-def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads: int,
-           repeat: int = 3) -> tuple[float, float, dict[str, float]]:
-    """(median, IQR) over `rounds` of time(case) / time(ref), and the case's own median times in ms
-    (`wall`, and `cpu` when one thread: what comparing raw times between runs would use).
+class Paired(NamedTuple):
+    """`paired`'s result: median and IQR of the per-round ratios, the case's own median ms, the ratios."""
+
+    median: float
+    iqr: float
+    ms: dict[str, float]
+    ratios: list[float]
+
+
+def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads: int, repeat: int = 3) -> Paired:
+    """(median, IQR) over `rounds` of time(case) / time(ref), the case's own median times in ms (`wall`, and
+    `cpu` when one thread: what comparing raw times between runs would use), and the ratios of every round.
 
     Each round times the two back to back, in alternating order, each as the best of `repeat` calls. With one
     thread the clock is the thread's CPU time, so time spent descheduled (a neighbour holding the core) is
@@ -235,7 +243,7 @@ def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads
     ratios, wall, cpu = _paired_rounds(case, ref, rounds, repeat, clock)
     q = statistics.quantiles(ratios, n=4)
     own = {"wall": statistics.median(wall) * 1e3} | ({"cpu": statistics.median(cpu) * 1e3} if threads == 1 else {})
-    return statistics.median(ratios), q[2] - q[0], own
+    return Paired(statistics.median(ratios), q[2] - q[0], own, ratios)
 
 
 def _paired_rounds(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, repeat: int,

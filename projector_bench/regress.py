@@ -9,13 +9,14 @@ so a change to them is a deliberate, committed one.
 1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process (`paired`).
 With one thread the clock is the thread's CPU time, which leaves out the time a neighbour holds the core;
 the median per-round ratio cancels what the machine does to both (clock speed, cache and memory
-contention). Raw milliseconds compared across runs do neither (the check prints what they would have said). It is compared with the
-ratio recorded for this machine class (CPU model, threads, torch) in `tests/benchmarks/baseline.json` (or
-a `--baseline` file, such as one the base branch wrote minutes earlier on the same CI runner): the median of
-3 passes, whose spread is the case's noise. A case fails when its ratio grew by more than its limit,
-`--tolerance` or twice its noise if larger, in a first pass *and* in a second, longer one (a burst of
-load rarely lands twice on the same case; a real slowdown always does). Single-threaded by default: on a
-shared 2-core runner, a second thread waits on whichever core a neighbour holds.
+contention). Raw milliseconds compared across runs do neither (the check prints what they would have said).
+It is compared with the ratio recorded for this machine class (CPU model with its family/model/stepping
+numbers, threads, torch) in `tests/benchmarks/baseline.json` (or a `--baseline` file, such as one the base
+branch wrote minutes earlier on the same CI runner): the median of 5 passes, whose spread is the case's noise.
+A case fails when its median ratio grew by more than its limit, `--tolerance` or twice its noise if larger,
+in a first pass *and* in a second one of twice the rounds, where a sign test must also find too many rounds
+over the limit for this run's own noise to explain (`sign_test`). Single-threaded by default: on a shared
+2-core runner, a second thread waits on whichever core a neighbour holds.
 """
 from __future__ import annotations
 
@@ -28,20 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig
 
 from .bench import OUT, SHAPE
 from .encoders import Variant, create_encoder
-from .env import cpu_model
-from .measure import count_flops, count_params, paired
+from .env import cpu_id
+from .measure import Paired, count_flops, count_params, paired
 from .projectors.base import token_grid
 
 HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
 GOLDEN, BASELINE = HERE / "golden.json", HERE / "baseline.json"
-RECORD_PASSES = 3  # `time --update` measures this many passes
+RECORD_PASSES = 5  # `time --update` measures this many passes
 
 
 def _configs(group: str, names: list[str] | None = None) -> dict[str, DictConfig]:
@@ -120,24 +121,18 @@ def reference_kernel() -> Callable[[], Any]:
 
 
 def machine(threads: int) -> str:
-    """The machine class a timing baseline is valid for: CPU model, threads, torch version."""
-    return f"{cpu_model()} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
+    """The machine class a timing baseline is valid for: CPU model (with family/model/stepping numbers), threads,
+    torch version."""
+    return f"{cpu_id()} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
 
 
-def time_ratios(selected: dict[str, Case], rounds: int, threads: int,
-                raw_ms: dict[str, dict[str, float]] | None = None) -> dict[str, tuple[float, float]]:
-    """`paired` (median, IQR) of every case against the reference kernel (`raw_ms` receives its own ms)."""
+def time_ratios(selected: dict[str, Case], rounds: int, threads: int) -> dict[str, Paired]:
+    """`paired` of every case against the reference kernel."""
     ref = reference_kernel()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = {}
-        for name, c in selected.items():
-            med, iqr, ms = paired(c.fn, ref, rounds, threads)
-            out[name] = (med, iqr)
-            if raw_ms is not None:
-                raw_ms[name] = ms
-        return out
+        return {name: paired(c.fn, ref, rounds, threads) for name, c in selected.items()}
     finally:
         torch.set_num_threads(previous)
 
@@ -151,25 +146,48 @@ def compare_golden(got: dict[str, dict[str, int]], want: dict[str, dict[str, int
     return lines
 
 
-def regressions(now: dict[str, tuple[float, float]], base: dict[str, float], tolerance: float,
+def regressions(now: dict[str, float], base: dict[str, float], tolerance: float,
                 noise: dict[str, float] | None = None) -> dict[str, float]:
-    """Cases whose ratio grew over the baseline by more than their threshold: name -> now / baseline."""
-    return {n: r / base[n] for n, (r, _) in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
+    """Cases whose median ratio grew over the baseline by more than their limit: name -> now / baseline."""
+    return {n: r / base[n] for n, r in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
 
 
-def confirmed_regressions(now: dict[str, tuple[float, float]], base: dict[str, float], selected: dict[str, Case], rounds: int,
-                          threads: int, tolerance: float, noise: dict[str, float] | None = None
-                          ) -> tuple[dict[str, float], dict[str, float]]:
-    """(suspects, confirmed): cases over their limit in `now`, and those of them over it again in a second pass
-    of twice the rounds (a burst of load rarely lands twice on one case; a real slowdown does)."""
-    suspects = regressions(now, base, tolerance, noise)
+def sign_test(ratios: list[float], limit: float, alpha: float = 0.05) -> bool:
+    """True when enough rounds exceed `limit` that a median at or below it would give so many with probability
+    under `alpha` (a one-sided sign test): the slowdown stands out of this run's own noise."""
+    n, above = len(ratios), sum(r > limit for r in ratios)
+    return sum(math.comb(n, k) for k in range(above, n + 1)) / 2**n < alpha
+
+
+class Verdict(NamedTuple):
+    """`confirmed_regressions`' result: first-pass suspects and confirmed cases (name -> now / baseline), and
+    the second pass's timings of the suspects."""
+
+    suspects: dict[str, float]
+    confirmed: dict[str, float]
+    second: dict[str, Paired]
+
+
+def confirmed_regressions(now: dict[str, Paired], base: dict[str, float], selected: dict[str, Case], rounds: int,
+                          threads: int, tolerance: float, noise: dict[str, float] | None = None) -> Verdict:
+    """Cases whose median ratio is over their limit in `now` (suspects), and those of them that a second pass of
+    twice the rounds confirms: its median over the limit too, and so many of its rounds over it that this run's
+    noise is an unlikely cause (`sign_test`). A burst of load rarely lands twice on one case, nor on most of its
+    rounds; a real slowdown does."""
+    suspects = regressions({n: p.median for n, p in now.items()}, base, tolerance, noise)
     again = time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads) if suspects else {}
-    return suspects, regressions(again, base, tolerance, noise)
+    over = regressions({n: p.median for n, p in again.items()}, base, tolerance, noise)
+    return Verdict(suspects, {n: v for n, v in over.items()
+                              if sign_test(again[n].ratios, base[n] * (1 + threshold(n, tolerance, noise)))}, again)
 
 
 def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> float:
     """`tolerance`, or twice the case's noise between the baseline's passes when that is larger."""
     return max(tolerance, 2 * (noise or {}).get(name, 0.0))
+
+
+def _second(p: Paired, base: float, limit: float) -> str:
+    return f"{p.median / base - 1:+.0%}, {sum(r > base * (1 + limit) for r in p.ratios)}/{len(p.ratios)} rounds over"
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -209,19 +227,18 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     key = machine(threads)
     data = _load(baseline)
     selected = cases(only)
-    ms: dict[str, dict[str, float]] = {}
     if update:  # several passes: the median is the baseline, their spread the case's noise
-        passes = [time_ratios(selected, rounds, threads, ms) for _ in range(RECORD_PASSES)]
-        ratios = {n: statistics.median(p[n][0] for p in passes) for n in selected}
+        passes = [time_ratios(selected, rounds, threads) for _ in range(RECORD_PASSES)]
+        ratios = {n: statistics.median(p[n].median for p in passes) for n in selected}
         data.setdefault("machines", {})[key] = {
             "recorded": date.today().isoformat(), "rounds": rounds, "passes": RECORD_PASSES,
             "ratios": {n: round(r, 4) for n, r in ratios.items()},
-            "noise": {n: round(max(abs(p[n][0] / r - 1) for p in passes), 4) for n, r in ratios.items()},
-            "ms": {n: {k: round(v, 3) for k, v in m.items()} for n, m in ms.items()}}
+            "noise": {n: round(max(abs(p[n].median / r - 1) for p in passes), 4) for n, r in ratios.items()},
+            "ms": {n: {k: round(v, 3) for k, v in passes[-1][n].ms.items()} for n in selected}}
         _write(baseline, data)
         print(f"time: recorded {len(ratios)} ratios ({RECORD_PASSES} passes) for {key} in {baseline}")
         return 0
-    now = time_ratios(selected, rounds, threads, ms)
+    now = time_ratios(selected, rounds, threads)
     base = data.get("machines", {}).get(key)
     if base is None:
         known = "; ".join(data.get("machines", {})) or "none"
@@ -229,27 +246,29 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
     noise = base.get("noise", {})
-    suspects, confirmed = confirmed_regressions(now, base["ratios"], selected, rounds, threads, tolerance, noise)
+    suspects, confirmed, second = confirmed_regressions(now, base["ratios"], selected, rounds, threads, tolerance, noise)
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
     print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")
     over: dict[str, int] = {"wall": 0, "cpu": 0}
-    for n, (r, iqr) in now.items():
+    for n, p in now.items():
+        r, iqr, ms = p.median, p.iqr, p.ms
         b, bms = base["ratios"].get(n), base.get("ms", {}).get(n, {})
         verdict = "new (no baseline)" if b is None else "REGRESSED" if n in confirmed else \
-            "ok (second pass)" if n in suspects else "faster: --update to keep" if r / b < 1 - threshold(n, tolerance, noise) \
+            f"ok (second pass: {_second(second[n], b, threshold(n, tolerance, noise))})" if n in suspects else "faster: --update to keep" if r / b < 1 - threshold(n, tolerance, noise) \
             else "ok"
-        raw = {k: ms[n][k] / bms[k] - 1 if bms.get(k) else math.nan for k in ("wall", "cpu")}
+        raw = {k: ms[k] / bms[k] - 1 if bms.get(k) else math.nan for k in ("wall", "cpu")}
         for k, v in raw.items():
             over[k] += v > tolerance
         print(f"  {n:34s} {b if b is not None else math.nan:8.3f} -> {r:7.3f} (IQR {iqr:5.3f}) "
-              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {threshold(n, tolerance, noise):5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms[n]['wall']:9.2f}  "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {threshold(n, tolerance, noise):5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms['wall']:9.2f}  "
               f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
     print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
           f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")
     if confirmed:
         print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
-              " slower than the baseline in two passes")
+              " slower than the baseline in two passes (" +
+              "; ".join(f"{n}: {_second(second[n], base['ratios'][n], threshold(n, tolerance, noise))}" for n in confirmed) + ")")
         return 1
     return 0
 
