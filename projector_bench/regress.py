@@ -12,7 +12,8 @@ the median per-round ratio cancels what the machine does to both (clock speed, c
 contention). Raw milliseconds compared across runs do neither (the check prints what they would have said).
 It is compared with the ratio recorded for this machine class (CPU model with its family/model/stepping
 numbers, threads, torch) in `tests/benchmarks/baseline.json` (or a `--baseline` file, such as one the base
-branch wrote minutes earlier on the same CI runner): the median of 5 passes, whose spread is the case's noise.
+branch wrote minutes earlier on the same CI runner): the median of its recorded passes (5, and more when
+`--update --append` adds passes taken on another occasion), whose largest deviation is the case's noise.
 A case fails when its median ratio grew by more than its limit, `--tolerance` or twice its noise if larger,
 in a first pass *and* in a second one of twice the rounds, where a sign test must also find too many rounds
 over the limit for this run's own noise to explain (`sign_test`). Single-threaded by default: on a shared
@@ -222,21 +223,28 @@ def run_golden(update: bool) -> int:
 
 
 def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: list[str] | None,
-             baseline: Path = BASELINE) -> int:
-    """Check (or with `update`, record) this machine class's ratios in `baseline`; 0 when none regressed."""
+             baseline: Path = BASELINE, passes: int = RECORD_PASSES, append: bool = False) -> int:
+    """Check (or with `update`, record) this machine class's ratios in `baseline`; 0 when none regressed.
+    Recording times `passes` passes of the selected cases, which replace theirs, or with `append` join them
+    (passes taken on other occasions widen the noise estimate to what those occasions saw)."""
     key = machine(threads)
     data = _load(baseline)
     selected = cases(only)
     if update:  # several passes: the median is the baseline, their spread the case's noise
-        passes = [time_ratios(selected, rounds, threads) for _ in range(RECORD_PASSES)]
-        ratios = {n: statistics.median(p[n].median for p in passes) for n in selected}
+        timed = [time_ratios(selected, rounds, threads) for _ in range(passes)]
+        old = data.get("machines", {}).get(key, {})
+        history = dict(old.get("history", {}))  # cases not timed now keep theirs
+        for n in selected:
+            history[n] = history.get(n, []) * append + [round(t[n].median, 4) for t in timed]
+        ratios = {n: statistics.median(h) for n, h in history.items()}
         data.setdefault("machines", {})[key] = {
-            "recorded": date.today().isoformat(), "rounds": rounds, "passes": RECORD_PASSES,
+            "recorded": date.today().isoformat(), "rounds": rounds, "history": history,
             "ratios": {n: round(r, 4) for n, r in ratios.items()},
-            "noise": {n: round(max(abs(p[n].median / r - 1) for p in passes), 4) for n, r in ratios.items()},
-            "ms": {n: {k: round(v, 3) for k, v in passes[-1][n].ms.items()} for n in selected}}
+            "noise": {n: round(max(abs(h / ratios[n] - 1) for h in hs), 4) for n, hs in history.items()},
+            "ms": old.get("ms", {}) | {n: {k: round(v, 3) for k, v in timed[-1][n].ms.items()} for n in selected}}
         _write(baseline, data)
-        print(f"time: recorded {len(ratios)} ratios ({RECORD_PASSES} passes) for {key} in {baseline}")
+        print(f"time: recorded {len(selected)} ratios ({passes} passes{', added to the earlier ones' if append and old else ''}) "
+              f"for {key} in {baseline}")
         return 0
     now = time_ratios(selected, rounds, threads)
     base = data.get("machines", {}).get(key)
@@ -278,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("golden", "time", "all"), nargs="?", default="all")
     ap.add_argument("--update", action="store_true", help="record the golden table / this machine's timing baseline")
+    ap.add_argument("--passes", type=int, default=RECORD_PASSES, help="passes --update times (time)")
+    ap.add_argument("--append", action="store_true",
+                    help="with --update: add the passes to this machine class's recorded ones (record on several occasions)")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per case (time)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of a ratio (0.10: 10%%)")
@@ -285,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=BASELINE,
                     help="timing baseline file (default: the committed one); e.g. one --update wrote from the base branch")
     args = ap.parse_args(argv)
-    if args.rounds < 3 or args.threads < 1 or not 0 < args.tolerance < 1:
-        print("error: --rounds must be >= 3, --threads >= 1 and 0 < --tolerance < 1", file=sys.stderr)
+    if args.rounds < 3 or args.threads < 1 or args.passes < 1 or not 0 < args.tolerance < 1:
+        print("error: --rounds must be >= 3, --threads >= 1, --passes >= 1 and 0 < --tolerance < 1", file=sys.stderr)
+        return 2
+    if args.append and not args.update:
+        print("error: --append adds passes to a recorded baseline: use it with --update", file=sys.stderr)
         return 2
     unknown = sorted(set(args.only or []) - set(case_names()))
     if unknown:
@@ -296,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("golden", "all"):
         status |= run_golden(args.update)
     if args.what in ("time", "all"):
-        status |= run_time(args.update, args.rounds, args.threads, args.tolerance, args.only, args.baseline)
+        status |= run_time(args.update, args.rounds, args.threads, args.tolerance, args.only, args.baseline,
+                           args.passes, args.append)
     return status
 
 

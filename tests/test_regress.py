@@ -60,7 +60,33 @@ def test_the_machine_class_names_cpu_threads_and_torch():
 @pytest.mark.parametrize("args,message", [
     (["time", "--only", "projector/nope"], "error: unknown case 'projector/nope'; choose from: projector/"),
     (["time", "--rounds", "1"], "error: --rounds must be >= 3"),
+    (["time", "--append"], "error: --append adds passes to a recorded baseline: use it with --update"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     r = subprocess.run([sys.executable, "-m", "projector_bench.regress", *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkeypatch):
+    from projector_bench import regress
+    from projector_bench.measure import Paired
+
+    draws = iter([1.0, 2.0, 1.1, 2.0, 1.2, 2.0, 1.5, 2.4])  # a, b per pass
+    monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
+    monkeypatch.setattr(regress, "time_ratios", lambda selected, rounds, threads: {
+        n: Paired(next(draws), 0.0, {"wall": 1.0}, []) for n in selected})
+    path = tmp_path / "baseline.json"
+    assert regress.run_time(True, 9, 1, 0.1, None, path, passes=3) == 0
+    m = json.loads(path.read_text())["machines"][machine(1)]
+    assert m["history"] == {"projector/a": [1.0, 1.1, 1.2], "projector/b": [2.0, 2.0, 2.0]}
+    assert m["ratios"] == {"projector/a": 1.1, "projector/b": 2.0} and m["noise"]["projector/b"] == 0
+    # another occasion, appended: the median moves and the noise widens to what that occasion saw
+    assert regress.run_time(True, 9, 1, 0.1, None, path, passes=1, append=True) == 0
+    m = json.loads(path.read_text())["machines"][machine(1)]
+    assert m["history"]["projector/a"] == [1.0, 1.1, 1.2, 1.5] and m["ratios"]["projector/b"] == 2.0
+    assert m["noise"]["projector/b"] == pytest.approx(0.2) and m["ratios"]["projector/a"] == pytest.approx(1.15)
+    # re-recording one case replaces its passes and keeps the others'
+    draws = iter([3.0])
+    assert regress.run_time(True, 9, 1, 0.1, ["projector/a"], path, passes=1) == 0
+    m = json.loads(path.read_text())["machines"][machine(1)]
+    assert m["history"] == {"projector/a": [3.0], "projector/b": [2.0, 2.0, 2.0, 2.4]}
