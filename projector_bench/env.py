@@ -10,28 +10,24 @@ import torch
 
 
 @cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux, else `platform.processor()`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
-@cache
 def cpu_id() -> str:
     """The CPU's model name with its family, model and stepping numbers where /proc/cpuinfo gives them: VMs
     often report one generic name ("Intel(R) Xeon(R) Processor") for several microarchitectures."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
-                      if ":" in line)
-    except OSError:
-        return cpu_model()
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    nums = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    nums = [f"{k} {_cpuinfo()[k]}" for k in ("cpu family", "model", "stepping") if k in _cpuinfo()]
     return f"{cpu_model()} ({', '.join(nums)})" if nums else cpu_model()
 
 

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig
+from scipy.stats import binomtest
 
 from .bench import OUT, SHAPE
 from .encoders import Variant, create_encoder
@@ -153,11 +154,15 @@ def regressions(now: dict[str, float], base: dict[str, float], tolerance: float,
     return {n: r / base[n] for n, r in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
 
 
-def sign_test(ratios: list[float], limit: float, alpha: float = 0.05) -> bool:
-    """True when enough rounds exceed `limit` that a median at or below it would give so many with probability
-    under `alpha` (a one-sided sign test): the slowdown stands out of this run's own noise."""
-    n, above = len(ratios), sum(r > limit for r in ratios)
-    return sum(math.comb(n, k) for k in range(above, n + 1)) / 2**n < alpha
+def rounds_over(p: Paired, limit: float) -> int:
+    """How many of `p`'s rounds have a ratio over `limit`."""
+    return sum(r > limit for r in p.ratios)
+
+
+def sign_test(p: Paired, limit: float, alpha: float = 0.05) -> bool:
+    """True when so many rounds exceed `limit` that a true median at or below it would give as many with
+    probability under `alpha` (one-sided sign test): the slowdown stands out of this run's own noise."""
+    return binomtest(rounds_over(p, limit), len(p.ratios), 0.5, alternative="greater").pvalue < alpha
 
 
 class Verdict(NamedTuple):
@@ -172,14 +177,13 @@ class Verdict(NamedTuple):
 def confirmed_regressions(now: dict[str, Paired], base: dict[str, float], selected: dict[str, Case], rounds: int,
                           threads: int, tolerance: float, noise: dict[str, float] | None = None) -> Verdict:
     """Cases whose median ratio is over their limit in `now` (suspects), and those of them that a second pass of
-    twice the rounds confirms: its median over the limit too, and so many of its rounds over it that this run's
-    noise is an unlikely cause (`sign_test`). A burst of load rarely lands twice on one case, nor on most of its
-    rounds; a real slowdown does."""
+    twice the rounds confirms: so many of its rounds over the limit (which puts its median over it too) that
+    this run's noise is an unlikely cause (`sign_test`). A burst of load rarely lands twice on one case, nor on
+    most of its rounds; a real slowdown does."""
     suspects = regressions({n: p.median for n, p in now.items()}, base, tolerance, noise)
     again = time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads) if suspects else {}
-    over = regressions({n: p.median for n, p in again.items()}, base, tolerance, noise)
-    return Verdict(suspects, {n: v for n, v in over.items()
-                              if sign_test(again[n].ratios, base[n] * (1 + threshold(n, tolerance, noise)))}, again)
+    return Verdict(suspects, {n: p.median / base[n] for n, p in again.items()
+                              if sign_test(p, base[n] * (1 + threshold(n, tolerance, noise)))}, again)
 
 
 def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> float:
@@ -188,7 +192,13 @@ def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> fl
 
 
 def _second(p: Paired, base: float, limit: float) -> str:
-    return f"{p.median / base - 1:+.0%}, {sum(r > base * (1 + limit) for r in p.ratios)}/{len(p.ratios)} rounds over"
+    return f"{p.median / base - 1:+.0%}, {rounds_over(p, base * (1 + limit))}/{len(p.ratios)} rounds over"
+
+
+def summary(history: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(ratios, noise) of recorded passes: each case's median, and its passes' largest deviation from it."""
+    ratios = {n: statistics.median(h) for n, h in history.items()}
+    return ratios, {n: max(abs(r / ratios[n] - 1) for r in h) for n, h in history.items()}
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -236,11 +246,8 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         history = dict(old.get("history", {}))  # cases not timed now keep theirs
         for n in selected:
             history[n] = history.get(n, []) * append + [round(t[n].median, 4) for t in timed]
-        ratios = {n: statistics.median(h) for n, h in history.items()}
         data.setdefault("machines", {})[key] = {
             "recorded": date.today().isoformat(), "rounds": rounds, "history": history,
-            "ratios": {n: round(r, 4) for n, r in ratios.items()},
-            "noise": {n: round(max(abs(h / ratios[n] - 1) for h in hs), 4) for n, hs in history.items()},
             "ms": old.get("ms", {}) | {n: {k: round(v, 3) for k, v in timed[-1][n].ms.items()} for n in selected}}
         _write(baseline, data)
         print(f"time: recorded {len(selected)} ratios ({passes} passes{', added to the earlier ones' if append and old else ''}) "
@@ -253,30 +260,31 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
-    noise = base.get("noise", {})
-    suspects, confirmed, second = confirmed_regressions(now, base["ratios"], selected, rounds, threads, tolerance, noise)
+    ratios, noise = summary(base["history"])
+    limit = {n: threshold(n, tolerance, noise) for n in now}
+    suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, tolerance, noise)
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
     print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")
     over: dict[str, int] = {"wall": 0, "cpu": 0}
     for n, p in now.items():
         r, iqr, ms = p.median, p.iqr, p.ms
-        b, bms = base["ratios"].get(n), base.get("ms", {}).get(n, {})
+        b, bms = ratios.get(n), base.get("ms", {}).get(n, {})
         verdict = "new (no baseline)" if b is None else "REGRESSED" if n in confirmed else \
-            f"ok (second pass: {_second(second[n], b, threshold(n, tolerance, noise))})" if n in suspects else "faster: --update to keep" if r / b < 1 - threshold(n, tolerance, noise) \
-            else "ok"
+            f"ok (second pass: {_second(second[n], b, limit[n])})" if n in suspects else \
+            "faster: --update to keep" if r / b < 1 - limit[n] else "ok"
         raw = {k: ms[k] / bms[k] - 1 if bms.get(k) else math.nan for k in ("wall", "cpu")}
         for k, v in raw.items():
             over[k] += v > tolerance
         print(f"  {n:34s} {b if b is not None else math.nan:8.3f} -> {r:7.3f} (IQR {iqr:5.3f}) "
-              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {threshold(n, tolerance, noise):5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms['wall']:9.2f}  "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {limit[n]:5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms['wall']:9.2f}  "
               f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
     print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
           f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")
     if confirmed:
         print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
               " slower than the baseline in two passes (" +
-              "; ".join(f"{n}: {_second(second[n], base['ratios'][n], threshold(n, tolerance, noise))}" for n in confirmed) + ")")
+              "; ".join(f"{n}: {_second(second[n], ratios[n], limit[n])}" for n in confirmed) + ")")
         return 1
     return 0
 

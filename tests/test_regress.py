@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from projector_bench.measure import Paired
 from projector_bench.regress import (
     GOLDEN,
     case_names,
@@ -46,10 +47,13 @@ def test_a_case_regresses_only_beyond_the_tolerance():
 
 
 def test_a_second_pass_confirms_only_when_most_rounds_are_over_the_limit():
+    def rounds(*r):
+        return Paired(0.0, 0.0, {}, list(r))
+
     # 18 rounds: 13 or more over the limit is a median over it with p < 0.05 (sign test); 12 is not
-    assert sign_test([1.2] * 13 + [1.0] * 5, 1.1) and not sign_test([1.2] * 12 + [1.0] * 6, 1.1)
+    assert sign_test(rounds(*[1.2] * 13, *[1.0] * 5), 1.1) and not sign_test(rounds(*[1.2] * 12, *[1.0] * 6), 1.1)
     # a noisy pass whose median is over the limit by a little: 10 of 18 over, not confirmed
-    assert not sign_test([1.12] * 10 + [1.0] * 8, 1.1)
+    assert not sign_test(rounds(*[1.12] * 10, *[1.0] * 8), 1.1)
 
 
 def test_the_machine_class_names_cpu_threads_and_torch():
@@ -79,12 +83,14 @@ def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkey
     assert regress.run_time(True, 9, 1, 0.1, None, path, passes=3) == 0
     m = json.loads(path.read_text())["machines"][machine(1)]
     assert m["history"] == {"projector/a": [1.0, 1.1, 1.2], "projector/b": [2.0, 2.0, 2.0]}
-    assert m["ratios"] == {"projector/a": 1.1, "projector/b": 2.0} and m["noise"]["projector/b"] == 0
+    ratios, noise = regress.summary(m["history"])
+    assert ratios == {"projector/a": 1.1, "projector/b": 2.0} and noise["projector/b"] == 0
     # another occasion, appended: the median moves and the noise widens to what that occasion saw
     assert regress.run_time(True, 9, 1, 0.1, None, path, passes=1, append=True) == 0
     m = json.loads(path.read_text())["machines"][machine(1)]
-    assert m["history"]["projector/a"] == [1.0, 1.1, 1.2, 1.5] and m["ratios"]["projector/b"] == 2.0
-    assert m["noise"]["projector/b"] == pytest.approx(0.2) and m["ratios"]["projector/a"] == pytest.approx(1.15)
+    ratios, noise = regress.summary(m["history"])
+    assert m["history"]["projector/a"] == [1.0, 1.1, 1.2, 1.5] and ratios["projector/b"] == 2.0
+    assert noise["projector/b"] == pytest.approx(0.2) and ratios["projector/a"] == pytest.approx(1.15)
     # re-recording one case replaces its passes and keeps the others'
     draws = iter([3.0])
     assert regress.run_time(True, 9, 1, 0.1, ["projector/a"], path, passes=1) == 0
