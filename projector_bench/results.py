@@ -45,22 +45,38 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def append_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
-    """Append one row atomically; returns the table's path."""
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` as the table stores it (non-finite floats become null, other objects their `str`)."""
+    return json.loads(json.dumps(_json_safe(row), default=str))
+
+
+def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str | None = None) -> int:
+    """Append `rows` atomically (all or none); with `unique`, skip a row whose `unique` value is already in
+    the table, so writing the same rows again is harmless. Returns how many were appended."""
     path = table_path(results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_json_safe(row), default=str) + "\n"
     with _locked(path):
         old = path.read_bytes() if path.exists() else b""
         if old and not old.endswith(b"\n"):
             raise ValueError(f"{path} does not end with a newline: it was edited by hand; fix its last line, then re-run")
+        if unique:
+            have = {json.loads(line).get(unique) for line in old.splitlines() if line.strip()}
+            rows = [r for r in rows if r.get(unique) not in have]
+        if not rows:
+            return 0
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(old + line.encode())
+            f.write(old + "".join(json.dumps(_json_safe(r), default=str) + "\n" for r in rows).encode())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    return path
+    return len(rows)
+
+
+def append_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
+    """Append one row atomically; returns the table's path."""
+    append_rows(results_dir, [row])
+    return table_path(results_dir)
 
 
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:

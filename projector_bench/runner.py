@@ -126,8 +126,9 @@ def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     return {"device": device.name} | estimate_row(row, device, lm)
 
 
-def run(cfg: DictConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure one design and append its row (with the `extra` columns); a failure is recorded in the row, never raised."""
+def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = True) -> dict[str, Any]:
+    """Measure one design and append its row (with the `extra` columns; `record=False`: only return it);
+    a failure is recorded in the row, never raised."""
     row: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -148,10 +149,11 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
         log.debug("job failed", exc_info=True)
     row |= environment() | {"threads": torch.get_num_threads(), "config": OmegaConf.to_container(cfg, resolve=True)}
-    try:
-        append_row(cfg.results_dir, row)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"could not record the row: {e}") from e
+    if record:
+        try:
+            append_row(cfg.results_dir, row)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"could not record the row: {e}") from e
     return row
 
 

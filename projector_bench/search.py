@@ -3,7 +3,10 @@
 Optuna 5 directly (the Hydra Optuna sweeper pins optuna<3). The search space, the objectives (columns of a
 results row, each `maximize` or `minimize`) and the storage are config (`conf/search/`). Each trial composes
 the config with its sampled overrides, runs the ordinary job (`runner.run`: costs, estimates on the device,
-accuracy) and so appends an ordinary results row (`sweep_id` = the study's name, `trial` = its number).
+accuracy) and yields an ordinary results row (`sweep_id` = the study's name, `trial` = its number). The row
+is kept with the trial (user attribute `row`) and appended to the results table only once Optuna has marked
+the trial finished; each run first appends the rows of finished trials the table lacks (by `run_id`). So a
+process killed at any moment leaves no row of a trial that Optuna will retry, and loses none it finished.
 Device budgets (`budget.*`) become Optuna constraints (`trial.set_constraint`, feasible when ≤ 0), so
 `study.best_trials`, the Pareto front, holds feasible designs only.
 
@@ -27,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .choose import Budget
 from .errors import ConfigError
+from .results import append_rows, jsonable
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names
@@ -110,7 +114,9 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
             raise optuna.TrialPruned(f"the design of running trial {same[0]}")
         skipped[0] = 0
         job = compose("config", overrides=base_overrides + overrides)
-        row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides})
+        row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides},
+                  record=False)  # recorded by `record_rows` once the trial is finished
+        trial.set_user_attr("row", jsonable(row))
         if row["status"] != "ok":
             trial.set_user_attr("error", row["error"])
             raise TrialFailed(row["error"])
@@ -161,10 +167,22 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self._s.reseed_rng()
 
 
+def _finished(t: optuna.trial.FrozenTrial) -> bool:
+    """Completed, or failed by its job (not failed because its process died)."""
+    return t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)
+
+
 def _counted(study: optuna.Study) -> int:
-    """Trials that finished: completed ones, and failures the job recorded (not those of a process that died)."""
-    return sum(t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)
-               for t in study.get_trials(deepcopy=False, states=FINISHED))
+    return sum(map(_finished, study.get_trials(deepcopy=False, states=FINISHED)))
+
+
+def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int:
+    """Append the rows of the finished `trials` that the results table does not hold yet; returns how many."""
+    rows = [t.user_attrs["row"] for t in trials if _finished(t) and "row" in t.user_attrs]
+    try:
+        return append_rows(results_dir, rows, unique="run_id")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"could not record the search's rows (they stay in the study; the next run records them): {e}") from e
 
 
 def run_search(cfg: DictConfig) -> optuna.Study:
@@ -184,13 +202,15 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         raise ConfigError(f"study {s.name!r} in this storage has other objectives; set search.name to start a new one")
     base = list(HydraConfig.get().overrides.task)  # with +search=<name>: its defaults and interpolations hold in trials
 
-    def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+    def record_and_stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        record_rows([trial], cfg.results_dir)  # called after Optuna stored the trial's state
         if _counted(study) >= s.n_trials:
             study.stop()
 
+    record_rows(study.get_trials(deepcopy=False, states=FINISHED), cfg.results_dir)  # a run killed after a trial's end
     if _counted(study) < s.n_trials:
-        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[stop_when_done],
-                       catch=(TrialFailed,))  # skipped duplicates are not counted: `stop_when_done` ends it
+        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
+                       catch=(TrialFailed,))  # skipped duplicates are not counted: `record_and_stop` ends it
     return study
 
 

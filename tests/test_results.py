@@ -5,7 +5,13 @@ import os
 import pandas as pd
 import pytest
 
-from projector_bench.results import append_row, load_results, table_path
+from projector_bench.results import (
+    append_row,
+    append_rows,
+    jsonable,
+    load_results,
+    table_path,
+)
 
 
 def test_rows_round_trip_through_one_pandas_call(tmp_path):
@@ -53,3 +59,11 @@ def test_a_hand_edited_table_is_refused_not_overwritten(tmp_path):
     with pytest.raises(ValueError, match="does not end with a newline"):
         append_row(tmp_path, {"projector": "ldp"})
     assert table_path(tmp_path).read_text() == '{"projector": "mlp"}'
+
+
+def test_append_rows_with_a_unique_column_writes_each_row_once(tmp_path):
+    a, b = {"run_id": "a", "x": 1}, {"run_id": "b", "x": float("inf")}
+    assert append_rows(tmp_path, [a], unique="run_id") == 1
+    assert append_rows(tmp_path, [a, b], unique="run_id") == 1  # a is there: only b
+    assert append_rows(tmp_path, [a, b], unique="run_id") == 0
+    assert load_results(tmp_path)["run_id"].tolist() == ["a", "b"] and jsonable(b) == {"run_id": "b", "x": None}

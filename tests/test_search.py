@@ -10,7 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
-from projector_bench.search import TrialSeeded, suggest
+from projector_bench.results import load_results
+from projector_bench.search import TrialSeeded, record_rows, suggest
 
 from .test_cli import ACC_TINY, TINY, rows
 
@@ -73,6 +74,26 @@ def test_workers_with_one_seed_sample_different_designs_and_one_worker_is_reprod
 
     assert one_worker(0) == one_worker(0) != one_worker(1)
     assert one_worker(0)[:2] == [a, b]  # trial n draws from (seed, n), whichever worker runs it
+
+
+def test_a_trials_row_is_recorded_once_and_only_when_optuna_has_finished_the_trial(tmp_path):
+    s = optuna.create_study()
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    State = optuna.trial.TrialState
+
+    def trial(state, n, **attrs):
+        s.add_trial(optuna.trial.create_trial(state=state, params={"x": 0.5}, distributions=dist,
+                                              values=[1.0] if state == State.COMPLETE else None,
+                                              user_attrs={"row": {"run_id": f"r{n}", "trial": n}, **attrs}))
+
+    trial(State.COMPLETE, 0)  # finished, then the process died before its row was appended
+    trial(State.FAIL, 1, error="DivergedError: training diverged")  # failed by its job: a row with the reason
+    trial(State.FAIL, 2)  # failed because its process died: Optuna retries it, so no row
+    trial(State.COMPLETE, 3)
+    assert record_rows([s.trials[3]], tmp_path) == 1  # the end-of-trial callback
+    assert record_rows(s.trials, tmp_path) == 2  # the next run's start: what the table lacks
+    assert record_rows(s.trials, tmp_path) == 0  # a worker that catches up later writes nothing twice
+    assert sorted(load_results(tmp_path)["trial"]) == [0, 1, 3]
 
 
 @pytest.mark.slow
