@@ -45,9 +45,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _line(row: dict[str, Any]) -> str:
+    return json.dumps(_json_safe(row), default=str) + "\n"
+
+
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     """`row` as the table stores it (non-finite floats become null, other objects their `str`)."""
-    return json.loads(json.dumps(_json_safe(row), default=str))
+    return json.loads(_line(row))
 
 
 def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str | None = None) -> int:
@@ -66,7 +70,7 @@ def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str
             return 0
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(old + "".join(json.dumps(_json_safe(r), default=str) + "\n" for r in rows).encode())
+            f.write(old + "".join(map(_line, rows)).encode())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
