@@ -26,7 +26,7 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -148,10 +148,14 @@ def compare_golden(got: dict[str, dict[str, int]], want: dict[str, dict[str, int
     return lines
 
 
-def regressions(now: dict[str, float], base: dict[str, float], tolerance: float,
-                noise: dict[str, float] | None = None) -> dict[str, float]:
+def limits(names: Iterable[str], tolerance: float, noise: dict[str, float] | None = None) -> dict[str, float]:
+    """Each case's allowed growth: `tolerance`, or twice its noise between the baseline's passes when larger."""
+    return {n: max(tolerance, 2 * (noise or {}).get(n, 0.0)) for n in names}
+
+
+def regressions(now: dict[str, float], base: dict[str, float], limit: dict[str, float]) -> dict[str, float]:
     """Cases whose median ratio grew over the baseline by more than their limit: name -> now / baseline."""
-    return {n: r / base[n] for n, r in now.items() if n in base and r / base[n] > 1 + threshold(n, tolerance, noise)}
+    return {n: r / base[n] for n, r in now.items() if n in base and r / base[n] > 1 + limit[n]}
 
 
 def rounds_over(p: Paired, limit: float) -> int:
@@ -175,20 +179,15 @@ class Verdict(NamedTuple):
 
 
 def confirmed_regressions(now: dict[str, Paired], base: dict[str, float], selected: dict[str, Case], rounds: int,
-                          threads: int, tolerance: float, noise: dict[str, float] | None = None) -> Verdict:
+                          threads: int, limit: dict[str, float]) -> Verdict:
     """Cases whose median ratio is over their limit in `now` (suspects), and those of them that a second pass of
     twice the rounds confirms: so many of its rounds over the limit (which puts its median over it too) that
     this run's noise is an unlikely cause (`sign_test`). A burst of load rarely lands twice on one case, nor on
     most of its rounds; a real slowdown does."""
-    suspects = regressions({n: p.median for n, p in now.items()}, base, tolerance, noise)
+    suspects = regressions({n: p.median for n, p in now.items()}, base, limit)
     again = time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads) if suspects else {}
     return Verdict(suspects, {n: p.median / base[n] for n, p in again.items()
-                              if sign_test(p, base[n] * (1 + threshold(n, tolerance, noise)))}, again)
-
-
-def threshold(name: str, tolerance: float, noise: dict[str, float] | None) -> float:
-    """`tolerance`, or twice the case's noise between the baseline's passes when that is larger."""
-    return max(tolerance, 2 * (noise or {}).get(name, 0.0))
+                              if sign_test(p, base[n] * (1 + limit[n]))}, again)
 
 
 def _second(p: Paired, base: float, limit: float) -> str:
@@ -261,8 +260,8 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
     ratios, noise = summary(base["history"])
-    limit = {n: threshold(n, tolerance, noise) for n in now}
-    suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, tolerance, noise)
+    limit = limits(now, tolerance, noise)
+    suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, limit)
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
     print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")

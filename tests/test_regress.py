@@ -13,6 +13,7 @@ from projector_bench.regress import (
     case_names,
     cases,
     compare_golden,
+    limits,
     machine,
     regressions,
     sign_test,
@@ -42,8 +43,8 @@ def test_golden_differences_name_the_design_and_the_field():
 def test_a_case_regresses_only_beyond_the_tolerance():
     base = {"a": 2.0, "b": 2.0, "c": 2.0}
     now = {"a": 2.19, "b": 2.21, "c": 1.0, "d": 9.0}  # d: no baseline, not judged
-    assert regressions(now, base, 0.10) == {"b": pytest.approx(1.105)}
-    assert regressions(now, base, 0.10, noise={"b": 0.06}) == {}  # a case that varied 6% between passes: limit 12%
+    assert regressions(now, base, limits(now, 0.10)) == {"b": pytest.approx(1.105)}
+    assert regressions(now, base, limits(now, 0.10, noise={"b": 0.06})) == {}  # a case that varied 6% between passes: limit 12%
 
 
 def test_a_second_pass_confirms_only_when_most_rounds_are_over_the_limit():
