@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import warnings
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
@@ -94,7 +95,7 @@ def _value(v: Any) -> str:
     return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _objective(cfg: DictConfig, base_overrides: list[str]):
+def _objective(cfg: DictConfig, base_overrides: list[str], store: optuna.storages.BaseStorage):
     from .runner import run
 
     objectives = dict(cfg.search.objectives)
@@ -105,6 +106,8 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
     skipped = [0]  # trials skipped in a row as duplicates of running ones
 
     def objective(trial: optuna.Trial) -> list[float]:
+        if isinstance(store, optuna.storages.RDBStorage):  # its first heartbeat, before `overrides` marks it started
+            store.record_heartbeat(trial._trial_id)  # (Optuna's heartbeat thread records one too, but asynchronously)
         overrides = suggest(trial, cfg.search.space)
         trial.set_user_attr("overrides", overrides)
         same = [t.number for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -185,6 +188,35 @@ def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int
         raise ConfigError(f"could not record the search's rows (they stay in the study; the next run records them): {e}") from e
 
 
+def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
+    """Fail, and retry as Optuna retries a stale trial, each running trial that never reached the objective
+    (no `overrides`) and started over `grace` s ago; returns their numbers. A process killed between creating a
+    trial and its first heartbeat leaves such a trial, and Optuna's heartbeat check skips a trial that has no
+    heartbeat, so it would stay RUNNING for good. A trial with `overrides` has a heartbeat (the objective
+    records one first), so Optuna's check covers it. This asks a live worker to reach `overrides` (sampling
+    included) within `grace` s, as Optuna asks it to beat. Database storages only (journal: no heartbeats)."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    store = study._storage  # as `optuna.storages.fail_stale_trials` fails a trial: the study's (cached) storage
+    if not (isinstance(store, BaseHeartbeat) and is_heartbeat_enabled(store)):
+        return []
+    before = datetime.now() - timedelta(seconds=grace)  # Optuna's datetime_start: local, naive
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if "overrides" in t.user_attrs or t.datetime_start is None or t.datetime_start > before:
+            continue
+        try:
+            if store.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    retry = store.get_heartbeat_stale_trial_callback()
+    for t in failed:
+        if retry is not None:
+            retry(study, store.get_trial(t._trial_id))
+    return [t.number for t in failed]
+
+
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Create or resume the study `cfg.search.name` and run trials until `search.n_trials` have finished."""
     s = cfg.search
@@ -194,7 +226,8 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
                           s.seed)  # constraints: TPE reads each trial's set_constraint values itself
-    study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
+    store = storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period)
+    study = optuna.create_study(study_name=s.name, storage=store,
                                 directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
     if not study.metric_names:
         study.set_metric_names(list(s.objectives))
@@ -204,12 +237,14 @@ def run_search(cfg: DictConfig) -> optuna.Study:
 
     def record_and_stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         record_rows([trial], cfg.results_dir)  # called after Optuna stored the trial's state
+        fail_unstarted(study, s.grace_period)  # another worker's
         if _counted(study) >= s.n_trials:
             study.stop()
 
     record_rows(study.get_trials(deepcopy=False, states=FINISHED), cfg.results_dir)  # a run killed after a trial's end
+    fail_unstarted(study, s.grace_period)  # a run killed before a trial's first heartbeat
     if _counted(study) < s.n_trials:
-        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
+        study.optimize(_objective(cfg, base, store), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
                        catch=(TrialFailed,))  # skipped duplicates are not counted: `record_and_stop` ends it
     return study
 

@@ -11,7 +11,13 @@ from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import TrialSeeded, record_rows, suggest
+from projector_bench.search import (
+    TrialSeeded,
+    fail_unstarted,
+    record_rows,
+    storage,
+    suggest,
+)
 
 from .test_cli import ACC_TINY, TINY, rows
 
@@ -94,6 +100,24 @@ def test_a_trials_row_is_recorded_once_and_only_when_optuna_has_finished_the_tri
     assert record_rows(s.trials, tmp_path) == 2  # the next run's start: what the table lacks
     assert record_rows(s.trials, tmp_path) == 0  # a worker that catches up later writes nothing twice
     assert sorted(load_results(tmp_path)["trial"]) == [0, 1, 3]
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried_not_left_running(tmp_path):
+    s = optuna.create_study(storage=storage(None, str(tmp_path), 10, 60))
+    State = optuna.trial.TrialState
+
+    def trial(state, **attrs):  # the storage stamps datetime_start: now
+        s.add_trial(optuna.trial.create_trial(state=state, values=[1.0] if state == State.COMPLETE else None,
+                                              user_attrs=attrs))
+
+    trial(State.RUNNING)  # killed inside study.ask(): no heartbeat, so Optuna's check never fails it
+    trial(State.RUNNING, overrides=["projector=mlp"])  # reached the objective: a heartbeat, Optuna's to judge
+    trial(State.COMPLETE)
+    time.sleep(1.5)
+    trial(State.RUNNING)  # another worker's, just created
+    assert fail_unstarted(s, 1) == [0] and fail_unstarted(s, 1) == []
+    assert [t.state for t in s.trials] == [State.FAIL, State.RUNNING, State.COMPLETE, State.RUNNING, State.WAITING]
+    assert s.trials[4].system_attrs["failed_trial"] == 0  # the retry, as RetryHeartbeatStaleTrialCallback makes it
 
 
 @pytest.mark.slow
