@@ -95,7 +95,7 @@ def _value(v: Any) -> str:
     return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _objective(cfg: DictConfig, base_overrides: list[str], store: optuna.storages.BaseStorage):
+def _objective(cfg: DictConfig, base_overrides: list[str]):
     from .runner import run
 
     objectives = dict(cfg.search.objectives)
@@ -106,8 +106,8 @@ def _objective(cfg: DictConfig, base_overrides: list[str], store: optuna.storage
     skipped = [0]  # trials skipped in a row as duplicates of running ones
 
     def objective(trial: optuna.Trial) -> list[float]:
-        if isinstance(store, optuna.storages.RDBStorage):  # its first heartbeat, before `overrides` marks it started
-            store.record_heartbeat(trial._trial_id)  # (Optuna's heartbeat thread records one too, but asynchronously)
+        if beat := _heartbeats(trial.study):  # a first heartbeat before `overrides` marks the trial started
+            beat.record_heartbeat(trial._trial_id)  # (Optuna's heartbeat thread records one too, asynchronously)
         overrides = suggest(trial, cfg.search.space)
         trial.set_user_attr("overrides", overrides)
         same = [t.number for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -188,6 +188,14 @@ def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int
         raise ConfigError(f"could not record the search's rows (they stay in the study; the next run records them): {e}") from e
 
 
+def _heartbeats(study: optuna.Study) -> Any:
+    """The study's storage if it keeps heartbeats (as `optuna.storages.fail_stale_trials` finds it), else None."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    store = study._storage
+    return store if isinstance(store, BaseHeartbeat) and is_heartbeat_enabled(store) else None
+
+
 def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
     """Fail, and retry as Optuna retries a stale trial, each running trial that never reached the objective
     (no `overrides`) and started over `grace` s ago; returns their numbers. A process killed between creating a
@@ -195,10 +203,8 @@ def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
     heartbeat, so it would stay RUNNING for good. A trial with `overrides` has a heartbeat (the objective
     records one first), so Optuna's check covers it. This asks a live worker to reach `overrides` (sampling
     included) within `grace` s, as Optuna asks it to beat. Database storages only (journal: no heartbeats)."""
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    store = study._storage  # as `optuna.storages.fail_stale_trials` fails a trial: the study's (cached) storage
-    if not (isinstance(store, BaseHeartbeat) and is_heartbeat_enabled(store)):
+    store = _heartbeats(study)
+    if store is None:
         return []
     before = datetime.now() - timedelta(seconds=grace)  # Optuna's datetime_start: local, naive
     failed = []
@@ -226,8 +232,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
                           s.seed)  # constraints: TPE reads each trial's set_constraint values itself
-    store = storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period)
-    study = optuna.create_study(study_name=s.name, storage=store,
+    study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
                                 directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
     if not study.metric_names:
         study.set_metric_names(list(s.objectives))
@@ -244,7 +249,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     record_rows(study.get_trials(deepcopy=False, states=FINISHED), cfg.results_dir)  # a run killed after a trial's end
     fail_unstarted(study, s.grace_period)  # a run killed before a trial's first heartbeat
     if _counted(study) < s.n_trials:
-        study.optimize(_objective(cfg, base, store), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
+        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
                        catch=(TrialFailed,))  # skipped duplicates are not counted: `record_and_stop` ends it
     return study
 
