@@ -34,6 +34,7 @@ from . import create_projector, list_projectors
 from .measure import measure_latency, paired
 from .results import load_results
 from .roofline import calibrate_host, trace_ops
+from .runner import accuracy_table
 
 SHAPE = (1, 576, 1024)
 OUT = 2048
@@ -92,17 +93,31 @@ def _accuracy_targets(df) -> list[tuple[str, float, float, str, bool]]:
     for kind in ("what_at", "where"):
         gap = mlp.accuracy_ci_by_type[kind][0] - pool.accuracy_ci_by_type[kind][1]  # mlp low - pool high
         out.append((f"{kind}: mlp CI low - pool CI high (points)", gap, 0.0, "> 0", gap > 0))
+    trained = df[~df["acc_cached"].astype(bool)]  # int8 designs reuse their float twin's models
+    unconverged = int((~df["converged"].astype(bool)).sum())
+    out.append(("designs not converged (of %d)" % len(df), unconverged, 0.0, "== 0", unconverged == 0))
+    out.append(("mlp seed-to-seed std (points)", mlp.accuracy_seed_std, 0.0, "<= 1.5", mlp.accuracy_seed_std <= 1.5))
+    med = statistics.median(trained["accuracy_time_s"])
+    out.append(("accuracy time per trained design, median (s)", med, 0.0, "<= 90", med <= 90))
+    for name in ("mlp", "ldp"):
+        r = df.loc[name]
+        out.append((f"{name} training: steps/s ({r.train_questions_per_s:.0f} questions/s)", r.train_steps_per_s, 0.0,
+                    "info", True))
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every target; print one line each; non-zero exit if one is missed."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweep timing")
-    args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    x = torch.randn(*SHAPE)
+def _digits() -> list[tuple[str, float, float, str, bool]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "projector_bench", "task=digits", "projector=mlp", "quiet=true",
+                        f"results_dir={tmp}", f"hydra.run.dir={tmp}/hydra"], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        row = load_results(tmp).iloc[-1]
+    return [("task=digits projector=mlp accuracy (%)", row.accuracy, 0.0, ">= 95", row.accuracy >= 95),
+            ("task=digits projector=mlp wall, cold (s)", wall, 0.0, "<= 120", wall <= 120)]
+
+
+def _speed_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float, str, bool]], dict]:
     results: list[tuple[str, float, float, str, bool]] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the paired ratios: one thread, its CPU-time clock (measure.paired)
@@ -111,18 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     official.load_state_dict(ours.state_dict())
     with torch.inference_mode():
         assert torch.allclose(ours(x), official(x), atol=1e-5), "ldp and the official block disagree"
-    med, iqr = paired(lambda: ours(x), lambda: official(x), args.rounds, 1)[:2]
+    med, iqr = paired(lambda: ours(x), lambda: official(x), rounds, 1)[:2]
     results.append(("ldp time / official LDPBlock time", med, iqr, "<= 1.05", med <= 1.05))
 
     mlp = create_projector("mlp", SHAPE[-1], OUT).eval()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mlp_flops = 2 * SHAPE[1] * (SHAPE[-1] * OUT + OUT * OUT)
-    med, iqr = paired(lambda: a @ b, lambda: mlp(x), args.rounds, 1)[:2]
+    med, iqr = paired(lambda: a @ b, lambda: mlp(x), rounds, 1)[:2]
     eff = med * mlp_flops / (2 * 2048**3)  # (mlp GFLOP/s) / (matmul GFLOP/s)
     results.append(("mlp GFLOP/s / 2048^3 matmul GFLOP/s", eff, iqr * mlp_flops / (2 * 2048**3), ">= 0.80", eff >= 0.80))
 
     q = create_projector("mlp_int8", SHAPE[-1], OUT)
-    med, iqr = paired(lambda: mlp(x), lambda: q(x), args.rounds, 1)[:2]
+    med, iqr = paired(lambda: mlp(x), lambda: q(x), rounds, 1)[:2]
     results.append(("mlp time / mlp_int8 time", med, iqr, ">= 3", med >= 3))
 
     torch.set_num_threads(threads)
@@ -132,21 +147,43 @@ def main(argv: list[str] | None = None) -> int:
     q = statistics.quantiles(errs.values(), n=4)
     results.append(("roofline on host: median |error| / measured", med, q[2] - q[0], "<= 0.25", med <= 0.25))
 
+    return results, roofline
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every target; print one line each; non-zero exit if one is missed."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
+    ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
+    ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    x = torch.randn(*SHAPE)
+    results: list[tuple[str, float, float, str, bool]] = []
+    roofline: dict = {}
+    if not args.accuracy_only:
+        results, roofline = _speed_targets(x, args.rounds)
     if not args.skip_sweep:
+        if not args.accuracy_only:
+            with tempfile.TemporaryDirectory() as tmp:
+                wall = _sweep(tmp, "task=none")
+                results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
         with tempfile.TemporaryDirectory() as tmp:
-            wall = _sweep(tmp, "task=none")
-            results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
-        with tempfile.TemporaryDirectory() as tmp:
-            wall = _sweep(tmp)
+            wall = _sweep(tmp, *([f"accuracy.seeds={args.seeds}"] if args.seeds else []))
             rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
             results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
-            results += _accuracy_targets(load_results(tmp).set_index("projector"))
+            df = load_results(tmp).set_index("projector")
+            results += _accuracy_targets(df)
+            print(accuracy_table(df.reset_index()))
+        results += _digits()
 
     print(f"threads={torch.get_num_threads()} rounds={args.rounds} torch={torch.__version__}")
     for name, value, iqr, target, ok in results:
         print(f"{name:40s} {value:8.3f}  (IQR {iqr:.3f})  target {target:8s} {'ok' if ok else 'MISSED'}")
-    print("roofline on host, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
+    if roofline:
+        print("roofline on host, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
     return 0 if all(r[-1] for r in results) else 1
 
 

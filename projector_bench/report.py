@@ -143,6 +143,21 @@ def _accuracy_by_type_plot(ok: pd.DataFrame) -> str | None:
     return _png(fig)
 
 
+def _validation_curves_plot(ok: pd.DataFrame) -> str | None:
+    """Validation loss against training step, one line per design and seed (the run that was kept)."""
+    long = [{"design": r["design"], "seed": str(seed), "step": p[0], "validation loss": p[1]}
+            for _, r in ok.iterrows() if isinstance(r.get("val_curves"), list)
+            for seed, curve in zip(r.get("seeds") or range(len(r["val_curves"])), r["val_curves"]) for p in curve]
+    if not long:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    sns.lineplot(data=pd.DataFrame(long), x="step", y="validation loss", hue="design", units="seed",
+                 estimator=None, ax=ax, lw=1)
+    ax.set(yscale="log", title="Validation loss while training (each seed; the best checkpoint is kept)")
+    ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
 def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
     parts = ["est_encoder_ms", "est_projector_ms", "est_prefill_ms"]
     d = ok.set_index("design")[[c for c in parts if c in ok]].dropna(how="all")
@@ -166,6 +181,7 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
         ("plot-pareto-macs", "Accuracy vs GMACs",
          lambda: _pareto_plot(ok, "gmacs", "pareto_macs", "GMACs (log)", "Accuracy vs GMACs", None)),
         ("plot-accuracy-by-type", "Accuracy per question type", lambda: _accuracy_by_type_plot(ok)),
+        ("plot-validation-curves", "Validation loss while training", lambda: _validation_curves_plot(ok)),
         ("plot-latency-breakdown", f"Latency breakdown on {device}", lambda: _latency_breakdown_plot(measured, device)),
     ]
     with sns.axes_style("whitegrid"):

@@ -1,16 +1,28 @@
-"""The accuracy pipeline at a tiny scale: fields, caches, determinism, divergence, every task."""
+"""The accuracy pipeline at a tiny scale: splits, training to convergence, the learning-rate choice, seeds,
+the two-level interval, caches keyed by code, the packed VLM, every task."""
+import shutil
+
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import projector_bench.accuracy as acc
+from projector_bench import ConfigError
 from projector_bench.__main__ import config_dir
+from projector_bench.tasks import carve
 from projector_bench.tasks.classify import write_image_folder
 from projector_bench.tasks.shapes_vqa import QTYPES
 
+STEPS = ["accuracy.training.min_steps=4", "accuracy.training.max_steps=8", "accuracy.training.eval_every=2",
+         "accuracy.training.warmup_steps=2", "accuracy.training.patience=2"]
 TINY = ["quiet=true", "task.num_images=100", "task.img_size=32", "accuracy.encoder.weights=random",
-        "accuracy.encoder_training.epochs=1", "accuracy.training.epochs=2", "accuracy.training.width=16",
-        "accuracy.training.layers=1", "accuracy.training.heads=2", "accuracy.training.batch_size=32"]
+        "accuracy.encoder_training.min_steps=2", "accuracy.encoder_training.max_steps=4",
+        "accuracy.encoder_training.eval_every=2", "accuracy.encoder_training.batch_size=16", *STEPS,
+        "accuracy.training.width=16", "accuracy.training.layers=1", "accuracy.training.heads=2",
+        "accuracy.training.batch_size=8", "accuracy.workers=1", "accuracy.training.lr=[0.001,0.003]",
+        "accuracy.seeds=2"]
 
 
 def cfg_for(tmp_path, *overrides, task="shapes_vqa"):
@@ -19,12 +31,79 @@ def cfg_for(tmp_path, *overrides, task="shapes_vqa"):
         return compose("config", overrides=[f"results_dir={tmp_path}", f"task={task}", *extra, *overrides])
 
 
-def test_row_holds_accuracy_per_type_with_a_confidence_interval(tmp_path):
+def test_row_holds_accuracy_over_seeds_with_a_two_level_interval_and_the_training_record(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path))
     assert r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"] and 0 <= r["accuracy"] <= 100
-    assert set(r["accuracy_by_type"]) == set(QTYPES) == set(r["accuracy_ci_by_type"])
-    assert 0 < r["majority_baseline"] < 100 and r["train_time_s"] > 0 and r["acc_grid"] == "4x4"
-    assert r["acc_encoder_source"].startswith("trained on shapes_vqa") and r["accuracy_ci_method"].startswith("bootstrap")
+    assert set(r["accuracy_by_type"]) == set(QTYPES) == set(r["accuracy_ci_by_type"]) == set(r["majority_by_type"])
+    assert r["seeds"] == [0, 1] and len(r["accuracy_by_seed"]) == 2 and r["accuracy"] == pytest.approx(np.mean(r["accuracy_by_seed"]))
+    assert r["accuracy_ci_method"].startswith("two-level bootstrap 95% over 2 seeds")
+    assert set(r["lr_grid"]) == {"0.001", "0.003"} and f"{r['lr']:g}" == min(r["lr_grid"], key=r["lr_grid"].get)
+    assert all(4 <= s <= 8 for s in r["train_steps"]) and all(0 < b <= s for b, s in zip(r["best_step"], r["train_steps"]))
+    assert isinstance(r["converged"], bool) and len(r["val_curves"]) == 2 and 0 <= r["val_accuracy"] <= 100
+    assert [p[0] for p in r["val_curves"][0]][:2] == [2, 4] and r["acc_val_questions"] > 0
+    assert r["acc_encoder_source"].startswith("trained on shapes_vqa (") and r["acc_grid"] == "4x4"
+    assert r["accuracy_note"].startswith("small test split: ") and r["acc_cached"] is False
+
+
+def test_the_validation_split_comes_from_train_and_never_from_test():
+    train, test = torch.arange(0, 80), torch.arange(80, 100)
+    fit_part, val = carve(train, 0.1, seed=3)
+    assert len(val) == 8 and set(val.tolist()) | set(fit_part.tolist()) == set(train.tolist())
+    assert not set(val.tolist()) & set(fit_part.tolist()) and not set(val.tolist()) & set(test.tolist())
+    assert torch.equal(carve(train, 0.1, seed=3)[1], val) and not torch.equal(carve(train, 0.1, seed=4)[1], val)
+    with pytest.raises(ConfigError, match="accuracy.val_fraction"):
+        carve(train, 1.5, seed=0)
+
+
+def _fit_line(max_steps, patience, lr=0.05):
+    """fit() on y = 3x with a linear model: it learns, then plateaus."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    x = torch.linspace(-1, 1, 64)[:, None]
+    y = 3 * x + 0.1 * torch.randn_like(x)
+    t = OmegaConf.create({"warmup_steps": 1, "min_steps": 10, "max_steps": max_steps, "eval_every": 5,
+                          "patience": patience, "min_delta": 0.01, "lr_drops": 1})
+
+    def val():
+        loss = torch.nn.functional.mse_loss(model(x), y).item()
+        return loss, 100.0 - loss
+
+    batches = acc._batches(torch.arange(64), 16, seed=0)
+    run = acc.fit(model, lambda b: torch.nn.functional.mse_loss(model(x[b]), y[b]), val, batches, t, lr, "line", True)
+    return model, run, val
+
+
+def test_fit_stops_on_a_plateau_and_restores_the_best_checkpoint():
+    model, run, val = _fit_line(max_steps=5000, patience=3)
+    assert run["converged"] and run["steps"] < 5000 and run["best_step"] <= run["steps"]
+    best = min(run["curve"], key=lambda p: p[1])
+    assert run["best_step"] == best[0] and val()[0] == pytest.approx(best[1]) == pytest.approx(run["val_loss"])
+    assert abs(model.weight.item() - 3) < 0.1
+
+
+def test_fit_that_reaches_the_ceiling_is_not_converged():
+    _, run, _ = _fit_line(max_steps=12, patience=50, lr=1e-4)
+    assert run["steps"] == 12 and not run["converged"] and run["curve"][-1][0] == 12
+
+
+def test_divergence_is_an_error_naming_the_fix(tmp_path):
+    with pytest.raises(acc.DivergedError, match="training diverged: loss is nan .* lower accuracy.training.lr"):
+        acc.evaluate_projector(cfg_for(tmp_path, "accuracy.training.lr=1e30"))
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_a_diverging_one_is_skipped(tmp_path):
+    r = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.training.lr=[1e30,0.003]"))
+    assert r["lr"] == 0.003 and r["lr_grid"]["1e+30"] is None and r["lr_grid"]["0.003"] > 0  # None: diverged
+
+
+def test_two_level_bootstrap_widens_with_the_spread_between_seeds():
+    rng = np.random.default_rng(0)
+    same = np.tile(rng.random(400) < 0.7, (3, 1)).astype(float)
+    spread = np.stack([rng.random(400) < p for p in (0.55, 0.7, 0.85)]).astype(float)
+    lo1, hi1 = acc.two_level_bootstrap(same, 0)
+    lo2, hi2 = acc.two_level_bootstrap(spread, 0)
+    assert lo1 < 100 * same.mean() < hi1 and lo2 < 100 * spread.mean() < hi2 and hi2 - lo2 > 1.5 * (hi1 - lo1)
+    assert acc.bootstrap_ci(same[0], 0) == pytest.approx((lo1, hi1), abs=1.0)  # one seed: questions only
 
 
 def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
@@ -38,28 +117,63 @@ def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
     monkeypatch.setattr(acc.TimmEncoder, "forward", forbidden)
     r = acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp"))  # another design: same features
     assert r["acc_tokens_out"] == 4
-    monkeypatch.setattr(acc, "_train", forbidden)
+    monkeypatch.setattr(acc, "fit", forbidden)
     q = acc.evaluate_projector(cfg_for(tmp_path, "projector=mlp_int8"))  # reuses the trained mlp, quantized
-    assert q["acc_tokens_out"] == 16
+    assert q["acc_tokens_out"] == 16 and q["acc_cached"]
+
+
+def test_an_edited_projector_is_retrained_not_served_from_the_cache(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    shutil.copytree(acc.SOURCE_ROOT, src, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(acc, "SOURCE_ROOT", src)
+    cfg = cfg_for(tmp_path / "run")
+    first = acc.evaluate_projector(cfg)
+    again = acc.evaluate_projector(cfg)
+    assert not first["acc_cached"] and again["acc_cached"] and again["accuracy"] == first["accuracy"]
+    mlp = src / "projectors" / "mlp.py"
+    mlp.write_text(mlp.read_text().replace('"""', '"""Edited. ', 1))
+    edited = acc.evaluate_projector(cfg)
+    assert not edited["acc_cached"] and edited["acc_code_version"] != first["acc_code_version"]
 
 
 def test_same_seed_same_accuracy(tmp_path):
     a = acc.evaluate_projector(cfg_for(tmp_path / "a"))
     b = acc.evaluate_projector(cfg_for(tmp_path / "b"))
-    assert abs(a["accuracy"] - b["accuracy"]) <= 0.5
+    assert a["accuracy_by_seed"] == b["accuracy_by_seed"]
 
 
-def test_divergence_is_an_error_naming_the_fix(tmp_path):
-    with pytest.raises(acc.DivergedError, match="training diverged: loss is nan .* lower accuracy.training.lr"):
-        acc.evaluate_projector(cfg_for(tmp_path, "accuracy.training.lr=1e30"))
+def test_each_question_sees_the_image_and_itself_only():
+    torch.manual_seed(0)
+    proj = acc.create_projector("mlp", 8, 16)
+    model = acc.TinyVLM(proj, (4, 4), vocab=12, q_len=3, slots=3, answers=5, width=16, layers=2, heads=2).eval()
+    visual, q = torch.randn(2, 16, 8), torch.randint(1, 12, (2, 3, 3))
+    other = q.clone()
+    other[:, 1:] = torch.randint(1, 12, (2, 2, 3))  # change the other questions about the same images
+    alone = q.clone()
+    alone[:, 1:] = 0  # or leave their slots empty
+    with torch.no_grad():
+        out, out2, out3 = model(visual, q), model(visual, other), model(visual, alone)
+        moved = model(visual.roll(1, 0), q)
+    assert torch.allclose(out[:, 0], out2[:, 0], atol=1e-5) and torch.allclose(out[:, 0], out3[:, 0], atol=1e-5)
+    assert not torch.allclose(out[:, 0], moved[:, 0], atol=1e-3)  # but it does see its image
+
+
+def test_question_slots_hold_each_question_of_an_image_once():
+    from projector_bench.tasks.shapes_vqa import shapes_vqa
+
+    d = shapes_vqa(30, img_size=32, seed=2)
+    slots = acc.question_slots(d)
+    assert sorted(slots[slots >= 0].tolist()) == list(range(len(d.answers)))
+    for i, row in enumerate(slots.tolist()):
+        assert all(d.image_of[q] == i for q in row if q >= 0)
 
 
 def test_digits_and_image_folder_tasks_run(tmp_path):
-    d = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.training.epochs=1", task="digits"))
+    d = acc.evaluate_projector(cfg_for(tmp_path, task="digits"))
     assert d["task"] == "digits" and set(d["accuracy_by_type"]) == {"digit"}
     root = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=32)
     f = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
-    assert f["task"] == "image_folder" and f["acc_test_questions"] == 6
+    assert f["task"] == "image_folder" and f["acc_test_questions"] == 6 and "small test split: 6 questions" in f["accuracy_note"]
 
 
 def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monkeypatch):
@@ -67,15 +181,20 @@ def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monke
     real = acc.quantize_linear_int8
     monkeypatch.setattr(acc, "quantize_linear_int8", lambda m: seen.append(type(m).__name__) or real(m))
     acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp_int8"))
-    assert seen == ["LDP"]
+    assert seen == ["LDP", "LDP"]  # one per seed
     assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in real(acc.create_projector("ldp", 8, 8)).modules())
 
 
 def test_a_changed_image_folder_is_not_served_from_the_cache(tmp_path):
-    from omegaconf import OmegaConf
-
     root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
     cfg = OmegaConf.create({"_target_": "projector_bench.tasks.classify.image_folder", "root": str(root)})
     before = acc.task_key(cfg)
     write_image_folder(root, classes=3, per_class=4, size=16)
     assert acc.task_key(cfg) != before
+
+
+def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
+    r = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2"))
+    assert r["train_workers"] == 2 and not r["acc_cached"] and len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 4
+    again = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=1"))
+    assert again["acc_cached"] and again["accuracy_by_seed"] == r["accuracy_by_seed"] and again["lr"] == r["lr"]

@@ -110,9 +110,10 @@ def test_thread_count_does_not_leak_between_jobs(tmp_path):
     assert one["threads"] == 1 and default["threads"] == os.cpu_count()
 
 
-ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accuracy.encoder_training.epochs=1",
-            "accuracy.training.epochs=1", "accuracy.training.width=16", "accuracy.training.layers=1",
-            "accuracy.training.heads=2", "quiet=true"]
+ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accuracy.encoder_training.min_steps=2",
+            "accuracy.encoder_training.max_steps=2", "accuracy.training.min_steps=2", "accuracy.training.max_steps=2",
+            "accuracy.training.eval_every=2", "accuracy.training.lr=0.003", "accuracy.seeds=1",
+            "accuracy.training.width=16", "accuracy.training.layers=1", "accuracy.training.heads=2", "quiet=true"]
 
 
 @pytest.mark.slow

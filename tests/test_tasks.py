@@ -66,3 +66,18 @@ def test_image_folder_errors_are_one_line(tmp_path):
         with pytest.raises(ConfigError, match=message) as e:
             image_folder(root)
         assert "\n" not in str(e.value)
+
+
+def test_left_of_asks_about_separate_columns_with_balanced_answers():
+    d = shapes_vqa(400, img_size=32, seed=5)
+    words, answers = _vocab(3)
+    objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
+    yes = []
+    for q, a, i, t in zip(d.questions.tolist(), d.answers.tolist(), d.image_of.tolist(), d.qtype):
+        if t != "left_of":
+            continue
+        names = ["nothing" if v == 0 else objects[v - 1] for v in d.encoder_labels[i].flatten().tolist()]
+        text = [words[w] for w in q if w]
+        assert names.index(f"{text[2]}_{text[3]}") % 3 != names.index(f"{text[7]}_{text[8]}") % 3
+        yes.append(answers[a] == "yes")
+    assert len(yes) > 200 and 0.42 < np.mean(yes) < 0.58

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 @dataclass
 class TaskData:
@@ -44,3 +46,14 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[Tensor, Tens
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_test = max(1, round(n * test_fraction))
     return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def carve(train: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split train image indices into (train, validation): a seeded `fraction` of them, at least one image,
+    for choosing and stopping. The test split is never touched."""
+    if not 0 < fraction < 1 or len(train) < 2:
+        raise ConfigError(f"a validation split needs 0 < accuracy.val_fraction < 1 and at least 2 train images, "
+                         f"got {fraction} and {len(train)}")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    n_val = min(len(train) - 1, max(1, round(len(train) * fraction)))
+    return train[perm[n_val:]].sort().values, train[perm[:n_val]].sort().values

@@ -4,7 +4,8 @@ The question types need different things from the visual tokens:
 - `what_at` "what is at top left" → `red_circle` / `nothing`   (location: which token holds what)
 - `where`   "where is the red circle" → `top_left`              (location)
 - `count`   "how many circle" → `2`                             (counting over the image)
-- `left_of` "is the red circle left of the blue square" → yes/no (relation between two places)
+- `left_of` "is the red circle left of the blue square" → yes/no (relation between two places; the two
+  objects are in different columns and the answer is yes for half of the questions)
 - `exists`  "is there a green triangle" → yes/no                (presence anywhere)
 A projector that pools the grid to one token keeps presence and counts but loses the places.
 """
@@ -91,8 +92,13 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
             elif t == "count":
                 s = SHAPES[rng.integers(len(SHAPES))]
                 q, answer = ["how", "many", s], str(sum(n.endswith(s) for n in name.values()))
-            elif t == "left_of" and len(unique) >= 2:
-                p, o = (unique[j] for j in rng.choice(len(unique), 2, replace=False))
+            elif t == "left_of" and len({rc[1] for rc in unique}) >= 2:
+                # two objects in different columns (a clear answer), asked either way round: half yes, half no
+                p, o = sorted((unique[j] for j in rng.choice(len(unique), 2, replace=False)), key=lambda rc: rc[1])
+                while p[1] == o[1]:
+                    p, o = sorted((unique[j] for j in rng.choice(len(unique), 2, replace=False)), key=lambda rc: rc[1])
+                if rng.random() < 0.5:
+                    p, o = o, p
                 q = ["is", "the", *name[p].split("_"), "left", "of", "the", *name[o].split("_")]
                 answer = "yes" if p[1] < o[1] else "no"
             elif t == "exists":
