@@ -198,3 +198,20 @@ def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
     assert r["train_workers"] == 2 and not r["acc_cached"] and len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 4
     again = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=1"))
     assert again["acc_cached"] and again["accuracy_by_seed"] == r["accuracy_by_seed"] and again["lr"] == r["lr"]
+
+
+def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_design():
+    import pandas as pd
+
+    from projector_bench.runner import accuracy_table
+
+    def row(name, left, where, converged):
+        return {"projector": name, "acc_tokens_out": 4, "accuracy": 60.0, "accuracy_ci_low": 58.0, "accuracy_ci_high": 62.0,
+                "accuracy_by_type": {"left_of": left, "where": where}, "majority_baseline": 30.0, "converged": converged,
+                "accuracy_ci_by_type": {"left_of": (left - 3, left + 3), "where": (where - 3, where + 3)},
+                "majority_by_type": {"left_of": 50.0, "where": 11.0}}
+
+    text = accuracy_table(pd.DataFrame([row("mlp", 52.0, 80.0, True), row("pool", 50.0, 12.0, False)]))
+    assert "left_of (NOT LEARNED)" in text and "where (NOT LEARNED)" not in text
+    assert "not learned by any design (no interval above the type's majority answer): left_of" in text
+    assert "(majority answer)" in text and " NO" in text and "two-level bootstrap" in text

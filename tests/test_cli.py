@@ -112,7 +112,7 @@ def test_thread_count_does_not_leak_between_jobs(tmp_path):
 
 ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accuracy.encoder_training.min_steps=2",
             "accuracy.encoder_training.max_steps=2", "accuracy.training.min_steps=2", "accuracy.training.max_steps=2",
-            "accuracy.training.eval_every=2", "accuracy.training.lr=0.003", "accuracy.seeds=1",
+            "accuracy.training.eval_every=2", "accuracy.workers=1", "accuracy.seeds=1",
             "accuracy.training.width=16", "accuracy.training.layers=1", "accuracy.training.heads=2", "quiet=true"]
 
 

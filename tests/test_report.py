@@ -11,25 +11,30 @@ import pytest
 
 from projector_bench.report import write_report
 
-PLOT_IDS = ["plot-pareto-latency", "plot-pareto-macs", "plot-accuracy-by-type", "plot-latency-breakdown"]
+PLOT_IDS = ["plot-pareto-latency", "plot-pareto-macs", "plot-accuracy-by-type", "plot-validation-curves",
+            "plot-latency-breakdown"]
 EVIL = "<script>alert(1)</script>"
 NAN = float("nan")
 
 
-def _row(projector, acc, ttft, macs, pl=False, pm=False, status="ok", error=NAN, by_type=NAN):
+def _curves(loss):
+    return [[[100 * i, loss / i + seed, 50.0 + i] for i in range(1, 6)] for seed in (0, 1)]
+
+
+def _row(projector, acc, ttft, macs, pl=False, pm=False, status="ok", error=NAN, by_type=NAN, curves=NAN):
     return {"projector": projector, "encoder": "vit_tiny", "status": status, "error": error, "params": macs / 500,
             "macs": macs, "tokens_in": 196, "tokens_out": 49, "latency_ms": ttft / 10, "peak_mem_mb": 120.0,
             "size_mb": macs / 2e8, "accuracy": acc, "accuracy_ci_low": acc - 3, "accuracy_ci_high": acc + 3,
             "accuracy_by_type": by_type, "est_encoder_ms": ttft * 0.5, "est_projector_ms": ttft * 0.1,
             "est_prefill_ms": ttft * 0.4, "est_ttft_ms": ttft, "est_decode_tok_s": 30.0, "pareto_latency": pl,
-            "pareto_macs": pm}
+            "pareto_macs": pm, "val_curves": curves, "seeds": [0, 1]}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     df = pd.DataFrame([
-        _row("mlp", 70.0, 120.0, 2e9, True, True, by_type={"count": 60.0, "color": 80.0}),
-        _row("ldp", 74.0, 180.0, 3e9, True, True, by_type={"count": 66.0, "color": 82.0}),
+        _row("mlp", 70.0, 120.0, 2e9, True, True, by_type={"count": 60.0, "color": 80.0}, curves=_curves(1.0)),
+        _row("ldp", 74.0, 180.0, 3e9, True, True, by_type={"count": 66.0, "color": 82.0}, curves=_curves(2.0)),
         _row("resampler", 68.0, 200.0, 4e9),
         _row(EVIL, 78.0, 300.0, 6e9, True, True, by_type={"count": 70.0, "color": 86.0}),
         _row("qformer", NAN, NAN, 5e9, status="failed", error="RuntimeError: <oom> & friends"),
