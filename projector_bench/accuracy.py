@@ -7,8 +7,8 @@
 3. Encoder features of every image are computed once and cached.
 4. Projector and a small transformer LM train together on the train split, to convergence: a step budget
    with a floor and a ceiling, validation loss every `eval_every` steps, one learning-rate drop at the first
-   plateau and a stop at the second, the best checkpoint kept (`fit`). The learning rate is chosen per
-   design from `training.lr` (a grid) by validation loss with the first seed; the other seeds reuse it.
+   plateau and a stop at the second, the best checkpoint kept (`fit`). Every seed trains at every rate of
+   `training.lr` (a grid); the design keeps the rate of the lowest mean validation loss.
 5. The row's accuracy is the mean over `accuracy.seeds` on the test split, with a 95% interval from a
    two-level bootstrap (seeds, then test questions) that holds both sources of noise.
 
@@ -113,10 +113,10 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
     """Train `model` until its validation loss stops improving; return its best checkpoint and the run.
 
     AdamW, linear warm-up over `t.warmup_steps`, then a constant rate. Every `t.eval_every` steps the
-    validation loss is measured; `t.patience` evaluations without a relative gain of `t.min_delta` over the
-    last gain make a plateau. The first plateau divides the rate by 10 (`t.lr_drops` times), the next one ends the run
-    (`converged`) once `t.min_steps` are done; `t.max_steps` ends it unconverged. The weights of the best
-    validation loss are restored.
+    validation loss is measured; `t.patience` evaluations without a gain over the last gain of both
+    `t.min_delta` (relative) and `t.min_delta_abs` (absolute, default 0) make a plateau. The first plateau
+    divides the rate by 10 (`t.lr_drops` times), the next one ends the run (`converged`) once `t.min_steps`
+    are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
     warm = max(1, int(t.warmup_steps))
@@ -152,7 +152,7 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
                                     "lower accuracy.training.lr")
             if val_loss < best["loss"]:  # the checkpoint kept: the lowest validation loss
                 best = {"loss": val_loss, "step": step, "state": copy.deepcopy(model.state_dict()), "accuracy": val_acc}
-            if val_loss < ref * (1 - t.min_delta):  # progress: a relative gain of min_delta on the last one
+            if ref == math.inf or val_loss < ref - max(ref * t.min_delta, t.get("min_delta_abs", 0.0)):  # progress
                 ref, stale = val_loss, 0
                 continue
             stale += 1

@@ -17,7 +17,7 @@ from projector_bench.tasks.shapes_vqa import QTYPES
 
 STEPS = ["accuracy.training.min_steps=4", "accuracy.training.max_steps=8", "accuracy.training.eval_every=2",
          "accuracy.training.warmup_steps=2", "accuracy.training.patience=2"]
-TINY = ["quiet=true", "task.num_images=100", "task.img_size=32", "accuracy.encoder.weights=random",
+TINY = ["quiet=true", "task.num_images=100", "task.questions_per_image=5", "task.img_size=32", "accuracy.encoder.weights=random",
         "accuracy.encoder_training.min_steps=2", "accuracy.encoder_training.max_steps=4",
         "accuracy.encoder_training.eval_every=2", "accuracy.encoder_training.batch_size=16", *STEPS,
         "accuracy.training.width=16", "accuracy.training.layers=1", "accuracy.training.heads=2",
@@ -84,6 +84,18 @@ def test_fit_stops_on_a_plateau_and_restores_the_best_checkpoint():
 def test_fit_that_reaches_the_ceiling_is_not_converged():
     _, run, _ = _fit_line(max_steps=12, patience=50, lr=1e-4)
     assert run["steps"] == 12 and not run["converged"] and run["curve"][-1][0] == 12
+
+
+@pytest.mark.parametrize("floor,converged", [(0.0, False), (1e-3, True)])
+def test_a_loss_that_keeps_halving_near_zero_is_a_plateau_only_with_an_absolute_floor(floor, converged):
+    """A model at 100% whose loss keeps halving makes a 1% relative gain forever; min_delta_abs stops it."""
+    model = torch.nn.Linear(1, 1)
+    losses = iter(0.01 * 0.5 ** k for k in range(1000))
+    t = OmegaConf.create({"warmup_steps": 1, "min_steps": 10, "max_steps": 200, "eval_every": 5, "patience": 3,
+                          "min_delta": 0.01, "min_delta_abs": floor, "lr_drops": 1})
+    run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (next(losses), 100.0),
+                  acc._batches(torch.arange(8), 4, seed=0), t, 1e-3, "halving", True)
+    assert run["converged"] is converged and (run["steps"] < 200) is converged
 
 
 def test_divergence_is_an_error_naming_the_fix(tmp_path):

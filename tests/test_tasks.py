@@ -81,3 +81,11 @@ def test_left_of_asks_about_separate_columns_with_balanced_answers():
         assert names.index(f"{text[2]}_{text[3]}") % 3 != names.index(f"{text[7]}_{text[8]}") % 3
         yes.append(answers[a] == "yes")
     assert len(yes) > 200 and 0.42 < np.mean(yes) < 0.58
+
+
+def test_more_questions_than_types_take_the_types_in_turn():
+    task = shapes_vqa(num_images=40, img_size=32, questions_per_image=15, max_objects=6, min_objects=4, seed=1)
+    kinds = np.array(task.qtype)
+    for i in range(40):
+        counts = {k: int((kinds[task.image_of.numpy() == i] == k).sum()) for k in ("what_at", "count", "exists")}
+        assert counts == {"what_at": 3, "count": 3, "exists": 3}  # these are always askable

@@ -7,6 +7,7 @@ The question types need different things from the visual tokens:
 - `left_of` "is the red circle left of the blue square" → yes/no (relation between two places; the two
   objects are in different columns and the answer is yes for half of the questions)
 - `exists`  "is there a green triangle" → yes/no                (presence anywhere)
+Each image gets `questions_per_image` questions, the types in turn in a random order (15: three of each).
 A projector that pools the grid to one token keeps presence and counts but loses the places.
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
         labels.append(lab)
         name = {rc: f"{list(COLOURS)[ci]}_{SHAPES[si]}" for rc, (ci, si) in cells.items()}
         unique = [rc for rc in cells if list(name.values()).count(name[rc]) == 1]
-        for t in rng.permutation(QTYPES)[:questions_per_image]:
+        for t in rng.permutation(QTYPES * -(-questions_per_image // len(QTYPES)))[:questions_per_image]:
             if t == "what_at":
                 r, c = all_cells[rng.integers(len(all_cells))]
                 q, answer = ["what", "is", "at", rows[r], cols[c]], name.get((r, c), "nothing")
