@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from .errors import ConfigError
 from .runner import accuracy_table, run, summary
+from .validate import validate
 
 
 def config_dir() -> Path:
@@ -28,7 +29,7 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
-GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search")
+GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task")
 
 
 def check_group_choices(args: list[str]) -> None:
@@ -54,6 +55,12 @@ def check_group_choices(args: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if not multirun:  # a multirun's jobs are all checked by PrintSweepTable before the first one
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     if cfg.get("search"):
         from .search import front_table, run_search
 
@@ -63,12 +70,19 @@ def _main(cfg: DictConfig) -> None:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
-        if cfg.report:
-            from .report import report_at_end
-            from .results import load_results
+        from .results import load_results
 
-            df = load_results(cfg.results_dir)
-            report_at_end(df[df["sweep_id"] == study.study_name], cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        df = load_results(cfg.results_dir)
+        df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
+        if cfg.report and len(df):
+            from .report import report_at_end
+
+            report_at_end(df, cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        failed = df[df["status"] != "ok"] if len(df) else df
+        if len(failed):
+            print(f"error: {len(failed)} of {len(df)} trials of study {study.study_name} failed; see the `error` column "
+                  f"in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
+            raise SystemExit(1)
         return
     try:
         row = run(cfg)
@@ -101,8 +115,14 @@ def report_main(argv: list[str]) -> Path:
     ap.add_argument("--sweep", default="last", help="the sweep id to report, `last` (default) or `all`")
     args, overrides = ap.parse_known_args(argv)
     check_group_choices(overrides)
+    if unknown := [o for o in overrides if o.startswith("-")]:
+        raise ConfigError(f"unknown option {unknown[0]!r}; report takes [RESULTS] [--sweep ID|last|all] [key=value ...]")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+        try:
+            cfg = compose("config", overrides=overrides)
+        except HydraException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    validate(cfg)
     src = Path(args.results or cfg.results_dir)
     folder = src.parent if src.suffix == ".jsonl" else src
     df = load_results(folder)
@@ -124,10 +144,13 @@ def main() -> None:
             print(f"report: {report_main(sys.argv[2:])}")
             return
         check_group_choices(sys.argv[1:])
+        _main()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    _main()
+    except KeyboardInterrupt:  # rows are written whole (atomic rename): an interrupted job leaves none half-written
+        print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import copy
 import multiprocessing as mp
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -33,6 +34,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.layers import Mlp
@@ -42,13 +44,16 @@ from tqdm.auto import tqdm
 
 from ._registry import create_projector
 from .encoders import TimmEncoder, Variant
+from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData, carve
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
+log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).parent
 SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks")
 SMALL_TEST = 200  # fewer test questions than this: the row says its interval is wide
+TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 
 
 class DivergedError(RuntimeError):
@@ -70,9 +75,15 @@ def _key(*parts: Any) -> str:
 
 
 def _cached(path: Path, build: Callable[[], Any]) -> tuple[Any, bool]:
-    """(value, True) from `path` if present, else (build(), False) after saving it atomically."""
+    """(value, True) from `path` if present, else (build(), False) after saving it atomically. An entry that
+    cannot be read (truncated, not a torch file) is named in a warning, discarded and rebuilt."""
     if path.exists():
-        return torch.load(path, weights_only=False), True
+        try:
+            return torch.load(path, weights_only=False), True
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+            log.warning("cache entry %s could not be read (%s: %s); discarding and rebuilding it",
+                        path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            path.unlink(missing_ok=True)
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: search workers may cache the same entry
@@ -94,7 +105,17 @@ def task_key(task_cfg: DictConfig) -> str:
 def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
     """Build the task from its config (`_target_`), cached on disk by `task_key`."""
     name = task_cfg._target_.rsplit(".", 1)[-1]
-    return _cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", lambda: instantiate(task_cfg))[0]
+
+    def build() -> TaskData:
+        try:
+            return instantiate(task_cfg)
+        except InstantiationException as e:  # Hydra wraps the task's own error: give the user that one
+            cause = e.__cause__
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            raise ConfigError(f"task {name}: {type(cause or e).__name__}: {str(cause or e).splitlines()[0]}") from e
+
+    return _cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", build)[0]
 
 
 def _normalize(images: Tensor) -> Tensor:
@@ -480,6 +501,10 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     per_seed = (100 * correct_m.mean(1)).tolist()
     majority = torch.mode(task.answers[train_q]).values
     note = (f"small test split: {len(test_q)} questions; the interval is wide" if len(test_q) < SMALL_TEST else None)
+    warning = (f"only {len(test_q)} test questions: this accuracy and its interval mean little; give the task more "
+               "images" if len(test_q) < TOO_SMALL_TEST else None)
+    if warning:
+        log.warning(warning)
     return {
         "task": task.name,
         "accuracy": float(np.mean(per_seed)),
@@ -491,7 +516,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "majority_by_type": majority_by_type,
         "types_not_learned": [k for k in kinds if ci_by_type[k][0] <= majority_by_type[k]],
         "majority_baseline": 100 * float((task.answers[test_q] == majority).float().mean()),
-        "accuracy_note": note,
+        "accuracy_note": note, "accuracy_warning": warning,
         "seeds": seeds, "lr": lr, "lr_grid": val_by_lr,
         "train_steps": [r["steps"] for r in runs], "best_step": [r["best_step"] for r in runs],
         "converged": all(r["converged"] for r in runs),

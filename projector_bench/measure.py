@@ -265,3 +265,25 @@ def _paired_rounds(case: Callable[[], Any], ref: Callable[[], Any], rounds: int,
             wall.append(w)
             cpu.append(t[case])
     return ratios, wall, cpu
+
+
+REFERENCE_SHAPE = (576, 1024, 2048)  # the GEMM of a linear projector at MobileVLM's shape (CLIP 24x24 -> 2048)
+LOAD_LIMIT = 1.25  # a reference kernel this much slower than its best time here: the machine was loaded
+
+
+def reference_kernel() -> Callable[[], Any]:
+    """The fixed kernel timings are compared against: a (576×1024) @ (1024×2048) fp32 GEMM."""
+    g = torch.Generator().manual_seed(0)
+    m, k, n = REFERENCE_SHAPE
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    return lambda: a @ b
+
+
+def load_check(threads: int, best_ms: float | None) -> dict[str, Any]:
+    """Time the reference kernel now and compare it with `best_ms`, the fastest this machine has timed it at
+    this thread count: `reference_ms`, `load_ratio` and, above `LOAD_LIMIT`, a `load_warning` for the row."""
+    ms = measure_latency(reference_kernel(), threads, min_run_time=0.2, warmup=1).median_ms
+    ratio = ms / min(ms, best_ms or math.inf)
+    warning = (f"timed on a loaded machine: the reference GEMM took {ratio:.2f}x its best time here, so latencies are "
+               "inflated; re-run when the machine is quiet" if ratio > LOAD_LIMIT else None)
+    return {"reference_ms": ms, "load_ratio": ratio, "load_warning": warning}

@@ -39,7 +39,7 @@ from scipy.stats import binomtest
 from .bench import OUT, SHAPE
 from .encoders import Variant, create_encoder
 from .env import cpu_id
-from .measure import Paired, count_flops, count_params, paired
+from .measure import Paired, count_flops, count_params, paired, reference_kernel
 from .projectors.base import token_grid
 
 HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
@@ -113,13 +113,6 @@ def cases(only: list[str] | None = None) -> dict[str, Case]:
         for name, cfg in _configs(group, [n.split("/", 1)[1] for n in only if n.startswith(f"{group}/")] if only else None).items():
             out[f"{group}/{name}"] = make(cfg)
     return out
-
-
-def reference_kernel() -> Callable[[], Any]:
-    """The fixed kernel every case is timed against: the GEMM of a linear projector at the reference shape."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(SHAPE[1], SHAPE[2], generator=g), torch.randn(SHAPE[2], OUT, generator=g)
-    return lambda: a @ b
 
 
 def machine(threads: int) -> str:

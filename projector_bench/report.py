@@ -190,7 +190,8 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
 
 
 COLUMNS = ["design", "status", "tokens_out", "params (M)", "GMACs", "latency_ms", "est_projector_ms", "est_ttft_ms",
-           "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error"]
+           "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error / warning"]
+WARNINGS = ("accuracy_warning", "load_warning")  # row columns shown in the last column of an ok row
 
 
 def _table_rows(df: pd.DataFrame) -> list[dict]:
@@ -203,7 +204,7 @@ def _table_rows(df: pd.DataFrame) -> list[dict]:
         cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
                  _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
                  _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_decode_tok_s"), 1), _fmt(r.get("peak_mem_mb"), 1),
-                 acc, _fmt(r.get("error")) if failed else ""]
+                 acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not _missing(r.get(w)))]
         rows.append({"css": "failed" if failed else "", "cells": cells})
     return rows
 

@@ -14,6 +14,7 @@ measured latency (`python -m projector_bench.bench` reports the median error ove
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -30,6 +31,8 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # An op as stored in a results row: [kind, dtype, flops, bytes, count] (identical ops folded together).
 OpRow = list
@@ -206,19 +209,42 @@ def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
 
     key = f"{cpu_model()}|{threads}|{torch.__version__}"
     path = Path(cache_dir) / "host_device.json" if cache_dir else None
-    if path and path.exists():
-        saved = json.loads(path.read_text())
-        if key in saved:
+    saved = read_json_cache(path)
+    if key in saved:
+        try:
             return Device(**saved[key])
+        except TypeError as e:
+            log.warning("host cache %s: the entry for this machine could not be read (%s); re-measuring it", path, e)
     dev = _calibrated(threads)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        saved = json.loads(path.read_text()) if path.exists() else {}
+        saved = read_json_cache(path)
         saved[key] = asdict(dev)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: workers may calibrate at once
-        tmp.write_text(json.dumps(saved, indent=1))
-        tmp.replace(path)
+        write_json_cache(path, saved)
     return dev
+
+
+def write_json_cache(path: Path, value: dict[str, Any]) -> None:
+    """Replace `path` atomically with `value` as JSON (per-process temporary: workers may write at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def read_json_cache(path: Path | None) -> dict[str, Any]:
+    """A JSON object saved in the host cache, or {} (with a warning naming the file) when it is missing or
+    cannot be read: the caller measures again and rewrites it."""
+    if not path or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_bytes())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except (OSError, ValueError) as e:
+        log.warning("host cache %s could not be read (%s); it is discarded and measured again", path, e)
+        return {}
 
 
 @cache

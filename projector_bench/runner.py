@@ -6,6 +6,7 @@ import os
 import sys
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,13 +19,14 @@ from ._registry import create_projector
 from .accuracy import evaluate_projector
 from .choose import Budget, estimate_row
 from .encoders import Variant, create_encoder
-from .env import environment
+from .env import cpu_model, environment
 from .errors import ConfigError
 from .lm import LanguageModel
-from .measure import count_flops, count_params, measure_latency, peak_memory_mb, size_mb
+from .measure import count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
 from .results import append_row, load_results
-from .roofline import device_from_config, trace_ops, trace_timm_on_meta
+from .validate import job_configs, validate
+from .roofline import device_from_config, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,20 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     return row | _costs("", proj, (tokens,), cfg.device, grid=grid)
 
 
+def _load(threads: int) -> dict[str, Any]:
+    """`load_check` against the best reference time this machine has recorded (kept in the host cache)."""
+    path = Path(HOST_CACHE) / "reference_kernel.json"
+    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    saved = read_json_cache(path)
+    best = saved.get(key) if isinstance(saved.get(key), (int, float)) else None
+    out = load_check(threads, best)
+    if best is None or out["reference_ms"] < best:
+        write_json_cache(path, saved | {key: out["reference_ms"]})
+    if out["load_warning"]:
+        log.warning(out["load_warning"])
+    return out
+
+
 def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     """The row's end-to-end estimates on `cfg.device` (roofline per op; `host`: roofs measured here)."""
     lm = LanguageModel.from_config(cfg.lm)
@@ -126,13 +142,39 @@ def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     return {"device": device.name} | estimate_row(row, device, lm)
 
 
+def job_overrides() -> list[str]:
+    """This Hydra job's own overrides (without `resume=`): what identifies a job of a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return sorted(o for o in HydraConfig.get().overrides.task if not o.startswith("resume="))
+
+
+def _done_in_resumed_sweep(cfg: DictConfig, overrides: list[str]) -> dict[str, Any] | None:
+    if not cfg.get("resume"):
+        return None
+    df = load_results(cfg.results_dir)
+    if not len(df) or "job_overrides" not in df:
+        return None
+    done = df[(df["sweep_id"] == cfg.resume) & (df["status"] == "ok")]
+    same = done[done["job_overrides"].map(lambda o: isinstance(o, list) and sorted(o) == overrides)]
+    return same.iloc[-1].to_dict() if len(same) else None
+
+
 def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = True) -> dict[str, Any]:
     """Measure one design and append its row (with the `extra` columns; `record=False`: only return it);
-    a failure is recorded in the row, never raised."""
+    a failure is recorded in the row, never raised. With `resume=<sweep_id>`, a job that sweep already holds
+    an ok row for is not measured again: that row is returned."""
+    overrides = job_overrides()
+    if (done := _done_in_resumed_sweep(cfg, overrides)) is not None:
+        log.info("resume: %s is already in sweep %s (run %s)", " ".join(overrides), cfg.resume, done.get("run_id"))
+        return done
     row: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
+        "job_overrides": overrides,
     } | (extra or {})
     try:
         threads = cfg.device.threads or DEFAULT_THREADS
@@ -140,6 +182,7 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
             raise ConfigError(f"device.threads must be a positive integer or null, got {threads!r}")
         torch.set_num_threads(threads)
         row |= measure(cfg)
+        row |= _load(threads)
         row |= estimates(cfg, row)
         if cfg.task.get("_target_"):
             row |= evaluate_projector(cfg)
@@ -204,27 +247,45 @@ class PrintSweepTable(Callback):
     """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:  # the budget is used by the report at the end: check it before the first job, not after the last
-            Budget.from_config(config.budget)
+        try:  # every job's config, before the first job runs
+            for job in job_configs(config):
+                validate(job)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        os.environ[SWEEP_ENV] = uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
+        resume = config.get("resume")
+        if resume:
+            df = load_results(config.results_dir)
+            if not len(df) or "sweep_id" not in df or resume not in set(df["sweep_id"]):
+                print(f"error: resume={resume}: no sweep {resume!r} in {config.results_dir}/runs.jsonl; give the "
+                      "sweep_id of its rows", file=sys.stderr)
+                raise SystemExit(2)
+        os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        df = load_results(config.results_dir)
-        df = df[df["sweep_id"] == os.environ.pop(SWEEP_ENV, None)] if len(df) else df
-        if not len(df):
-            return
-        print(summary(df))
-        if acc := accuracy_table(df):
-            print(acc)
-        if config.get("report"):
-            from .report import report_at_end
+        sweep = os.environ.pop(SWEEP_ENV, None)
+        table = f"{config.results_dir}/runs.jsonl"
+        try:  # Hydra turns an exception here into a warning and exit 0: every failure must be an exit 1 instead
+            df = load_results(config.results_dir)
+            df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
+            if not len(df):
+                print(f"error: no row of this sweep is in {table}", file=sys.stderr)
+                raise SystemExit(1)
+            print(summary(df))
+            if acc := accuracy_table(df):
+                print(acc)
+            if config.get("report"):
+                from .report import report_at_end
 
-            report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+                report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception as e:
+            print(f"error: the sweep's rows are in {table}, but its summary or report failed: "
+                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+            raise SystemExit(1) from None
         failed = df[df["status"] != "ok"]
         if len(failed):
-            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in "
-                  f"{config.results_dir}/runs.jsonl", file=sys.stderr)
+            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in {table}", file=sys.stderr)
             raise SystemExit(1)

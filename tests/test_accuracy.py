@@ -186,6 +186,7 @@ def test_digits_and_image_folder_tasks_run(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=32)
     f = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
     assert f["task"] == "image_folder" and f["acc_test_questions"] == 6 and "small test split: 6 questions" in f["accuracy_note"]
+    assert f["accuracy_warning"].startswith("only 6 test questions: this accuracy and its interval mean little")
 
 
 def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monkeypatch):
@@ -227,3 +228,12 @@ def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_de
     assert "left_of (NOT LEARNED)" in text and "where (NOT LEARNED)" not in text
     assert "not learned by any design (no interval above the type's majority answer): left_of" in text
     assert "(majority answer)" in text and " NO" in text and "two-level bootstrap" in text
+
+
+def test_a_damaged_cache_entry_is_named_discarded_and_rebuilt(tmp_path, caplog):
+    path = tmp_path / "models" / "x.pt"
+    assert acc._cached(path, lambda: {"a": 1}) == ({"a": 1}, False)
+    path.write_bytes(path.read_bytes()[:20])  # truncated
+    assert acc._cached(path, lambda: {"a": 2}) == ({"a": 2}, False)
+    assert any(str(path) in r.getMessage() and "discarding and rebuilding" in r.getMessage() for r in caplog.records)
+    assert acc._cached(path, lambda: {"a": 3}) == ({"a": 2}, True)

@@ -128,3 +128,12 @@ def test_every_shipped_encoder_is_fully_counted(name):
     enc = create_encoder(name, weights="random").eval()
     fc = count_flops(enc.model, torch.randn(1, 3, 64, 64))
     assert fc.uncounted_ops == {} and fc.torch_flops == 2 * fc.matmul_macs
+
+
+def test_load_check_flags_a_reference_kernel_slower_than_its_best_time_here():
+    from projector_bench.measure import LOAD_LIMIT, load_check
+
+    first = load_check(1, None)
+    assert first["load_ratio"] == 1.0 and first["load_warning"] is None and first["reference_ms"] > 0
+    loaded = load_check(1, first["reference_ms"] / 3)  # as if the best time here were 3x faster
+    assert loaded["load_ratio"] > LOAD_LIMIT and "timed on a loaded machine" in loaded["load_warning"]

@@ -35,7 +35,8 @@ def report(tmp_path_factory):
     df = pd.DataFrame([
         _row("mlp", 70.0, 120.0, 2e9, True, True, by_type={"count": 60.0, "color": 80.0}, curves=_curves(1.0)),
         _row("ldp", 74.0, 180.0, 3e9, True, True, by_type={"count": 66.0, "color": 82.0}, curves=_curves(2.0)),
-        _row("resampler", 68.0, 200.0, 4e9),
+        _row("resampler", 68.0, 200.0, 4e9) | {"accuracy_warning": "only 6 test questions: this accuracy means little",
+                                               "load_warning": "timed on a loaded machine: 2.10x"},
         _row(EVIL, 78.0, 300.0, 6e9, True, True, by_type={"count": 70.0, "color": 86.0}),
         _row("qformer", NAN, NAN, 5e9, status="failed", error="RuntimeError: <oom> & friends"),
     ])
@@ -65,6 +66,7 @@ def test_report_is_written_self_contained_and_escaped(report):
     for i in ["recommendations", "results-table", *PLOT_IDS]:
         assert f'id="{i}"' in html, i
     assert "12.0%" in html and "no design fits" in html and "abc123" in html
+    assert "only 6 test questions: this accuracy means little; timed on a loaded machine: 2.10x" in html
 
 
 def test_each_plot_is_an_embedded_png(report):

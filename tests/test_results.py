@@ -5,6 +5,7 @@ import os
 import pandas as pd
 import pytest
 
+from projector_bench import ConfigError
 from projector_bench.results import (
     append_row,
     append_rows,
@@ -56,7 +57,7 @@ def test_a_crash_mid_write_leaves_the_table_as_it_was(tmp_path, monkeypatch):
 
 def test_a_hand_edited_table_is_refused_not_overwritten(tmp_path):
     table_path(tmp_path).write_text('{"projector": "mlp"}')  # no final newline
-    with pytest.raises(ValueError, match="does not end with a newline"):
+    with pytest.raises(ConfigError, match="does not end with a newline"):
         append_row(tmp_path, {"projector": "ldp"})
     assert table_path(tmp_path).read_text() == '{"projector": "mlp"}'
 
@@ -67,3 +68,43 @@ def test_append_rows_with_a_unique_column_writes_each_row_once(tmp_path):
     assert append_rows(tmp_path, [a, b], unique="run_id") == 1  # a is there: only b
     assert append_rows(tmp_path, [a, b], unique="run_id") == 0
     assert load_results(tmp_path)["run_id"].tolist() == ["a", "b"] and jsonable(b) == {"run_id": "b", "x": None}
+
+
+def test_a_damaged_table_is_read_without_its_bad_lines_and_with_one_warning(tmp_path, caplog):
+    append_row(tmp_path, {"projector": "mlp", "x": 1})
+    with open(table_path(tmp_path), "ab") as f:
+        f.write(b'{"projector": "ld\n\xff\xfe binary\n[1, 2]\n')  # a torn line, a binary one, not an object
+    append_row(tmp_path, {"projector": "ldp", "x": 2})
+    before = table_path(tmp_path).read_bytes()
+    df = load_results(tmp_path)
+    assert df["projector"].tolist() == ["mlp", "ldp"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "skipped 3 damaged line(s)" in warned[0] and "line 2, 3, 4" in warned[0]
+    assert append_rows(tmp_path, [{"run_id": "z"}], unique="run_id") == 1  # the bad lines stay as they were
+    assert table_path(tmp_path).read_bytes() == before + b'{"run_id": "z"}\n'
+
+
+def test_a_read_only_table_or_a_directory_is_refused_and_left_alone(tmp_path):
+    append_row(tmp_path, {"projector": "mlp"})
+    path = table_path(tmp_path)
+    before = path.read_bytes()
+    path.chmod(0o444)
+    try:
+        with pytest.raises(ConfigError, match="read-only: the row was not recorded"):
+            append_row(tmp_path, {"projector": "ldp"})
+        assert path.read_bytes() == before and (path.stat().st_mode & 0o777) == 0o444
+    finally:
+        path.chmod(0o644)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "runs.jsonl").mkdir()
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_results(tmp_path / "d")
+    with pytest.raises(ConfigError, match="is a directory"):
+        append_row(tmp_path / "d", {"projector": "ldp"})
+
+
+def test_an_append_keeps_the_tables_permissions(tmp_path):
+    append_row(tmp_path, {"projector": "mlp"})
+    table_path(tmp_path).chmod(0o640)
+    append_row(tmp_path, {"projector": "ldp"})
+    assert (table_path(tmp_path).stat().st_mode & 0o777) == 0o640

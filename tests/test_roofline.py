@@ -189,3 +189,14 @@ def test_a_roofline_bounds_the_published_llama_cpp_speeds(device, prompt_tok_s, 
     d = target(device)
     assert 256 / (d.latency_ms(m.prefill_ops(256)) / 1e3) > prompt_tok_s
     assert 1e3 / d.latency_ms(m.decode_ops(256)) > decode_tok_s
+
+
+def test_a_damaged_host_cache_is_named_and_measured_again(tmp_path, caplog, monkeypatch):
+    from projector_bench import roofline
+
+    (tmp_path / "host_device.json").write_text('{"trunc')
+    fake = roofline.Device("host", "host", {"fp32": 1.0}, 1.0, 1.0, 1.0, 1.0)
+    monkeypatch.setattr(roofline, "_calibrated", lambda threads: fake)
+    assert roofline.host_device(1, tmp_path) == fake
+    assert any("host_device.json could not be read" in r.getMessage() for r in caplog.records)
+    assert roofline.host_device(1, tmp_path) == fake  # rewritten: read back without a warning

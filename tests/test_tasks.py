@@ -68,8 +68,20 @@ def test_image_folder_errors_are_one_line(tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_left_of_asks_about_separate_columns_with_balanced_answers():
-    d = shapes_vqa(400, img_size=32, seed=5)
+def test_an_unreadable_image_is_skipped_and_named(tmp_path, caplog):
+    root = write_image_folder(tmp_path / "f", classes=2, per_class=3, size=8)
+    (root / "class_0" / "0.png").write_bytes(b"not a png")
+    d = image_folder(str(root), img_size=8)
+    assert len(d.images) == 5
+    assert any("skipped 1 unreadable image(s)" in r.getMessage() and "class_0/0.png" in r.getMessage() for r in caplog.records)
+    for p in (root / "class_1").iterdir():
+        p.write_bytes(b"broken")
+    with pytest.raises(ConfigError, match="readable images in fewer than two classes"):
+        image_folder(str(root), img_size=8)
+
+
+def test_left_of_asks_about_clearly_separate_columns_with_balanced_answers():
+    d = shapes_vqa(400, img_size=32, seed=5, questions_per_image=15)
     words, answers = _vocab(3)
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
     yes = []
@@ -78,7 +90,7 @@ def test_left_of_asks_about_separate_columns_with_balanced_answers():
             continue
         names = ["nothing" if v == 0 else objects[v - 1] for v in d.encoder_labels[i].flatten().tolist()]
         text = [words[w] for w in q if w]
-        assert names.index(f"{text[2]}_{text[3]}") % 3 != names.index(f"{text[7]}_{text[8]}") % 3
+        assert abs(names.index(f"{text[2]}_{text[3]}") % 3 - names.index(f"{text[7]}_{text[8]}") % 3) == 2
         yes.append(answers[a] == "yes")
     assert len(yes) > 200 and 0.42 < np.mean(yes) < 0.58
 

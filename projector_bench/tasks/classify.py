@@ -1,6 +1,7 @@
 """Classification tasks as one-question VQA ("which digit", "which class"): `digits`, `image_folder`."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import TaskData, split_indices
+
+log = logging.getLogger(__name__)
 
 
 def _as_task(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, word: str,
@@ -49,8 +52,20 @@ def image_folder(root: str | None = None, img_size: int = 96, test_fraction: flo
     if len(ds.classes) < 2:
         raise ConfigError(f"image folder {str(path)!r} has a single class ({ds.classes[0]}); accuracy needs at least two class sub-folders")
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
-    images = torch.stack([tf(ds.loader(p).convert("RGB")) for p, _ in ds.samples])
-    labels = torch.tensor(ds.targets)
+    images, labels, bad = [], [], []
+    for p, label in ds.samples:
+        try:
+            images.append(tf(ds.loader(p).convert("RGB")))
+            labels.append(label)
+        except OSError:  # PIL: truncated or not an image (UnidentifiedImageError is an OSError)
+            bad.append(p)
+    if bad:
+        log.warning("image folder %r: skipped %d unreadable image(s): %s%s", str(path), len(bad), ", ".join(bad[:5]),
+                    f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if len(set(labels)) < 2:
+        raise ConfigError(f"image folder {str(path)!r} has readable images in fewer than two classes "
+                          f"({len(bad)} unreadable); accuracy needs at least two classes of readable images")
+    images, labels = torch.stack(images), torch.tensor(labels)
     return _as_task("image_folder", images, labels, len(ds.classes), "class", test_fraction, seed)
 
 

@@ -5,7 +5,8 @@ The question types need different things from the visual tokens:
 - `where`   "where is the red circle" → `top_left`              (location)
 - `count`   "how many circle" → `2`                             (counting over the image)
 - `left_of` "is the red circle left of the blue square" → yes/no (relation between two places; the two
-  objects are in different columns and the answer is yes for half of the questions)
+  objects are `left_of_gap` columns apart, 2 by default: the left and right columns of a 3×3 grid; the answer
+  is yes for half of the questions)
 - `exists`  "is there a green triangle" → yes/no                (presence anywhere)
 Each image gets `questions_per_image` questions, the types in turn in a random order (15: three of each).
 A projector that pools the grid to one token keeps presence and counts but loses the places.
@@ -62,8 +63,10 @@ def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, in
 
 def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_objects: int = 2, max_objects: int = 6,
                questions_per_image: int = 5, jitter: float = 0.12, clutter: int = 6, noise: float = 6.0,
-               test_fraction: float = 0.2, seed: int = 0) -> TaskData:
+               test_fraction: float = 0.2, seed: int = 0, left_of_gap: int = 2) -> TaskData:
     """Generate the task deterministically from `seed`; sizes and difficulty are the arguments."""
+    if not 1 <= left_of_gap < grid:
+        raise ConfigError(f"shapes_vqa needs 1 <= left_of_gap < grid ({grid}), got {left_of_gap}")
     if not 1 <= min_objects <= max_objects <= grid * grid:
         raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, got {min_objects}..{max_objects}")
     rng = np.random.default_rng(seed)
@@ -93,11 +96,9 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
             elif t == "count":
                 s = SHAPES[rng.integers(len(SHAPES))]
                 q, answer = ["how", "many", s], str(sum(n.endswith(s) for n in name.values()))
-            elif t == "left_of" and len({rc[1] for rc in unique}) >= 2:
-                # two objects in different columns (a clear answer), asked either way round: half yes, half no
-                p, o = sorted((unique[j] for j in rng.choice(len(unique), 2, replace=False)), key=lambda rc: rc[1])
-                while p[1] == o[1]:
-                    p, o = sorted((unique[j] for j in rng.choice(len(unique), 2, replace=False)), key=lambda rc: rc[1])
+            elif t == "left_of" and (pairs := [(p, o) for p in unique for o in unique if o[1] - p[1] >= left_of_gap]):
+                # two objects at least `left_of_gap` columns apart (a clear answer), asked either way round: half yes
+                p, o = pairs[rng.integers(len(pairs))]
                 if rng.random() < 0.5:
                     p, o = o, p
                 q = ["is", "the", *name[p].split("_"), "left", "of", "the", *name[o].split("_")]

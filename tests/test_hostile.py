@@ -1,0 +1,141 @@
+"""Hostile input, in-process: every case exits non-zero with exactly one `error:` line that names the problem,
+prints no traceback, and leaves the results table as it was (apart from rows appended whole)."""
+import json
+import logging
+import sys
+
+import pytest
+
+from projector_bench import __main__ as cli
+from projector_bench.tasks.classify import write_image_folder
+
+TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1",
+        "task=none", "quiet=true", "report=false"]
+SEARCH = ["+search=projector_space", "search.n_trials=1", "~search.objectives.accuracy"]  # costs only: task=none
+
+# (arguments, exit code, words the one error line must hold)
+CASES = [
+    (["seed=abc"], 2, "seed='abc' is not valid: it must be a non-negative integer"),
+    (["device.threads=0"], 2, "device.threads=0 is not valid"),
+    (["device.threads=abc"], 2, "device.threads='abc' is not valid"),
+    (["device.min_run_time=-1"], 2, "device.min_run_time=-1 is not valid"),
+    (["budget.latency_ms=-1"], 2, "budget.latency_ms=-1 is not valid"),
+    (["budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
+    (["budget.params=0"], 2, "budget.params=0 is not valid"),
+    (["budget.latency=bogus"], 2, "budget.latency='bogus' is not one of: ttft, vision, projector"),
+    (["encoder=mobilevit_xxs", "encoder.img_size=13"], 2, "encoder.img_size=13 gives a 0x0 token grid"),
+    (["encoder=mobilevit_xxs", "encoder.img_size=-5"], 2, "encoder.img_size=-5 is not valid"),
+    (["encoder=mobilevit_xxs", "encoder.stage=abc"], 2, "encoder.stage='abc' is not valid"),
+    (["task=nope"], 2, "unknown task 'nope'; choose one of: digits, image_folder, none, shapes_vqa"),
+    (["projector=nope"], 2, "unknown projector 'nope'; choose one of:"),
+    (["encoder=nope"], 2, "unknown encoder 'nope'; choose one of:"),
+    (["device=nope"], 2, "unknown device 'nope'; choose one of:"),
+    (["shape.tokens=0"], 2, "shape.tokens=0 is not valid"),
+    (["shape.batch=abc"], 2, "shape.batch='abc' is not valid"),
+    (["projector.out_dim=0"], 2, "projector.out_dim=0 is not valid"),
+    (["accuracy.seeds=0"], 2, "accuracy.seeds=0 is not valid"),
+    (["accuracy.val_fraction=1.5"], 2, "accuracy.val_fraction=1.5 is not valid"),
+    (["accuracy.training.lr=-1"], 2, "accuracy.training.lr=-1 is not valid"),
+    (["accuracy.training.max_steps=0"], 2, "accuracy.training.max_steps=0 is not valid"),
+    (["shape.tokens=15", "projector=ldp"], 1, "ldp needs a square token grid but got 15 tokens"),
+    (["-m", "projector=linear,pool", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
+    (["-m", "projector=ldp,mlp", "seed=x"], 2, "seed='x' is not valid"),
+    (["-m", "projector=ldp", "shape.tokens=15"], 1, "1 of 1 jobs failed"),
+    ([*SEARCH, "search.n_trials=0"], 2, "search.n_trials=0 is not valid"),
+    ([*SEARCH, "search.n_trials=abc"], 2, "search.n_trials='abc' is not valid"),
+    ([*SEARCH, "search.storage=journal:/nonexistent/dir/j.log"], 2, "the folder '/nonexistent/dir' does not exist"),
+    ([*SEARCH[:2], "search.objectives.accuracy=up"], 2, "search.objectives.accuracy='up': use maximize or minimize"),
+    (SEARCH[:2], 2, "search objective 'accuracy' needs a task, but task=none"),  # TINY sets task=none
+    (["task=image_folder"], 1, "task image_folder needs its folder: set task.root="),
+    (["task=image_folder", "task.root=/nonexistent/images"], 1, "image folder '/nonexistent/images' does not exist"),
+    (["task=image_folder", "task.root={one_class}"], 1, "has a single class"),
+    (["task=image_folder", "task.root={empty}"], 1, "holds no images in class sub-folders"),
+    (["report", "{results}", "--bogus-flag"], 2, "unknown option '--bogus-flag'"),
+    (["report", "{results}", "task=nope"], 2, "unknown task 'nope'"),
+    (["report", "{results}", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
+    (["report", "{results}", "--sweep", "nope"], 2, "no sweep 'nope' in"),
+    (["report", "{empty}"], 2, "no results in"),
+]
+
+
+def run_cli(monkeypatch, capsys, tmp_path, args):
+    """`python -m projector_bench ARGS` in this process: (exit code, stdout, stderr)."""
+    report = args[:1] == ["report"]
+    extra = [] if report else [*TINY, f"results_dir={tmp_path}/results", f"reports_dir={tmp_path}/reports",
+                               f"hydra.run.dir={tmp_path}/hydra/run", f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
+    keys = {a.split("=")[0] for a in args}
+    extra = [e for e in extra if e.split("=")[0] not in keys]
+    for h in logging.root.handlers[:]:  # Hydra's job logging of an earlier case writes to an old captured stream
+        logging.root.removeHandler(h)
+    monkeypatch.setattr(sys, "argv", ["projector_bench", *args, *extra])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def table(tmp_path):
+    """A results table with one good row, one torn line and one binary line: none of it may be lost."""
+    results = tmp_path / "results"
+    results.mkdir()
+    path = results / "runs.jsonl"
+    path.write_bytes(b'{"run_id": "a", "sweep_id": "s", "projector": "mlp", "status": "ok"}\n{"torn\n\xff\xfe\n')
+    return path
+
+
+@pytest.mark.parametrize("args,code,words", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys):
+    write_image_folder(tmp_path / "one", classes=1, per_class=2, size=8)
+    (tmp_path / "empty").mkdir()
+    fill = {"{one_class}": str(tmp_path / "one"), "{empty}": str(tmp_path / "empty"), "{results}": str(table.parent)}
+    args = [fill.get(a, a).replace("{one_class}", fill["{one_class}"]).replace("{empty}", fill["{empty}"]) for a in args]
+    before = table.read_bytes()
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, args)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err + out
+    after = table.read_bytes()
+    assert after.startswith(before)  # appended rows only, each a whole JSON line
+    for line in after[len(before):].splitlines():
+        assert line.startswith(b'{"run_id": ')
+
+
+def test_a_killed_multirun_resumes_and_skips_the_jobs_it_recorded(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear,pool"])
+    assert code == 0, err
+    path = tmp_path / "results" / "runs.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n")  # as if killed during the second job
+    sweep = json.loads(first)["sweep_id"]
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear,pool", f"resume={sweep}"])
+    assert code == 0, err
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["projector"] for r in rows] == ["linear", "pool"] and {r["sweep_id"] for r in rows} == {sweep}
+    assert rows[0]["run_id"] == json.loads(first)["run_id"]  # linear was not measured again
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear", "resume=nope"])
+    assert code == 2 and "resume=nope: no sweep 'nope'" in err
+
+
+def test_a_damaged_table_does_not_break_report(table, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["report", str(table.parent), "--sweep", "all",
+                                                             f"reports_dir={tmp_path}/reports"])
+    assert code == 0 and out.startswith("report: ") and "skipped 2 damaged line(s)" in err and "line 2, 3" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_130_with_no_torn_row(table, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    before = table.read_bytes()
+    monkeypatch.setattr(cli, "run", interrupted)
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
+    assert code == 130 and err.strip().startswith("interrupted: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and table.read_bytes() == before
