@@ -64,23 +64,26 @@ def _main(cfg: DictConfig) -> None:
     if cfg.get("search"):
         from .search import front_table, run_search
 
+        from .results import load_results
+
+        before = load_results(cfg.results_dir)
+        seen = set(before["run_id"]) if "run_id" in before else set()
         try:
             study = run_search(cfg)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
         print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
-        from .results import load_results
-
         df = load_results(cfg.results_dir)
         df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
         if cfg.report and len(df):
             from .report import report_at_end
 
             report_at_end(df, cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
-        failed = df[df["status"] != "ok"] if len(df) else df
+        new = df[~df["run_id"].isin(seen)] if len(df) else df
+        failed = new[new["status"] != "ok"] if len(new) else new
         if len(failed):
-            print(f"error: {len(failed)} of {len(df)} trials of study {study.study_name} failed; see the `error` column "
+            print(f"error: {len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` column "
                   f"in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
             raise SystemExit(1)
         return

@@ -55,6 +55,8 @@ CASES = [
     (["report", "{results}", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
     (["report", "{results}", "--sweep", "nope"], 2, "no sweep 'nope' in"),
     (["report", "{empty}"], 2, "no results in"),
+    (["report", "{dir_table}"], 2, "runs.jsonl is a directory, not a results table"),
+    (["projector=linear", "results_dir={dir_table}"], 1, "runs.jsonl is a directory: the row was not recorded"),
 ]
 
 
@@ -92,8 +94,11 @@ def table(tmp_path):
 def test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys):
     write_image_folder(tmp_path / "one", classes=1, per_class=2, size=8)
     (tmp_path / "empty").mkdir()
-    fill = {"{one_class}": str(tmp_path / "one"), "{empty}": str(tmp_path / "empty"), "{results}": str(table.parent)}
-    args = [fill.get(a, a).replace("{one_class}", fill["{one_class}"]).replace("{empty}", fill["{empty}"]) for a in args]
+    (tmp_path / "dir_table" / "runs.jsonl").mkdir(parents=True)
+    fill = {"{one_class}": str(tmp_path / "one"), "{empty}": str(tmp_path / "empty"), "{results}": str(table.parent),
+            "{dir_table}": str(tmp_path / "dir_table")}
+    for k, v in fill.items():
+        args = [a.replace(k, v) for a in args]
     before = table.read_bytes()
     got, out, err = run_cli(monkeypatch, capsys, tmp_path, args)
     errors = [line for line in err.splitlines() if line.startswith("error:")]

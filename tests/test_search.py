@@ -1,8 +1,12 @@
 """The Optuna search: sampling the space, rows per trial, resuming, several workers, failures, constraints."""
+import glob
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import optuna
@@ -169,7 +173,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
 @pytest.mark.slow
 def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tmp_path):
     r = search(tmp_path, "search.n_trials=2", "accuracy.training.lr=1e30")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1 and "error: 2 of 2 trials of study projector_space failed" in r.stderr, r.stderr
     s = study(tmp_path)
     assert len(finished(s)) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in s.trials)
     assert all(t.user_attrs["error"].startswith("DivergedError: training diverged") for t in s.trials)
@@ -212,3 +216,56 @@ def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path
         for p in ps:
             out, err = p.communicate(timeout=300)
             assert out.strip() == "ok", err
+
+
+def _pg_bin(name):
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
+    return found if isinstance(found, str) else (found[0] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on localhost (Debian's `postgresql` package, which `.ci/run` installs)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql); CI installs it")
+    pytest.importorskip("psycopg2", reason="pip install -e '.[test]' installs psycopg2-binary")
+    root = tempfile.mkdtemp(prefix="pb-pg-")
+    os.chmod(root, 0o777)
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses to run as root
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = f"{root}/data"
+    subprocess.run([*as_pg, initdb, "-D", data, "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_pg, pg_ctl, "-D", data, "-l", f"{root}/log", "-w", "-o", f"-p {port} -k {root} -h 127.0.0.1",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgres_one_killed_record_every_trial_once(tmp_path, postgres):
+    """The multi-machine recipe, on a real PostgreSQL: three workers of one study, one SIGKILLed mid-trial."""
+    args = (f"search.storage={postgres}", "search.n_trials=6")
+    workers = [search(tmp_path, *args, wait=False) for _ in range(3)]
+    deadline = time.time() + 600
+    while len(rows(tmp_path)) < 1 and time.time() < deadline:
+        time.sleep(0.2)
+    workers[0].send_signal(signal.SIGKILL)  # mid-run: its trial is left RUNNING, its heartbeat stops
+    for w in workers[1:]:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err
+    time.sleep(11)  # past the grace period: a last worker fails (and retries) the dead trial
+    r = search(tmp_path, *args)
+    assert r.returncode == 0, r.stderr
+    s = optuna.load_study(study_name="projector_space", storage=postgres)  # Optuna's own API reads the same study
+    complete = sorted(t.number for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    recorded = [g["trial"] for g in rows(tmp_path)]
+    assert len(recorded) == len(set(recorded)) and sorted(recorded) == complete  # each trial once, in both
+    assert 6 <= len(complete) and all(t.state != optuna.trial.TrialState.RUNNING for t in s.trials)
