@@ -18,15 +18,17 @@ package's accuracy-related source and the torch and timm versions, so an edited 
 from __future__ import annotations
 
 import copy
+import gc
 import multiprocessing as mp
 import hashlib
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -435,6 +437,13 @@ def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int,
     return run | {"cached": hit, "seed": seed}
 
 
+def _worker_init() -> None:
+    """A training worker ignores Ctrl-C (its parent ends it) and gives tqdm a thread lock: tqdm's default
+    multiprocessing lock is a semaphore that a terminated worker leaves behind (a warning at exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
+
+
 def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[tuple[int, float]],
                workers: int) -> list[dict[str, Any]]:
     """`_train_model` for every (seed, lr): in `workers` processes of one thread each when workers > 1 (these
@@ -444,9 +453,20 @@ def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[t
     if workers <= 1 or len(jobs) == 1:
         return [_train_model(s, t, models, quiet, seed, lr, threads) for seed, lr in jobs]
     per = max(1, threads // workers)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_model, s, t, models, quiet, seed, lr, per) for seed, lr in jobs]
-        return [f.result() for f in futures]
+    # Workers ignore Ctrl-C: the parent gets it and ends them, so it prints one line, not a traceback per worker.
+    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), _worker_init)
+    pending: list[Any] = []
+    try:
+        pending = [pool.apply_async(_train_model, (s, t, models, quiet, seed, lr, per)) for seed, lr in jobs]
+        return [p.get() for p in pending]
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.terminate()
+        pool.join()
+    del pending, pool  # free the pool's semaphores now (its objects form cycles), and raise a fresh
+    gc.collect()       # KeyboardInterrupt whose traceback holds no pool: else the resource tracker warns at exit
+    raise KeyboardInterrupt
 
 
 def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:

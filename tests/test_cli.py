@@ -70,19 +70,19 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["encoder=mobilevit_xxxs"], "unknown encoder 'mobilevit_xxxs'; choose one of:", 2),
     (["projector.name=nope"], "unknown projector 'nope'", 1),
     (["projector=ldp", "shape.tokens=15"], "ldp needs a square token grid but got 15 tokens", 1),
-    (["projector.out_dim=0"], "out_dim must be a positive integer, got 0", 1),
-    (["shape.tokens=0"], "shape.tokens must be a positive integer, got 0", 1),
-    (["shape.batch=0"], "shape.batch must be a positive integer, got 0", 1),
-    (["shape.in_dim=-2"], "shape.in_dim must be a positive integer, got -2", 1),
+    (["projector.out_dim=0"], "projector.out_dim=0 is not valid: it must be a positive integer", 2),
+    (["shape.tokens=0"], "shape.tokens=0 is not valid: it must be a positive integer", 2),
+    (["shape.batch=0"], "shape.batch=0 is not valid", 2),
+    (["shape.in_dim=-2"], "shape.in_dim=-2 is not valid", 2),
     (["shape.grid=[3,5]"], "grid 3x5 holds 15 tokens but the input has 16", 1),
     (["shape.grid=[3]"], "grid must be a pair [h, w]", 1),
-    (["device.threads=-1"], "device.threads must be a positive integer or null, got -1", 1),
-    (["encoder.name=nope"], "unknown encoder 'nope'; choose one of: none, mobilevit_s", 1),
-    (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size must be a positive integer, got 0", 1),
+    (["device.threads=-1"], "device.threads=-1 is not valid: it must be a positive integer or null", 2),
+    (["encoder.name=nope"], "unknown encoder 'nope'; choose one of: none, mobilevit_s", 2),
+    (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size=0 is not valid", 2),
     (["projector=ldp", "projector.kernel=4"], "ldp kernel must be odd and positive", 1),
     (["projector=ldpv2", "projector.pool=[0,0]"], "ldpv2 pool must be positive, got [0, 0]", 1),
     (["-m", "projector=linear", "budget.latency=gpu"], "budget.latency='gpu' is not one of: ttft, vision, projector", 2),
-    (["-m", "projector=linear", "budget.params=0"], "budget.params must be positive or null, got 0", 2),
+    (["-m", "projector=linear", "budget.params=0"], "budget.params=0 is not valid", 2),
     (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
      "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
 ])
@@ -173,3 +173,30 @@ def test_report_errors_are_one_line(tmp_path, args, message):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr
     assert "Traceback" not in r.stderr and len(rows(tmp_path)) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_workers_train_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them."""
+    import glob
+    import signal
+    import time
+
+    keys = {a.split("=")[0] for a in ACC_TINY}
+    args = [*[a for a in ACC_TINY if a.split("=")[0] not in ("accuracy.workers", "accuracy.seeds", "accuracy.training.min_steps",
+                                                              "accuracy.training.max_steps")],
+            "accuracy.workers=2", "accuracy.seeds=2", "accuracy.training.min_steps=100000", "accuracy.training.max_steps=100000",
+            *[t for t in TINY if t.split("=")[0] not in keys | {"task"}], f"results_dir={tmp_path}/results",
+            f"hydra.run.dir={tmp_path}/hydra/run"]
+    p = subprocess.Popen([sys.executable, "-m", "projector_bench", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(f"{tmp_path}/results/cache/features/*.pt") and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(15)  # the workers have started and are training
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # Hydra's log lines
+    assert p.returncode == 130 and lines == ["interrupted: the rows recorded so far are kept; run the same command "
+                                             "again to go on"], err
+    assert rows(tmp_path) == []  # the job had not finished: no row, and no torn one
