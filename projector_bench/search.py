@@ -248,6 +248,8 @@ def run_search(cfg: DictConfig) -> optuna.Study:
 
     record_rows(study.get_trials(deepcopy=False, states=FINISHED), cfg.results_dir)  # a run killed after a trial's end
     fail_unstarted(study, s.grace_period)  # a run killed before a trial's first heartbeat
+    if _heartbeats(study):  # a worker killed mid-trial: Optuna fails its trial only when a new trial starts,
+        optuna.storages.fail_stale_trials(study)  # and a run that has no trial left to do starts none
     if _counted(study) < s.n_trials:
         study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
                        catch=(TrialFailed,))  # skipped duplicates are not counted: `record_and_stop` ends it
