@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ._registry import create_projector
-from .accuracy import evaluate_projector
+from .accuracy import code_version, evaluate_projector
 from .choose import Budget, estimate_row
 from .encoders import Variant, create_encoder
 from .env import cpu_model, environment
@@ -159,13 +159,16 @@ def _done_in_resumed_sweep(cfg: DictConfig, overrides: list[str]) -> dict[str, A
         return None
     done = df[(df["sweep_id"] == cfg.resume) & (df["status"] == "ok")]
     same = done[done["job_overrides"].map(lambda o: isinstance(o, list) and sorted(o) == overrides)]
+    if "acc_code_version" in same:  # an accuracy measured by other code is measured again
+        same = same[same["acc_code_version"].isna() | (same["acc_code_version"] == code_version())]
     return same.iloc[-1].to_dict() if len(same) else None
 
 
 def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = True) -> dict[str, Any]:
     """Measure one design and append its row (with the `extra` columns; `record=False`: only return it);
     a failure is recorded in the row, never raised. With `resume=<sweep_id>`, a job that sweep already holds
-    an ok row for is not measured again: that row is returned."""
+    an ok row for (same overrides; its accuracy, if any, from the same `code_version()`) is not measured
+    again: that row is returned."""
     overrides = job_overrides()
     if (done := _done_in_resumed_sweep(cfg, overrides)) is not None:
         log.info("resume: %s is already in sweep %s (run %s)", " ".join(overrides), cfg.resume, done.get("run_id"))

@@ -123,6 +123,11 @@ def test_a_killed_multirun_resumes_and_skips_the_jobs_it_recorded(tmp_path, monk
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["projector"] for r in rows] == ["linear", "pool"] and {r["sweep_id"] for r in rows} == {sweep}
     assert rows[0]["run_id"] == json.loads(first)["run_id"]  # linear was not measured again
+    stale = dict(rows[0], acc_code_version="other code")  # an accuracy from other code is measured again
+    path.write_text(json.dumps(stale) + "\n" + json.dumps(rows[1]) + "\n")
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear", f"resume={sweep}"])
+    again = [json.loads(line) for line in path.read_text().splitlines()]
+    assert code == 0 and len(again) == 3 and again[2]["projector"] == "linear" and again[2]["run_id"] != stale["run_id"]
     code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear", "resume=nope"])
     assert code == 2 and "resume=nope: no sweep 'nope'" in err
 
