@@ -63,19 +63,10 @@ def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: D
     }
 
 
-def _positive(cfg: DictConfig, group: str, *keys: str) -> None:
-    for k in keys:
-        v = cfg[group][k]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ConfigError(f"{group}.{k} must be a positive integer, got {v!r}")
-
-
 def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid | None, dict[str, Any]]:
     """Tokens from the encoder (and its costs), or synthetic tokens of `shape.*` when `encoder=none`."""
-    _positive(cfg, "shape", "batch")
     batch = cfg.shape.batch
     if cfg.encoder.name is None:
-        _positive(cfg, "shape", "tokens", "in_dim")
         grid = token_grid(cfg.shape.tokens, cfg.shape.grid, "shape") if cfg.shape.grid is not None else None
         tokens = torch.randn(batch, cfg.shape.tokens, cfg.shape.in_dim, generator=gen)
         info: dict[str, Any] = {"encoder": "none"}
@@ -83,7 +74,6 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
             info["e2e_encoder"] = cfg.shape.vision_encoder
             info["encoder_ops"] = [list(op) for op in trace_timm_on_meta(cfg.shape.vision_encoder, cfg.shape.vision_img_size)]
         return tokens, grid, info
-    _positive(cfg, "encoder", "img_size")
     enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights, Variant.from_config(cfg.encoder)).eval()
     images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
     with torch.inference_mode():
@@ -180,9 +170,7 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
         "job_overrides": overrides,
     } | (extra or {})
     try:
-        threads = cfg.device.threads or DEFAULT_THREADS
-        if not isinstance(threads, int) or threads <= 0:
-            raise ConfigError(f"device.threads must be a positive integer or null, got {threads!r}")
+        threads = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
         torch.set_num_threads(threads)
         row |= measure(cfg)
         row |= _load(threads)

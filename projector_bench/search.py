@@ -225,10 +225,7 @@ def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
 
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Create or resume the study `cfg.search.name` and run trials until `search.n_trials` have finished."""
-    s = cfg.search
-    for m, d in s.objectives.items():
-        if d not in ("maximize", "minimize"):
-            raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
+    s = cfg.search  # checked by validate.py before the search starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
                           s.seed)  # constraints: TPE reads each trial's set_constraint values itself
