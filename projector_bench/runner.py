@@ -142,7 +142,7 @@ def job_overrides() -> list[str]:
 
 
 def _done_in_resumed_sweep(cfg: DictConfig, overrides: list[str]) -> dict[str, Any] | None:
-    if not cfg.get("resume"):
+    if not cfg.get("resume") or cfg.get("search"):  # a search resumes through its study, not through rows
         return None
     df = load_results(cfg.results_dir)
     if not len(df) or "job_overrides" not in df:
