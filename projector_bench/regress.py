@@ -36,7 +36,7 @@ import torch
 from omegaconf import DictConfig
 from scipy.stats import binomtest
 
-from .bench import OUT, SHAPE
+from .bench import SHAPE
 from .encoders import Variant, create_encoder
 from .env import cpu_id
 from .measure import Paired, count_flops, count_params, paired, reference_kernel

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ._registry import create_projector
 from .accuracy import code_version, evaluate_projector
-from .choose import Budget, estimate_row
+from .choose import estimate_row
 from .encoders import Variant, create_encoder
 from .env import cpu_model, environment
 from .errors import ConfigError
