@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
@@ -46,14 +45,16 @@ from tqdm.auto import tqdm
 
 from ._registry import create_projector
 from .encoders import TimmEncoder, Variant
+from .env import code_hash
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData, carve
+from .util import atomic_write, projector_kwargs, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
 log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).parent
-SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks")
+SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks", "util.py")
 SMALL_TEST = 200  # fewer test questions than this: the row says its interval is wide
 TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 
@@ -64,12 +65,7 @@ class DivergedError(RuntimeError):
 
 def code_version() -> str:
     """Hash of the source files the accuracy pipeline runs (`SOURCES`) and of the torch and timm versions."""
-    h = hashlib.sha256(f"torch {torch.__version__} timm {timm.__version__}".encode())
-    for name in SOURCES:
-        path = SOURCE_ROOT / name
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(f.relative_to(SOURCE_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
+    return code_hash(*SOURCES, root=SOURCE_ROOT)
 
 
 def _key(*parts: Any) -> str:
@@ -87,10 +83,7 @@ def _cached(path: Path, build: Callable[[], Any]) -> tuple[Any, bool]:
                         path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             path.unlink(missing_ok=True)
     value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: search workers may cache the same entry
-    torch.save(value, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(value, tmp))  # per process: search workers may cache the same entry
     return value, False
 
 
@@ -399,8 +392,7 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
     feats, grid, source = encoder_features(task, cfg, cache, quiet)
     a, t = cfg.accuracy, cfg.accuracy.training
     train, val = carve(task.train, a.val_fraction, cfg.seed)
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.projector, resolve=True).items()
-              if k not in ("name", "in_dim", "out_dim")}
+    kwargs = projector_kwargs(cfg.projector)
     name, in_dim = cfg.projector.name, feats.shape[-1]
     design = create_projector(name, in_dim, t.width, **kwargs)
     int8 = isinstance(design, Int8Projector)
@@ -414,7 +406,6 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
 def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int, lr: float, threads: int) -> dict[str, Any]:
     """Train (or load from the cache in `models`) the model of setup `s` for one seed and learning rate; the
     returned run has `cached` and, if it diverged, `error`. Runs in a worker process or in this one."""
-    torch.set_num_threads(threads)
 
     def make() -> dict[str, Any]:
         model = s.build(seed, t)
@@ -431,7 +422,8 @@ def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int,
                    f"{s.name} seed {seed}", quiet)
 
     try:
-        run, hit = _cached(models / f"{s.name}-{_key(*s.base_key, seed, lr)}.pt", make)
+        with torch_threads(threads):
+            run, hit = _cached(models / f"{s.name}-{_key(*s.base_key, seed, lr)}.pt", make)
     except DivergedError as e:
         return {"error": str(e), "seed": seed, "lr": lr}
     return run | {"cached": hit, "seed": seed}

@@ -8,48 +8,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from .budget import Budget, missing, si
 from .lm import LanguageModel
-from .roofline import Device
-
-LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector": "est_projector_ms"}
-
-
-def _ops(value: Any) -> list | None:
-    return value if isinstance(value, list) and value else None
-
-
-def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> dict[str, float]:
-    """End-to-end estimates of one results row on `device`: the encoder, the projector, the LM's prefill of the
-    projector's tokens plus the prompt (their sum is the time to first token), and the decode speed."""
-    enc, proj = _ops(row.get("encoder_ops")), _ops(row.get("ops"))
-    if proj is None:
-        return {}
-    out = {"est_encoder_ms": device.latency_ms(enc) if enc else math.nan, "est_projector_ms": device.latency_ms(proj),
-           "est_prefill_ms": device.latency_ms(lm.prefill_ops(int(row["tokens_out"])))}
-    out["est_vision_ms"] = np.nansum([out["est_encoder_ms"], out["est_projector_ms"]])
-    out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
-    out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(int(row["tokens_out"]) + lm.prompt_tokens))
-    # what `budget.params` and `budget.memory_mb` bound: the projector, plus the encoder when one was measured
-    out["design_params"] = row.get("params", math.nan) + _or0(row.get("encoder_params"))
-    out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + _or0(row.get("encoder_peak_mem_mb"))
-    return out
-
-
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _or0(x: Any) -> float:
-    return 0.0 if _missing(x) else x
-
+from .roofline import Device, device_from_config, estimate_row
+from .settings import DEFAULT_THREADS, config_dir, group_choices, host_cache
 
 def add_estimates(df: pd.DataFrame, device: Device) -> pd.DataFrame:
     """`df` with `estimate_row`'s columns for `device`, each row priced with its own LM (`config.lm`) and ops."""
@@ -71,54 +40,6 @@ def pareto_mask(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Serie
         dominated = ok & (c <= c[i]) & (g >= g[i]) & ((c < c[i]) | (g > g[i]))
         front[i] = not dominated.any()
     return pd.Series(front, index=df.index)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits on a device (None = no limit): latency of `latency` (ttft | vision | projector), the design's
-    parameters (projector, plus the encoder when it is part of the design) and its peak memory."""
-
-    latency_ms: float | None = None
-    params: float | None = None
-    memory_mb: float | None = None
-    latency: str = "ttft"
-
-    def __post_init__(self) -> None:
-        if self.latency not in LATENCY_COLUMNS:
-            raise ConfigError(f"budget.latency={self.latency!r} is not one of: {', '.join(LATENCY_COLUMNS)}")
-        for k, v in self.limits().items():
-            if not v > 0:
-                raise ConfigError(f"budget.{k} must be positive or null, got {v!r}")
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> Budget:
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
-
-    @property
-    def latency_col(self) -> str:
-        return LATENCY_COLUMNS[self.latency]
-
-    def limits(self) -> dict[str, float]:
-        return {k: v for k, v in (("latency_ms", self.latency_ms), ("params", self.params), ("memory_mb", self.memory_mb))
-                if v is not None}
-
-    def columns(self) -> dict[str, str]:
-        return {"latency_ms": self.latency_col, "params": "design_params", "memory_mb": "design_mem_mb"}
-
-    def describe(self) -> str:
-        words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {si(v)}",
-                 "memory_mb": lambda v: f"memory ≤ {v:g} MB"}
-        return ", ".join(words[k](v) for k, v in self.limits().items()) or "no budget"
-
-
-def si(x: Any) -> str:
-    """12_300_000 -> '12.3M'; '' for a missing value."""
-    if _missing(x):
-        return ""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
 
 
 @dataclass
@@ -179,7 +100,7 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
                       f"{best.accuracy:.1f}% ({cost(best)})")
             if len(ranked) > 1:
                 nxt, low = ranked.iloc[1], best.get("accuracy_ci_low")
-                ci = "" if _missing(low) else f" ({'within' if nxt.accuracy >= low else 'outside'} {best.label}'s 95% interval)"
+                ci = "" if missing(low) else f" ({'within' if nxt.accuracy >= low else 'outside'} {best.label}'s 95% interval)"
                 reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}%{ci} at {cost(nxt)}"
         else:
             best = fits.sort_values(budget.latency_col).iloc[0]
@@ -190,3 +111,60 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     reason = (f"no design fits {budget.describe()} on {device}; the closest is {best.label}, "
               f"{over.loc[i, k]:.2f}× over the {k} limit ({cost(best)})")
     return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
+
+
+@dataclass
+class Analysis:
+    """What a report shows, decided: the rows with estimates on `device` and their Pareto marks, the
+    recommendation on that device and on every other shipped target, the estimator's check against measured
+    host latency, and the provenance."""
+
+    df: pd.DataFrame
+    device: str
+    latency_col: str
+    recommendations: list[Recommendation]
+    validation: dict[str, Any] | None
+    provenance: dict[str, Any]
+
+
+def _device_configs() -> dict[str, dict]:
+    return {name: OmegaConf.to_container(OmegaConf.load(config_dir() / "device" / f"{name}.yaml"))
+            for name in group_choices("device")}
+
+
+def estimator_check(df: pd.DataFrame) -> dict[str, Any] | None:
+    """The roofline's error against measured latency, over the ok rows that have both (host estimates)."""
+    if "est_projector_ms" not in df:
+        return None
+    v = df[(df["status"] == "ok") & df["est_projector_ms"].notna() & df["latency_ms"].notna()]
+    if not len(v):
+        return None
+    err = (v["est_projector_ms"] - v["latency_ms"]).abs() / v["latency_ms"]
+    return {"median_abs_error": float(err.median()), "per_design": {
+        label: {"measured_ms": m, "estimated_ms": e}
+        for label, m, e in zip(design_label(v), v["latency_ms"], v["est_projector_ms"])}}
+
+
+def analyse(df: pd.DataFrame, cfg: Any, provenance: dict[str, Any]) -> Analysis:
+    """Estimate every row on `cfg.device`, mark the Pareto fronts, recommend a design for `cfg.budget` on that
+    device and on every other shipped target profile, check the estimator against measured host latency."""
+    threads = cfg.device.threads or DEFAULT_THREADS
+    device = device_from_config(cfg.device, threads, host_cache())
+    budget = Budget.from_config(cfg.budget)
+    df = add_estimates(df.reset_index(drop=True), device)
+    ok = (df["status"] == "ok") if "status" in df else pd.Series(False, index=df.index)
+    for col, cost in (("pareto_latency", budget.latency_col), ("pareto_macs", "macs")):
+        df[col] = pareto_mask(df[ok], cost).reindex(df.index, fill_value=False) if cost in df and "accuracy" in df else False
+    recs = [recommend(df, budget, device.name)]
+    for name, dcfg in _device_configs().items():
+        if name != device.name and dcfg.get("kind") == "target":
+            recs.append(recommend(add_estimates(df, device_from_config(dcfg, threads)), budget, name))
+    validation = estimator_check(df) if device.kind == "host" else None
+    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # hydra's node holds per-job interpolations
+    provenance = provenance | {"report config": OmegaConf.to_yaml(own, resolve=True), "device roofs": device.as_row()}
+    for col in ("env_git_commit", "env_torch", "env_timm", "env_cpu", "sweep_id"):
+        if col in df:
+            provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
+    if "config" in df and len(df):
+        provenance["first row's config"] = df["config"].iloc[0]
+    return Analysis(df, device.name, budget.latency_col, recs, validation, provenance)

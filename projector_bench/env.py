@@ -1,9 +1,12 @@
-"""Where a measurement was taken: versions, threads, CPU, git commit."""
+"""Where a measurement was taken: versions, threads, CPU, git commit; and the hash of the code a cached
+value depends on. A leaf: it imports nothing from the package."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -29,6 +32,20 @@ def cpu_id() -> str:
     often report one generic name ("Intel(R) Xeon(R) Processor") for several microarchitectures."""
     nums = [f"{k} {_cpuinfo()[k]}" for k in ("cpu family", "model", "stepping") if k in _cpuinfo()]
     return f"{cpu_model()} ({', '.join(nums)})" if nums else cpu_model()
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def code_hash(*names: str, root: Path = PACKAGE) -> str:
+    """Hash of the source `names` (files or folders under `root`, the package by default) and of the torch and
+    timm versions: a cache entry keyed by it is not reused after that code or an upgrade changes it."""
+    h = hashlib.sha256(f"torch {torch.__version__} timm {version('timm')}".encode())
+    for name in names:
+        path = root / name
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 @cache

@@ -2,7 +2,7 @@
 
 A projector's real price includes what its tokens cost the language model: LDP's 576 → 144 cut shortens
 the prefill 4×. The LM is too large to run here, so its ops are written down from its dimensions (as
-`[kind, dtype, flops, bytes, count]` rows, the same as `roofline.trace_ops`) and priced by the same roofline.
+`ops.Op` rows, the same as `roofline.trace_ops`) and priced by the same roofline.
 Per layer: RMSNorm, Q/K/V/O projections, causal attention (Q·Kᵀ and A·V over the cached keys), RMSNorm,
 SwiGLU MLP (gate, up, down); then the final norm and the LM head for the last position.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .roofline import OpRow
+from .ops import Op
 
 ACT_BYTES = 2  # fp16 activations and KV cache
 
@@ -54,10 +54,10 @@ class LanguageModel:
     def _weights(self, rows: int, cols: int) -> int:
         return int(rows * cols * self.weight_bits / 8)
 
-    def _matmul(self, tokens: int, k: int, n: int) -> OpRow:
-        return ["matmul", self.dtype, 2 * tokens * k * n, self._weights(k, n) + ACT_BYTES * tokens * (k + n), self.layers]
+    def _matmul(self, tokens: int, k: int, n: int) -> Op:
+        return Op("matmul", self.dtype, 2 * tokens * k * n, self._weights(k, n) + ACT_BYTES * tokens * (k + n), self.layers)
 
-    def step_ops(self, tokens: int, past: int) -> list[OpRow]:
+    def step_ops(self, tokens: int, past: int) -> list[Op]:
         """Ops of one forward over `tokens` new positions after `past` cached ones (prefill: past=0)."""
         h, t, ctx = self.hidden, tokens, past + tokens
         act = ACT_BYTES * t * h
@@ -65,21 +65,21 @@ class LanguageModel:
         pairs = t * past + t * (t + 1) // 2
         kv_bytes = 2 * ACT_BYTES * ctx * h  # K and V read back from the cache
         return [
-            ["reduction", self.dtype, t * h, 2 * act, 2 * self.layers],  # the two RMSNorms
+            Op("reduction", self.dtype, t * h, 2 * act, 2 * self.layers),  # the two RMSNorms
             self._matmul(t, h, 3 * h),  # Q, K, V
-            ["attention", self.dtype, 4 * pairs * h, kv_bytes + 2 * act, self.layers],
+            Op("attention", self.dtype, 4 * pairs * h, kv_bytes + 2 * act, self.layers),
             self._matmul(t, h, h),  # O
-            ["elementwise", self.dtype, t * h, 3 * act, 2 * self.layers],  # the two residual adds
+            Op("elementwise", self.dtype, t * h, 3 * act, 2 * self.layers),  # the two residual adds
             self._matmul(t, h, 2 * self.intermediate),  # gate and up
-            ["elementwise", self.dtype, t * self.intermediate, 3 * ACT_BYTES * t * self.intermediate, self.layers],  # SiLU·up
+            Op("elementwise", self.dtype, t * self.intermediate, 3 * ACT_BYTES * t * self.intermediate, self.layers),  # SiLU·up
             self._matmul(t, self.intermediate, h),  # down
-            ["matmul", self.dtype, 2 * h * self.vocab, self._weights(h, self.vocab) + ACT_BYTES * (h + self.vocab), 1],  # head, last position
+            Op("matmul", self.dtype, 2 * h * self.vocab, self._weights(h, self.vocab) + ACT_BYTES * (h + self.vocab), 1),  # head, last position
         ]
 
-    def prefill_ops(self, visual_tokens: int) -> list[OpRow]:
+    def prefill_ops(self, visual_tokens: int) -> list[Op]:
         """The prefill of the visual tokens and the prompt: what stands between the image and the first answer token."""
         return self.step_ops(visual_tokens + self.prompt_tokens, 0)
 
-    def decode_ops(self, context: int) -> list[OpRow]:
+    def decode_ops(self, context: int) -> list[Op]:
         """One decode step after `context` positions (memory-bound: every weight is read once per token)."""
         return self.step_ops(1, context)

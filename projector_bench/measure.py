@@ -42,6 +42,8 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .util import torch_threads
+
 # Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.
 MATMUL_OPS = frozenset({"linear", "matmul", "mm", "addmm", "bmm", "einsum", "conv", "scaled_dot_product_attention"})
 
@@ -207,15 +209,10 @@ class Latency:
 
 def measure_latency(fn: Callable[[], Any], threads: int, min_run_time: float = 1.0, warmup: int = 3) -> Latency:
     """Median and IQR of `fn()` under `torch.inference_mode` after `warmup` calls (torch.utils.benchmark)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                fn()
-            m = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        m = Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
     return Latency(m.median * 1e3, m.iqr * 1e3, len(m.times), threads)
 
 

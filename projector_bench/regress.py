@@ -2,7 +2,7 @@
 
 `golden`: parameters, MACs and output tokens of every shipped design (each `conf/projector/*.yaml` at MobileVLM
 1.7B's shape, 576 tokens of 1024 -> 2048) and of every MobileViT encoder config (at its `img_size`), compared
-exactly with `tests/benchmarks/golden.json`. Any difference fails until `golden --update` rewrites the file,
+exactly with `projector_bench/gate/golden.json`. Any difference fails until `golden --update` rewrites the file,
 so a change to them is a deliberate, committed one.
 
 `time`: each design's and each encoder's forward is timed against a fixed reference kernel (a 576x1024 @
@@ -11,7 +11,7 @@ With one thread the clock is the thread's CPU time, which leaves out the time a 
 the median per-round ratio cancels what the machine does to both (clock speed, cache and memory
 contention). Raw milliseconds compared across runs do neither (the check prints what they would have said).
 It is compared with the ratio recorded for this machine class (CPU model with its family/model/stepping
-numbers, threads, torch) in `tests/benchmarks/baseline.json` (or a `--baseline` file, such as one the base
+numbers, threads, torch) in `projector_bench/gate/baseline.json` (or a `--baseline` file, such as one the base
 branch wrote minutes earlier on the same CI runner): the median of its recorded passes (5, and more when
 `--update --append` adds passes taken on another occasion), whose largest deviation is the case's noise.
 A case fails when its median ratio grew by more than its limit, `--tolerance` or twice its noise if larger,
@@ -33,26 +33,25 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from scipy.stats import binomtest
 
-from .bench import SHAPE
 from .encoders import Variant, create_encoder
 from .env import cpu_id
-from .measure import Paired, count_flops, count_params, paired, reference_kernel
+from .measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
 from .projectors.base import token_grid
+from .runner import build_projector
+from .settings import config_dir, group_choices
+from .util import atomic_write, torch_threads
 
-HERE = Path(__file__).resolve().parent.parent / "tests" / "benchmarks"
-GOLDEN, BASELINE = HERE / "golden.json", HERE / "baseline.json"
+GATE = Path(__file__).resolve().parent / "gate"  # shipped with the package: the gate runs from a wheel too
+GOLDEN, BASELINE = GATE / "golden.json", GATE / "baseline.json"
 RECORD_PASSES = 5  # `time --update` measures this many passes
 
 
 def _configs(group: str, names: list[str] | None = None) -> dict[str, DictConfig]:
     """The full config with `group=<name>` for each shipped option of `group` (or each of `names`)."""
-    from hydra import compose, initialize_config_dir
-
-    from .__main__ import config_dir
-
     names = names if names is not None else [n.split("/", 1)[1] for n in case_names() if n.startswith(f"{group}/")]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return {n: compose("config", [f"{group}={n}", "task=none"]) for n in names}
@@ -67,17 +66,16 @@ class Case:
 
 
 def _projector_case(cfg: DictConfig) -> Case:
-    from .runner import build_projector
-
+    tokens, in_dim, _ = REFERENCE_SHAPE
     torch.manual_seed(0)
-    x = torch.randn(*SHAPE)
-    p = build_projector(cfg.projector, SHAPE[-1])
-    grid = token_grid(SHAPE[1], None, cfg.projector.name) if p.needs_grid else None
+    x = torch.randn(1, tokens, in_dim)
+    p = build_projector(cfg.projector, in_dim)
+    grid = token_grid(tokens, None, cfg.projector.name) if p.needs_grid else None
 
     def facts() -> dict[str, int]:
         with torch.inference_mode():
             out = p(x, grid)
-        return {"params": count_params(p), "macs": count_flops(p, x, grid=grid).macs, "tokens_in": SHAPE[1],
+        return {"params": count_params(p), "macs": count_flops(p, x, grid=grid).macs, "tokens_in": tokens,
                 "tokens_out": out.shape[1], "out_dim": out.shape[-1]}
 
     return Case(lambda: p(x, grid), facts)
@@ -100,10 +98,7 @@ def _encoder_case(cfg: DictConfig) -> Case:
 
 def case_names() -> list[str]:
     """`projector/<name>` for every `conf/projector/*.yaml`, `encoder/<name>` for every MobileViT encoder config."""
-    from .__main__ import config_dir
-
-    return [f"{g}/{p.stem}" for g in ("projector", "encoder") for p in sorted((config_dir() / g).glob("*.yaml"))
-            if (g, p.stem) != ("encoder", "none")]
+    return [f"{g}/{n}" for g in ("projector", "encoder") for n in group_choices(g) if (g, n) != ("encoder", "none")]
 
 
 def cases(only: list[str] | None = None) -> dict[str, Case]:
@@ -124,12 +119,8 @@ def machine(threads: int) -> str:
 def time_ratios(selected: dict[str, Case], rounds: int, threads: int) -> dict[str, Paired]:
     """`paired` of every case against the reference kernel."""
     ref = reference_kernel()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return {name: paired(c.fn, ref, rounds, threads) for name, c in selected.items()}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def compare_golden(got: dict[str, dict[str, int]], want: dict[str, dict[str, int]]) -> list[str]:
@@ -201,9 +192,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def run_golden(update: bool) -> int:
@@ -218,7 +207,7 @@ def run_golden(update: bool) -> int:
         print(f"golden: {line}")
     if diff:
         print("golden: FAILED. If the change is deliberate: python -m projector_bench.regress golden --update, "
-              "and commit tests/benchmarks/golden.json")
+              "and commit projector_bench/gate/golden.json")
         return 1
     print(f"golden: {len(got)} designs and encoders match exactly (params, MACs, tokens)")
     return 0

@@ -24,7 +24,9 @@ import seaborn as sns
 from jinja2 import Environment
 from matplotlib.ticker import FuncFormatter
 
-from .choose import Budget, add_estimates, design_label, pareto_mask, recommend, si
+from .budget import si
+from .choose import analyse, design_label
+from .studies import load_studies
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -281,62 +283,19 @@ def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None
     """The Optuna studies the rows came from (rows with a `trial` column), loaded from their storage."""
     if "trial" not in df or df["trial"].isna().all():
         return []
-    from .search import storage
-
-    store = storage(storage_spec, str(results_dir), heartbeat=60, grace=600)
-    import optuna
-
-    return [optuna.load_study(study_name=name, storage=store) for name in sorted(df.loc[df["trial"].notna(), "sweep_id"].unique())]
-
-
-def _device_configs(conf: Path) -> dict[str, dict]:
-    from omegaconf import OmegaConf
-
-    return {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in sorted((conf / "device").glob("*.yaml"))}
+    return load_studies(df.loc[df["trial"].notna(), "sweep_id"].unique(), results_dir, storage_spec)
 
 
 def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any],
                  results_dir: str | Path | None = None) -> Path:
-    """Estimate every row on `cfg.device`, mark the Pareto fronts, recommend a design for `cfg.budget` on that
-    device and on every other shipped device profile, check the estimator against measured host latency, and
-    write the HTML report under `out_dir`."""
-    from omegaconf import OmegaConf
-
-    from .__main__ import config_dir
-    from .roofline import device_from_config
-    from .runner import DEFAULT_THREADS, HOST_CACHE
-
-    threads = cfg.device.threads or DEFAULT_THREADS
-    device = device_from_config(cfg.device, threads, HOST_CACHE)
-    budget = Budget.from_config(cfg.budget)
-    df = add_estimates(df, device)
-    ok = (df["status"] == "ok") if "status" in df else pd.Series(False, index=df.index)
-    for col, cost in (("pareto_latency", budget.latency_col), ("pareto_macs", "macs")):
-        df[col] = pareto_mask(df[ok], cost).reindex(df.index, fill_value=False) if cost in df and "accuracy" in df else False
-    recs = [recommend(df, budget, device.name)]
-    for name, dcfg in _device_configs(config_dir()).items():
-        if name != device.name and dcfg.get("kind") == "target":
-            recs.append(recommend(add_estimates(df, device_from_config(dcfg, threads)), budget, name))
-    validation = None
-    if device.kind == "host" and "est_projector_ms" in df:
-        v = df[ok & df["est_projector_ms"].notna() & df["latency_ms"].notna()]
-        if len(v):
-            err = (v["est_projector_ms"] - v["latency_ms"]).abs() / v["latency_ms"]
-            validation = {"median_abs_error": float(err.median()), "per_design": {
-                label: {"measured_ms": m, "estimated_ms": e}
-                for label, m, e in zip(design_label(v), v["latency_ms"], v["est_projector_ms"])}}
-    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # hydra's node holds per-job interpolations
-    provenance = provenance | {"report config": OmegaConf.to_yaml(own, resolve=True), "device roofs": device.as_row()}
-    for col in ("env_git_commit", "env_torch", "env_timm", "env_cpu", "sweep_id"):
-        if col in df:
-            provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
-    if "config" in df and len(df):
-        provenance["first row's config"] = df["config"].iloc[0]
+    """The HTML report of `df` under `out_dir`: `choose.analyse`'s decisions for `cfg` (device, budget),
+    rendered with the plots of the Optuna studies the rows came from."""
+    a = analyse(df, cfg, provenance)
     search = cfg.get("search") or {}
-    plots = [p for st in _studies(df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
-    return write_report(df, out_dir, title=f"projector_bench: {len(df)} designs on {device.name}", device=device.name,
-                        latency_col=budget.latency_col, recommendations=[r.as_dict() for r in recs],
-                        provenance=provenance, validation=validation, extra_plots=plots)
+    plots = [p for st in _studies(a.df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
+    return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
+                        latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
+                        provenance=a.provenance, validation=a.validation, extra_plots=plots)
 
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:

@@ -22,9 +22,61 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigError
+from .util import atomic_write
 
 log = logging.getLogger(__name__)
 TABLE = "runs.jsonl"
+
+# The columns of a row, with their meaning (docs/costs.md, docs/devices.md, docs/accuracy.md say more).
+# A column not listed here is a bug: a test runs jobs and checks every column they write against this.
+COST_COLUMNS = {  # the projector's; the encoder's are the same with an `encoder_` prefix
+    "params": "parameters", "macs": "multiply-accumulates of one forward (fvcore, holes filled)",
+    "flops": "2 × macs", "macs_by_op": "MACs per op type", "torch_flops": "torch FlopCounterMode's count",
+    "torch_flops_agree": "torch_flops == 2 × matmul MACs", "uncounted_ops": "ops no counter priced (should be {})",
+    "latency_ms": "median eager latency", "latency_iqr_ms": "its interquartile range", "latency_runs": "timed runs",
+    "peak_mem_mb": "peak memory of the forward", "size_mb": "serialized size",
+    "ops": "per-op work as [kind, dtype, flops, bytes, count] (ops.Op)",
+}
+COLUMNS = {
+    **COST_COLUMNS,
+    # identity and provenance
+    "run_id": "this row's id", "sweep_id": "the multirun's (or study's) id", "timestamp": "UTC, ISO 8601",
+    "projector": "design name", "encoder": "token source (`none`: synthetic tokens)", "status": "ok | failed",
+    "error": "one line when failed", "job_overrides": "the job's Hydra overrides (resume= matches them)",
+    "config": "the full composed config", "threads": "torch threads the job used",
+    "trial": "Optuna trial number (searches)", "trial_overrides": "the trial's sampled overrides",
+    "env_torch": "", "env_timm": "", "env_fvcore": "", "env_python": "", "env_cpu": "", "env_machine": "",
+    "env_git_commit": "HEAD, -dirty with changes",
+    # the token source and shapes
+    "encoder_weights": "pretrained | random | a checkpoint path", "img_size": "encoder input size",
+    "e2e_encoder": "the timm encoder synthetic tokens stand for (its ops: encoder_ops)",
+    "grid": "token grid h x w", "tokens_in": "", "tokens_out": "", "in_dim": "", "out_dim": "", "batch": "",
+    # load check (measure.load_check)
+    "reference_ms": "the reference GEMM now", "load_ratio": "its time / its best time here",
+    "load_warning": "set when load_ratio > measure.LOAD_LIMIT",
+    # estimates on `device` (roofline.estimate_row)
+    "device": "device profile", "est_encoder_ms": "", "est_projector_ms": "", "est_prefill_ms": "",
+    "est_vision_ms": "encoder + projector", "est_ttft_ms": "vision + LM prefill", "est_decode_tok_s": "",
+    "design_params": "projector (+ encoder) parameters", "design_mem_mb": "projector (+ encoder) peak memory",
+    # accuracy (accuracy.evaluate_projector)
+    "task": "", "accuracy": "mean over seeds, %", "accuracy_ci_low": "95% two-level bootstrap",
+    "accuracy_ci_high": "", "accuracy_ci_method": "", "accuracy_by_seed": "", "accuracy_seed_std": "",
+    "accuracy_by_type": "per question type", "accuracy_ci_by_type": "", "accuracy_note": "small test split",
+    "accuracy_warning": "under 30 test questions", "accuracy_time_s": "", "majority_baseline": "",
+    "majority_by_type": "", "types_not_learned": "", "seeds": "", "lr": "the rate chosen on validation",
+    "lr_grid": "mean validation loss per rate", "train_steps": "per seed", "best_step": "per seed",
+    "converged": "every seed stopped on a plateau", "val_curves": "[step, loss, accuracy] per seed",
+    "val_loss": "", "val_accuracy": "", "train_time_s": "", "train_steps_per_s": "",
+    "train_questions_per_s": "", "train_workers": "", "acc_cached": "models from the cache",
+    "acc_code_version": "accuracy.code_version()", "acc_encoder": "", "acc_encoder_source": "", "acc_grid": "",
+    "acc_tokens_in": "", "acc_tokens_out": "", "acc_test_questions": "", "acc_val_questions": "",
+}
+
+
+def unknown_columns(row: dict[str, Any]) -> list[str]:
+    """The columns of `row` that `COLUMNS` does not describe (the `encoder_` costs included)."""
+    known = set(COLUMNS) | {f"encoder_{c}" for c in COST_COLUMNS}
+    return sorted(set(row) - known)
 
 
 def table_path(results_dir: str | Path) -> Path:
@@ -104,14 +156,7 @@ def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str
             rows = [r for r in rows if r.get(unique) not in have]
         if not rows:
             return 0
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(old + "".join(map(_line, rows)).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
+        atomic_write(path, old + "".join(map(_line, rows)).encode(), path.stat().st_mode & 0o7777 if path.exists() else None)
     return len(rows)
 
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -30,12 +29,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
+from .env import code_hash, cpu_model
 from .errors import ConfigError
+from .lm import LanguageModel
+from .measure import measure_latency
+from .ops import Op, as_ops
+from .util import atomic_write, torch_threads
 
 log = logging.getLogger(__name__)
 
-# An op as stored in a results row: [kind, dtype, flops, bytes, count] (identical ops folded together).
-OpRow = list
 
 _ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"}
@@ -96,29 +98,23 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
-def trace_ops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> list[OpRow]:
-    """Every aten op of one inference forward as `[kind, dtype, flops, bytes, count]` (views are free)."""
+def trace_ops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> list[Op]:
+    """Every aten op of one inference forward, identical ops folded into one `Op` (views are free)."""
     rec = _Recorder()
     with torch.no_grad(), rec:  # not inference_mode: there composite ops (linear, conv2d) would not decompose
         module(*inputs, **kwargs)
-    return [[k, d, f, b, n] for (k, d, f, b), n in sorted(rec.ops.items(), key=lambda kv: -kv[0][2])]
+    return [Op(k, d, f, b, n) for (k, d, f, b), n in sorted(rec.ops.items(), key=lambda kv: -kv[0][2])]
 
 
 @cache
-def trace_timm_on_meta(name: str, img_size: int) -> tuple[tuple, ...]:
+def trace_timm_on_meta(name: str, img_size: int) -> tuple[Op, ...]:
     """Ops of a timm model's `forward_features` at `img_size`, traced on the meta device (no weights, no compute)."""
     import timm
 
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, img_size=img_size).eval()
         images = torch.empty(1, 3, img_size, img_size)
-    return tuple(tuple(op) for op in trace_ops(model.forward_features, images))
-
-
-def totals(ops: Iterable[OpRow]) -> dict[str, int]:
-    """Total flops and bytes of an op list."""
-    ops = list(ops)
-    return {"flops": sum(o[2] * o[4] for o in ops), "bytes": sum(o[3] * o[4] for o in ops), "ops": sum(o[4] for o in ops)}
+    return tuple(trace_ops(model.forward_features, images))
 
 
 @dataclass(frozen=True)
@@ -141,9 +137,9 @@ class Device:
         memory = nbytes / (self.memory_gbps * 1e9 * self.eff_memory)
         return self.op_overhead_us * 1e-6 + max(compute, memory)
 
-    def latency_ms(self, ops: Iterable[OpRow]) -> float:
-        """Sum of per-op roofline times, in ms."""
-        return 1e3 * sum(n * self.op_seconds(k, d, f, b) for k, d, f, b, n in ops)
+    def latency_ms(self, ops: Iterable[Sequence[Any]]) -> float:
+        """Sum of per-op roofline times, in ms (`ops`: `Op`s or their stored lists)."""
+        return 1e3 * sum(o.count * self.op_seconds(o.kind, o.dtype, o.flops, o.bytes) for o in as_ops(ops))
 
     def as_row(self) -> dict[str, Any]:
         return {f"device_{k}": v for k, v in asdict(self).items()}
@@ -151,8 +147,6 @@ class Device:
 
 def _seconds(fn, min_run_time: float = 0.3) -> float:
     """Median seconds of `fn()`, timed as `latency_ms` is (`measure.measure_latency`)."""
-    from .measure import measure_latency
-
     return measure_latency(fn, threads=torch.get_num_threads(), min_run_time=min_run_time).median_ms / 1e3
 
 
@@ -185,9 +179,7 @@ def calibrate_host(threads: int) -> Device:
     fixed cost of one tiny op, and the achievable throughput of one kernel of each other op kind."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         with torch.inference_mode():
             fp32 = max(_gemm_gflops(n, torch.float32) for n in (1024, 2048))
             fp16 = max(_gemm_gflops(n, torch.bfloat16) for n in (1024, 2048))
@@ -198,16 +190,13 @@ def calibrate_host(threads: int) -> Device:
             one = torch.ones(1)
             overhead = _seconds(lambda: torch.add(one, one)) * 1e6
             kinds = _kind_gflops()
-    finally:
-        torch.set_num_threads(previous)
     return Device("host", "host", {"fp32": fp32, "fp16": max(fp16, fp32), "int8": int8}, bandwidth, 1.0, 1.0, overhead, kinds)
 
 
 def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
-    """This machine's measured roofs, cached on disk by CPU, thread count and torch version."""
-    from .env import cpu_model
-
-    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    """This machine's measured roofs, cached on disk by CPU, thread count and the code that measures them (and
+    the torch and timm versions: `env.code_hash`)."""
+    key = f"{cpu_model()}|{threads}|{code_hash('roofline.py', 'measure.py')}"
     path = Path(cache_dir) / "host_device.json" if cache_dir else None
     saved = read_json_cache(path)
     if key in saved:
@@ -226,10 +215,7 @@ def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
 
 def write_json_cache(path: Path, value: dict[str, Any]) -> None:
     """Replace `path` atomically with `value` as JSON (per-process temporary: workers may write at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(value, indent=1))
 
 
 def read_json_cache(path: Path | None) -> dict[str, Any]:
@@ -262,3 +248,28 @@ def device_from_config(dev: Mapping[str, Any], threads: int, cache_dir: str | Pa
     eff = dev.get("efficiency") or {}
     return Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
                   float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))
+
+
+def _ops(value: Any) -> list | None:
+    return value if isinstance(value, list) and value else None
+
+
+def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> dict[str, float]:
+    """End-to-end estimates of one results row on `device`: the encoder, the projector, the LM's prefill of the
+    projector's tokens plus the prompt (their sum is the time to first token), and the decode speed."""
+    enc, proj = _ops(row.get("encoder_ops")), _ops(row.get("ops"))
+    if proj is None:
+        return {}
+    out = {"est_encoder_ms": device.latency_ms(enc) if enc else math.nan, "est_projector_ms": device.latency_ms(proj),
+           "est_prefill_ms": device.latency_ms(lm.prefill_ops(int(row["tokens_out"])))}
+    out["est_vision_ms"] = out["est_projector_ms"] + (0.0 if math.isnan(out["est_encoder_ms"]) else out["est_encoder_ms"])
+    out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
+    out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(int(row["tokens_out"]) + lm.prompt_tokens))
+    # what `budget.params` and `budget.memory_mb` bound: the projector, plus the encoder when one was measured
+    out["design_params"] = row.get("params", math.nan) + _or0(row.get("encoder_params"))
+    out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + _or0(row.get("encoder_peak_mem_mb"))
+    return out
+
+
+def _or0(x: Any) -> float:
+    return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else x

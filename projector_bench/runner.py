@@ -1,45 +1,32 @@
-"""One Hydra job: build the token source and the projector, measure them, append one row."""
+"""One job: a composed config in, one results row out — build the token source and the projector, measure
+their costs, estimate them on the device, score the design's accuracy, append the row (`run`). Column
+meanings: docs/costs.md, docs/devices.md, docs/accuracy.md; the row's schema: `results.COLUMNS`."""
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ._registry import create_projector
 from .accuracy import code_version, evaluate_projector
-from .choose import estimate_row
 from .encoders import Variant, create_encoder
-from .env import cpu_model, environment
+from .env import code_hash, cpu_model, environment
 from .errors import ConfigError
 from .lm import LanguageModel
 from .measure import count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
 from .results import append_row, load_results
-from .validate import job_configs, validate
-from .roofline import device_from_config, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
+from .roofline import device_from_config, estimate_row, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
+from .settings import DEFAULT_THREADS, SWEEP_ENV, host_cache
+from .util import projector_kwargs, torch_threads
 
 log = logging.getLogger(__name__)
-
-# Columns printed at the end of a run or sweep (the table holds many more).
-SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
-           "latency_iqr_ms", "peak_mem_mb", "size_mb", "est_projector_ms", "est_prefill_ms", "est_ttft_ms",
-           "accuracy", "accuracy_ci_low", "accuracy_ci_high", "converged", "error"]
-_PROJECTOR_KEYS = ("name", "in_dim", "out_dim")
-DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
-SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"
-# The host's measured roofs (about 8 s to measure) are kept per machine, CPU, thread count and torch version.
-HOST_CACHE = os.environ.get("PROJECTOR_BENCH_CACHE") or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "projector_bench")
 
 
 def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: DictConfig, **kwargs: Any) -> dict[str, Any]:
@@ -84,8 +71,7 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
 
 def build_projector(pcfg: DictConfig, in_dim: int) -> nn.Module:
     """The projector a `projector` config describes, for tokens of `in_dim` channels, in eval mode."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(pcfg, resolve=True).items() if k not in _PROJECTOR_KEYS}
-    return create_projector(pcfg.name, in_dim, pcfg.out_dim, **kwargs).eval()
+    return create_projector(pcfg.name, in_dim, pcfg.out_dim, **projector_kwargs(pcfg)).eval()
 
 
 def measure(cfg: DictConfig) -> dict[str, Any]:
@@ -110,8 +96,8 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
 
 def _load(threads: int) -> dict[str, Any]:
     """`load_check` against the best reference time this machine has recorded (kept in the host cache)."""
-    path = Path(HOST_CACHE) / "reference_kernel.json"
-    key = f"{cpu_model()}|{threads}|{torch.__version__}"
+    path = host_cache() / "reference_kernel.json"
+    key = f"{cpu_model()}|{threads}|{code_hash('measure.py')}"
     saved = read_json_cache(path)
     best = saved.get(key) if isinstance(saved.get(key), (int, float)) else None
     out = load_check(threads, best)
@@ -128,7 +114,7 @@ def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     if lm.hidden != row["out_dim"]:
         log.warning("lm %s is %d wide but the projector outputs %d: the prefill is priced at the LM's width",
                     lm.name, lm.hidden, row["out_dim"])
-    device = device_from_config(cfg.device, cfg.device.threads or DEFAULT_THREADS, HOST_CACHE)
+    device = device_from_config(cfg.device, cfg.device.threads or DEFAULT_THREADS, host_cache())
     return {"device": device.name} | estimate_row(row, device, lm)
 
 
@@ -169,114 +155,23 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
         "job_overrides": overrides,
     } | (extra or {})
+    threads = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
     try:
-        threads = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
-        torch.set_num_threads(threads)
-        row |= measure(cfg)
-        row |= _load(threads)
-        row |= estimates(cfg, row)
-        if cfg.task.get("_target_"):
-            row |= evaluate_projector(cfg)
+        with torch_threads(threads):
+            row |= measure(cfg)
+            row |= _load(threads)
+            row |= estimates(cfg, row)
+            if cfg.task.get("_target_"):
+                row |= evaluate_projector(cfg)
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
         first = str(e).splitlines()[0] if str(e) else ""
         row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
         log.debug("job failed", exc_info=True)
-    row |= environment() | {"threads": torch.get_num_threads(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    row |= environment() | {"threads": threads, "config": OmegaConf.to_container(cfg, resolve=True)}
     if record:
         try:
             append_row(cfg.results_dir, row)
         except (OSError, ValueError) as e:
             raise ConfigError(f"could not record the row: {e}") from e
     return row
-
-
-def summary(df) -> str:
-    """The printed table: the summary columns that the rows have, params in M and MACs in G."""
-    view = df[[c for c in SUMMARY if c in df.columns]].copy()
-    for col, scale, name in (("params", 1e6, "params_M"), ("macs", 1e9, "GMACs")):
-        if col in view:
-            view[col] = view[col] / scale
-            view = view.rename(columns={col: name})
-    if "error" in view:
-        view["error"] = view["error"].fillna("")
-    return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-
-
-def accuracy_table(df) -> str:
-    """Accuracy per question type with its 95% interval, one row per design ("" without accuracy). A type that
-    no design answers better than its own majority answer (interval above it) is marked as not learned."""
-    if "accuracy_by_type" not in df or df["accuracy_by_type"].isna().all():
-        return ""
-    rows, learned, judged = {}, set(), set()
-    acc = df.dropna(subset=["accuracy_by_type"])
-    for _, r in acc.iterrows():
-        by_type = r["accuracy_ci_by_type"]
-        rows[r["projector"]] = {"tokens": r["acc_tokens_out"], "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
-            k: f"{v:.1f} [{by_type[k][0]:.1f}, {by_type[k][1]:.1f}]" for k, v in r["accuracy_by_type"].items()}
-        if "converged" in r and isinstance(r["converged"], bool):
-            rows[r["projector"]]["converged"] = "yes" if r["converged"] else "NO"
-        majority = r.get("majority_by_type")
-        if isinstance(majority, dict):
-            learned |= {k for k in by_type if by_type[k][0] > majority[k]}
-            judged |= set(by_type)
-            base_row = {k: f"{v:.1f}" for k, v in majority.items()}
-    if judged:
-        rows["(majority answer)"] = base_row
-    table = pd.DataFrame(rows).T.fillna("")
-    unlearned = sorted(judged - learned)
-    table = table.rename(columns={k: f"{k} (NOT LEARNED)" for k in unlearned})
-    base = df["majority_baseline"].dropna()
-    note = f"\nmajority-answer baseline: {base.iloc[0]:.1f}" if len(base) else ""
-    if unlearned:
-        note += f"\nnot learned by any design (no interval above the type's majority answer): {', '.join(unlearned)}"
-    head = "accuracy % on held-out questions, mean over seeds [95% two-level bootstrap CI: seeds, questions]\n"
-    return head + table.to_string() + note
-
-
-class PrintSweepTable(Callback):
-    """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:  # every job's config, before the first job runs
-            for job in job_configs(config):
-                validate(job)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        resume = config.get("resume")
-        if resume:
-            df = load_results(config.results_dir)
-            if not len(df) or "sweep_id" not in df or resume not in set(df["sweep_id"]):
-                print(f"error: resume={resume}: no sweep {resume!r} in {config.results_dir}/runs.jsonl; give the "
-                      "sweep_id of its rows", file=sys.stderr)
-                raise SystemExit(2)
-        os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = os.environ.pop(SWEEP_ENV, None)
-        table = f"{config.results_dir}/runs.jsonl"
-        try:  # Hydra turns an exception here into a warning and exit 0: every failure must be an exit 1 instead
-            df = load_results(config.results_dir)
-            df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
-            if not len(df):
-                print(f"error: no row of this sweep is in {table}", file=sys.stderr)
-                raise SystemExit(1)
-            print(summary(df))
-            if acc := accuracy_table(df):
-                print(acc)
-            if config.get("report"):
-                from .report import report_at_end
-
-                report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except Exception as e:
-            print(f"error: the sweep's rows are in {table}, but its summary or report failed: "
-                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-            raise SystemExit(1) from None
-        failed = df[df["status"] != "ok"]
-        if len(failed):
-            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in {table}", file=sys.stderr)
-            raise SystemExit(1)

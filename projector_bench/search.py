@@ -18,8 +18,6 @@ a database, a trial whose process died (no heartbeat for `search.grace_period` s
 from __future__ import annotations
 
 import logging
-import random
-import time
 import warnings
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,9 +27,11 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .choose import Budget
+from .budget import Budget
 from .errors import ConfigError
 from .results import append_rows, jsonable
+from .runner import run
+from .studies import storage
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names
@@ -41,33 +41,6 @@ MAX_SKIPS = 3  # a worker skips at most this many designs in a row that another 
 
 class TrialFailed(Exception):
     """The job recorded a failed row; its error is the trial's `error` attribute."""
-
-
-def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> optuna.storages.BaseStorage:
-    """The study's storage: `null` (SQLite in `results_dir`), a SQLAlchemy URL, or `journal:PATH`."""
-    from pathlib import Path
-
-    if spec and spec.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
-    if not spec:
-        Path(results_dir).mkdir(parents=True, exist_ok=True)
-        spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
-                                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                              engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
-        except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
-            if isinstance(e, IntegrityError | OperationalError) and attempt < 4:  # workers started together race
-                time.sleep(0.5 + random.random())  # to create the schema: the loser opens it once it exists
-                continue
-            raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                              "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None
-    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
@@ -96,8 +69,6 @@ def _value(v: Any) -> str:
 
 
 def _objective(cfg: DictConfig, base_overrides: list[str]):
-    from .runner import run
-
     objectives = dict(cfg.search.objectives)
     budget = Budget.from_config(cfg.budget)
     limits = budget.limits()

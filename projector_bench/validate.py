@@ -13,7 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ._registry import create_projector
+from .budget import Budget
+from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
+from .util import projector_kwargs
 
 Rule = Callable[[Any], bool]
 
@@ -90,17 +94,12 @@ def _check_rules(cfg: DictConfig) -> None:
 @cache
 def _encoder_shape(name: str, stage: int, variant: Any) -> tuple[int, int]:
     """(reduction, channels) of an encoder stage, from a randomly initialised build (no weights are read)."""
-    from .encoders import TimmEncoder
-
     enc = TimmEncoder(name, stage, "random", variant)
     return int(enc.model.feature_info.reduction()[-1]), int(enc.channels)
 
 
 def _check_grid(cfg: DictConfig) -> None:
     """The encoder's token grid must exist (≥ 2×2) and the projector must accept it."""
-    from ._registry import create_projector
-    from .encoders import Variant
-
     e = cfg.encoder
     if e.name is None:
         return
@@ -110,8 +109,8 @@ def _check_grid(cfg: DictConfig) -> None:
     if side < 2:
         raise ConfigError(f"encoder.img_size={e.img_size} gives a {side}x{side} token grid at stage {e.stage} of {e.name} "
                           f"(stride {reduction}); use encoder.img_size >= {2 * reduction}")
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.projector, resolve=True).items() if k not in ("name", "in_dim", "out_dim")}
-    proj = create_projector(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim, **kwargs)
+    proj = create_projector(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim,
+                            **projector_kwargs(cfg.projector))
     if getattr(proj, "needs_grid", False) and proj.num_tokens_out((side, side)) < 1:
         raise ConfigError(f"projector {cfg.projector.name} makes no token from a {side}x{side} grid; use a larger encoder.img_size")
 
@@ -132,8 +131,6 @@ def _check_search(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise one `ConfigError` for the first problem in a composed config (run, multirun job, search, report)."""
-    from .choose import Budget
-
     _check_rules(cfg)
     Budget.from_config(cfg.budget)  # budget.latency: one of the latency columns
     if "encoder" in cfg and "projector" in cfg:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import projector_bench.accuracy as acc
 from projector_bench import ConfigError
-from projector_bench.__main__ import config_dir
+from projector_bench.settings import config_dir
 from projector_bench.tasks import carve
 from projector_bench.tasks.classify import write_image_folder
 from projector_bench.tasks.shapes_vqa import QTYPES
@@ -216,7 +216,7 @@ def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
 def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_design():
     import pandas as pd
 
-    from projector_bench.runner import accuracy_table
+    from projector_bench.tables import accuracy_table
 
     def row(name, left, where, converged):
         return {"projector": name, "acc_tokens_out": 4, "accuracy": 60.0, "accuracy_ci_low": 58.0, "accuracy_ci_high": 62.0,

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from projector_bench.__main__ import config_dir
+from projector_bench.results import unknown_columns
+from projector_bench.settings import config_dir
 
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none"]
 
@@ -23,8 +24,12 @@ def cli(tmp_path, *args):
 
 
 def rows(tmp_path):
+    """The rows in `tmp_path/results`; every column they hold must be described in `results.COLUMNS`."""
     path = tmp_path / "results" / "runs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    out = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    for r in out:
+        assert not unknown_columns(r), f"columns missing from results.COLUMNS: {unknown_columns(r)}"
+    return out
 
 
 def test_single_run_appends_a_complete_row(tmp_path):

@@ -7,14 +7,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.__main__ import config_dir
+from projector_bench.settings import config_dir, group_choices
 from projector_bench.encoders import list_encoders
+from projector_bench.util import projector_kwargs
 
 CONF = config_dir()
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return group_choices(group)
 
 
 def compose_cfg(*overrides: str, hydra: bool = False):
@@ -23,7 +24,8 @@ def compose_cfg(*overrides: str, hydra: bool = False):
 
 
 def test_config_dir_is_the_repo_conf():
-    assert CONF == Path(__file__).resolve().parent.parent / "conf" or (CONF / "config.yaml").is_file()
+    """From a source checkout (editable install, as here and in CI) the configs are the repository's own."""
+    assert CONF == Path(__file__).resolve().parent.parent / "conf" and (CONF / "config.yaml").is_file()
 
 
 def test_every_registered_projector_has_one_config_and_back():
@@ -34,8 +36,7 @@ def test_every_registered_projector_has_one_config_and_back():
 def test_every_projector_config_builds_its_design(name):
     cfg = compose_cfg(f"projector={name}", "shape.out_dim=24")
     assert cfg.projector.name == name and cfg.projector.out_dim == 24
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.projector).items() if k not in ("name", "in_dim", "out_dim")}
-    p = create_projector(name, 16, cfg.projector.out_dim, **kwargs)
+    p = create_projector(name, 16, cfg.projector.out_dim, **projector_kwargs(cfg.projector))
     assert p(torch.randn(1, 36, 16)).shape[-1] == 24
 
 
@@ -74,3 +75,17 @@ def test_mobilevit_variants_sweep_measures_costs_where_accuracy_is_taken():
     assert set(params.projector.split(",")) == {"mlp", "ldp"} and cfg.task._target_.endswith("shapes_vqa")
     assert cfg.accuracy.encoder.name == "mobilevit_xs" and cfg.encoder.stage == cfg.accuracy.encoder.stage
     assert cfg.encoder.img_size == cfg.task.img_size
+
+
+def test_shared_keys_are_written_once():
+    """Encoder options set only their name over `encoder/_timm.yaml`; an int8 twin only its name over its float
+    design; the encoder-to-accuracy coupling is one file that the sweep and the search include."""
+    for name in options("encoder"):
+        spec = OmegaConf.load(CONF / "encoder" / f"{name}.yaml")
+        assert list(spec.defaults) == ["_timm", "_self_"] and set(spec) == {"defaults", "name"}, name
+    for name in [o for o in options("projector") if o.endswith("_int8")]:
+        spec = OmegaConf.load(CONF / "projector" / f"{name}.yaml")
+        assert list(spec.defaults) == [name.removesuffix("_int8"), "_self_"] and set(spec) == {"defaults", "name"}, name
+    for path in ("sweep/mobilevit_variants.yaml", "search/encoder_space.yaml"):
+        spec = OmegaConf.load(CONF / path)
+        assert "/shared/encoder_at_accuracy" in spec.defaults and "accuracy" not in spec, path

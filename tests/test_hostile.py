@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from projector_bench import __main__ as cli
+from projector_bench import cli
 from projector_bench.tasks.classify import write_image_folder
 
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1",

@@ -8,12 +8,14 @@ import yaml
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.__main__ import config_dir
-from projector_bench.choose import Budget, add_estimates, estimate_row, pareto_mask, recommend
+from projector_bench.settings import config_dir
+from projector_bench.budget import Budget
+from projector_bench.choose import add_estimates, pareto_mask, recommend
+from projector_bench.ops import totals
 from projector_bench.errors import ConfigError
 from projector_bench.lm import LanguageModel
 from projector_bench.measure import count_flops
-from projector_bench.roofline import Device, calibrate_host, device_from_config, totals, trace_ops, trace_timm_on_meta
+from projector_bench.roofline import Device, calibrate_host, device_from_config, estimate_row, trace_ops, trace_timm_on_meta
 
 TARGETS = sorted(p.stem for p in (config_dir() / "device").glob("*.yaml") if p.stem != "host")
 

@@ -15,13 +15,8 @@ from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import (
-    TrialSeeded,
-    fail_unstarted,
-    record_rows,
-    storage,
-    suggest,
-)
+from projector_bench.search import TrialSeeded, fail_unstarted, record_rows, suggest
+from projector_bench.studies import storage
 
 from .test_cli import ACC_TINY, TINY, rows
 
@@ -209,7 +204,7 @@ def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(t
 
 def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path):
     # they race to create the schema (alembic_version: UNIQUE constraint failed); the loser retries
-    code = "import sys; from projector_bench.search import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
+    code = "import sys; from projector_bench.studies import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
     for i in range(2):
         ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(i))], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(4)]

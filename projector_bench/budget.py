@@ -1,0 +1,65 @@
+"""A device budget (`budget.*` in the config): limits on latency, parameters and memory. A leaf: it imports
+only the package's errors, so the config check and every layer above can use it."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector": "est_projector_ms"}
+
+
+def missing(x: Any) -> bool:
+    """None or NaN."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on a device (None = no limit): latency of `latency` (ttft | vision | projector), the design's
+    parameters (projector, plus the encoder when it is part of the design) and its peak memory."""
+
+    latency_ms: float | None = None
+    params: float | None = None
+    memory_mb: float | None = None
+    latency: str = "ttft"
+
+    def __post_init__(self) -> None:
+        if self.latency not in LATENCY_COLUMNS:
+            raise ConfigError(f"budget.latency={self.latency!r} is not one of: {', '.join(LATENCY_COLUMNS)}")
+        for k, v in self.limits().items():
+            if not v > 0:
+                raise ConfigError(f"budget.{k} must be positive or null, got {v!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Budget:
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+    @property
+    def latency_col(self) -> str:
+        return LATENCY_COLUMNS[self.latency]
+
+    def limits(self) -> dict[str, float]:
+        return {k: v for k, v in (("latency_ms", self.latency_ms), ("params", self.params), ("memory_mb", self.memory_mb))
+                if v is not None}
+
+    def columns(self) -> dict[str, str]:
+        return {"latency_ms": self.latency_col, "params": "design_params", "memory_mb": "design_mem_mb"}
+
+    def describe(self) -> str:
+        words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {si(v)}",
+                 "memory_mb": lambda v: f"memory ≤ {v:g} MB"}
+        return ", ".join(words[k](v) for k, v in self.limits().items()) or "no budget"
+
+
+def si(x: Any) -> str:
+    """12_300_000 -> '12.3M'; '' for a missing value."""
+    if missing(x):
+        return ""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"

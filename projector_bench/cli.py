@@ -1,0 +1,193 @@
+"""The command line: `python -m projector_bench [overrides]` measures designs as Hydra composes them from
+`conf/`; `python -m projector_bench report` writes the HTML report of recorded rows. Also the Hydra callback
+that gives a multirun its id and prints its tables at the end. The top layer: nothing imports it.
+
+    python -m projector_bench +sweep=ldp_vs_mlp          # the MobileVLM-shape sweep
+    python -m projector_bench projector=ldp projector.out_dim=2560
+    python -m projector_bench -m projector=mlp,ldp encoder=mobilevit_xs
+    python -m projector_bench report results device=snapdragon888_cpu budget.latency_ms=5000
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .errors import ConfigError
+from .report import build_report, report_at_end
+from .results import load_results
+from .runner import run
+from .search import front_table, run_search
+from .settings import GROUPS, SWEEP_ENV, config_dir, group_choices
+from .tables import accuracy_table, summary
+from .validate import job_configs, validate
+
+
+def check_group_choices(args: list[str]) -> None:
+    """Fail fast, in one line, on a config-group option that has no file in `conf/<group>/`."""
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+    except HydraException:
+        return  # Hydra reports malformed overrides itself
+    for o in overrides:
+        group = o.key_or_group
+        if group not in GROUPS or o.is_delete():
+            continue
+        try:
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        except HydraException:
+            continue  # glob() needs the config loader: Hydra expands and checks it itself
+        choices = group_choices(group)
+        for v in values:
+            if v not in choices:
+                raise ConfigError(f"unknown {group} {v!r}; choose one of: {', '.join(choices)} (files in conf/{group}/)")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def _main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if not multirun:  # a multirun's jobs are all checked by PrintSweepTable before the first one
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    if cfg.get("search"):
+        before = load_results(cfg.results_dir)
+        seen = set(before["run_id"]) if "run_id" in before else set()
+        try:
+            study = run_search(cfg)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
+        df = load_results(cfg.results_dir)
+        df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
+        if cfg.report and len(df):
+            report_at_end(df, cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        new = df[~df["run_id"].isin(seen)] if len(df) else df
+        failed = new[new["status"] != "ok"] if len(new) else new
+        if len(failed):
+            print(f"error: {len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` column "
+                  f"in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
+            raise SystemExit(1)
+        return
+    try:
+        row = run(cfg)
+    except ConfigError as e:  # the row could not be written: say so in one line
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if multirun:
+        return  # PrintSweepTable prints the sweep's table at the end
+    if row["status"] != "ok":
+        print(f"error: {row['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    df = pd.DataFrame([row])
+    print(summary(df))
+    if acc := accuracy_table(df):
+        print(acc)
+
+
+def report_main(argv: list[str]) -> Path:
+    """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
+    and the other config keys as overrides)."""
+    ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
+    ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
+    ap.add_argument("--sweep", default="last", help="the sweep id to report, `last` (default) or `all`")
+    args, overrides = ap.parse_known_args(argv)
+    check_group_choices(overrides)
+    if unknown := [o for o in overrides if o.startswith("-")]:
+        raise ConfigError(f"unknown option {unknown[0]!r}; report takes [RESULTS] [--sweep ID|last|all] [key=value ...]")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        try:
+            cfg = compose("config", overrides=overrides)
+        except HydraException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+    validate(cfg)
+    src = Path(args.results or cfg.results_dir)
+    folder = src.parent if src.suffix == ".jsonl" else src
+    df = load_results(folder)
+    if not len(df):
+        raise ConfigError(f"no results in {folder}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp)")
+    if args.sweep != "all":
+        sweep = df["sweep_id"].iloc[-1] if args.sweep == "last" else args.sweep
+        if sweep not in set(df["sweep_id"]):
+            raise ConfigError(f"no sweep {sweep!r} in {folder}; choose one of: last, all, {', '.join(df['sweep_id'].unique())}")
+        df = df[df["sweep_id"] == sweep]
+    return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
+                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)}, folder)
+
+
+def main() -> None:
+    """Console entry point: Hydra runs and sweeps, or `report`."""
+    try:
+        if sys.argv[1:2] == ["report"]:
+            print(f"report: {report_main(sys.argv[2:])}")
+            return
+        check_group_choices(sys.argv[1:])
+        _main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:  # rows are written whole (atomic rename): an interrupted job leaves none half-written
+        print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class PrintSweepTable(Callback):
+    """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:  # every job's config, before the first job runs
+            for job in job_configs(config):
+                validate(job)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        resume = config.get("resume")
+        if resume:
+            df = load_results(config.results_dir)
+            if not len(df) or "sweep_id" not in df or resume not in set(df["sweep_id"]):
+                print(f"error: resume={resume}: no sweep {resume!r} in {config.results_dir}/runs.jsonl; give the "
+                      "sweep_id of its rows", file=sys.stderr)
+                raise SystemExit(2)
+        os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = os.environ.pop(SWEEP_ENV, None)
+        table = f"{config.results_dir}/runs.jsonl"
+        try:  # Hydra turns an exception here into a warning and exit 0: every failure must be an exit 1 instead
+            df = load_results(config.results_dir)
+            df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
+            if not len(df):
+                print(f"error: no row of this sweep is in {table}", file=sys.stderr)
+                raise SystemExit(1)
+            print(summary(df))
+            if acc := accuracy_table(df):
+                print(acc)
+            if config.get("report"):
+                report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception as e:
+            print(f"error: the sweep's rows are in {table}, but its summary or report failed: "
+                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+            raise SystemExit(1) from None
+        failed = df[df["status"] != "ok"]
+        if len(failed):
+            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in {table}", file=sys.stderr)
+            raise SystemExit(1)
