@@ -1,19 +1,12 @@
-"""Accuracy of a projector as MobileVLM trains one in its first stage: frozen encoder, projector, small LM.
+"""Accuracy of a projector as MobileVLM trains one in its first stage: frozen encoder, the projector under
+test, a small LM, trained together to answer questions about the image (docs/accuracy.md).
 
-1. The task is built (or loaded from the cache) and a validation split is carved from its train split
-   (`accuracy.val_fraction`); the test split is scored once per final model and never used to choose.
-2. If the encoder has no pretrained weights it is first trained on the task's train images against
-   `encoder_labels`, to convergence on the validation images (cached, shared by every design and seed).
-3. Encoder features of every image are computed once and cached.
-4. Projector and a small transformer LM train together on the train split, to convergence: a step budget
-   with a floor and a ceiling, validation loss every `eval_every` steps, one learning-rate drop at the first
-   plateau and a stop at the second, the best checkpoint kept (`fit`). Every seed trains at every rate of
-   `training.lr` (a grid); the design keeps the rate of the lowest mean validation loss.
-5. The row's accuracy is the mean over `accuracy.seeds` on the test split, with a 95% interval from a
-   two-level bootstrap (seeds, then test questions) that holds both sources of noise.
-
-Every cached file is keyed by the configuration it depends on *and* by `code_version()`: a hash of this
-package's accuracy-related source and the torch and timm versions, so an edited projector retrains.
+Each design is trained to convergence on a validation split carved from the train split, at every rate of
+a small grid and for `accuracy.seeds` seeds; the rate with the best mean validation loss is kept, and the
+test split scores each kept model once. The row's accuracy is the mean over seeds with a two-level
+bootstrap interval (seeds, then questions). Every cached task, encoder, feature set and trained model is
+keyed by its config and by `code_version()`, a hash of the source it depends on and the torch and timm
+versions, so edited code retrains.
 """
 from __future__ import annotations
 

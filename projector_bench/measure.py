@@ -1,17 +1,10 @@
-"""Cost metrics: MACs/FLOPs, parameters, size, latency and peak memory of any module.
+"""Cost metrics of any module: MACs/FLOPs, parameters, size, latency, peak memory (docs/costs.md).
 
-FLOPs are counted by fvcore (one fused multiply-add = one "flop", i.e. fvcore's flops are MACs) with
-handles added for what fvcore skips, and cross-checked against torch's `FlopCounterMode`:
-- `aten::scaled_dot_product_attention`: fvcore has no handle (timm's mobilevit_xxs then reads 0.34
-  GMACs instead of 0.42); torch's counter counts 0 on CPU, where the op dispatches to
-  `_scaled_dot_product_flash_attention_for_cpu`. We count Q·Kᵀ and A·V, plus the softmax.
-- elementwise ops (activations, residual adds, SE gates, reductions): one op per output element,
-  the convention fvcore already uses for its pooling and upsampling handles. fvcore ignores some
-  (relu) and leaves others uncounted (gelu, hardswish); here all are counted the same way.
-- dynamically quantized Linear: fvcore's jit trace crashes on its packed weights, so we trace a
-  float twin of identical shapes; torch's counter is given a formula for `quantized::linear_dynamic`
-  and checks the count on the real int8 module. An int8 design therefore counts the MACs of its
-  float twin, as it performs them.
+MACs come from fvcore with handles for what it skips or crashes on (scaled dot-product attention,
+dynamically quantized Linear layers, elementwise ops), cross-checked against torch's `FlopCounterMode`
+with its CPU attention hole filled; `uncounted_ops` names anything still unpriced. Latency is
+`torch.utils.benchmark` (median and IQR); `paired` times two callables interleaved for noise-robust ratios;
+`load_check` flags a loaded machine from a reference GEMM.
 """
 from __future__ import annotations
 

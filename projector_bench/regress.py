@@ -1,23 +1,9 @@
 """Regression checks for CI that do not cry wolf: `python -m projector_bench.regress [golden|time|all] [--update]`.
 
-`golden`: parameters, MACs and output tokens of every shipped design (each `conf/projector/*.yaml` at MobileVLM
-1.7B's shape, 576 tokens of 1024 -> 2048) and of every MobileViT encoder config (at its `img_size`), compared
-exactly with `projector_bench/gate/golden.json`. Any difference fails until `golden --update` rewrites the file,
-so a change to them is a deliberate, committed one.
-
-`time`: each design's and each encoder's forward is timed against a fixed reference kernel (a 576x1024 @
-1024x2048 fp32 GEMM), the two back to back in alternating order, round after round, in one process (`paired`).
-With one thread the clock is the thread's CPU time, which leaves out the time a neighbour holds the core;
-the median per-round ratio cancels what the machine does to both (clock speed, cache and memory
-contention). Raw milliseconds compared across runs do neither (the check prints what they would have said).
-It is compared with the ratio recorded for this machine class (CPU model with its family/model/stepping
-numbers, threads, torch) in `projector_bench/gate/baseline.json` (or a `--baseline` file, such as one the base
-branch wrote minutes earlier on the same CI runner): the median of its recorded passes (5, and more when
-`--update --append` adds passes taken on another occasion), whose largest deviation is the case's noise.
-A case fails when its median ratio grew by more than its limit, `--tolerance` or twice its noise if larger,
-in a first pass *and* in a second one of twice the rounds, where a sign test must also find too many rounds
-over the limit for this run's own noise to explain (`sign_test`). Single-threaded by default: on a shared
-2-core runner, a second thread waits on whichever core a neighbour holds.
+`golden` compares parameters, MACs and output tokens of every shipped design and encoder exactly with
+`projector_bench/gate/golden.json`; `time` compares each forward's time, as a ratio to a reference GEMM timed
+alongside, with the baseline recorded for this machine class in `projector_bench/gate/baseline.json`, and
+fails only on a slowdown a sign test confirms. How and why: docs/regression.md.
 """
 from __future__ import annotations
 

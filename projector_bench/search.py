@@ -1,19 +1,10 @@
-"""`python -m projector_bench +search=<name>`: a multi-objective Optuna study over designs.
+"""`python -m projector_bench +search=<name>`: a multi-objective Optuna study over designs (docs/search.md).
 
-Optuna 5 directly (the Hydra Optuna sweeper pins optuna<3). The search space, the objectives (columns of a
-results row, each `maximize` or `minimize`) and the storage are config (`conf/search/`). Each trial composes
-the config with its sampled overrides, runs the ordinary job (`runner.run`: costs, estimates on the device,
-accuracy) and yields an ordinary results row (`sweep_id` = the study's name, `trial` = its number). The row
-is kept with the trial (user attribute `row`) and appended to the results table only once Optuna has marked
-the trial finished; each run first appends the rows of finished trials the table lacks (by `run_id`). So a
-process killed at any moment leaves no row of a trial that Optuna will retry, and loses none it finished.
-Device budgets (`budget.*`) become Optuna constraints (`trial.set_constraint`, feasible when ≤ 0), so
-`study.best_trials`, the Pareto front, holds feasible designs only.
-
-Storage: SQLite under `results_dir` by default; any SQLAlchemy URL (PostgreSQL for many machines); or
-`journal:PATH` for Optuna's journal file. Run the same command again, or in several processes or machines
-at once, and they share the study: trials that finished are kept and counted toward `search.n_trials`; on
-a database, a trial whose process died (no heartbeat for `search.grace_period` s) is failed and retried.
+Optuna 5 directly (the Hydra Optuna sweeper pins optuna<3). Each trial composes the config with its sampled
+overrides and runs the ordinary job (`runner.run`); its row is appended to the results table only once
+Optuna has marked the trial finished, so a killed worker loses no finished row and leaves none of a trial
+that will be retried. Budgets become Optuna constraints. The storage (`studies.storage`) is SQLite, any
+SQLAlchemy URL or a journal file; several processes or machines share one study.
 """
 from __future__ import annotations
 

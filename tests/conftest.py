@@ -1,7 +1,20 @@
+"""Shared fixtures: a seeded torch, a temporary host cache for the whole session (no test reads or writes the
+user's ~/.cache/projector_bench; host roofs fixed), and the command line run in this process (`in_process`)."""
+import json
+import logging
+import os
+import subprocess
+import sys
 import warnings
+from dataclasses import asdict
 
 import pytest
 import torch
+
+from projector_bench import cli
+from projector_bench.env import code_hash, cpu_model
+from projector_bench.roofline import Device
+from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 
@@ -9,3 +22,38 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# The host's roofs the tests' jobs price their estimates with: fixed, so that no job spends the 8 s a
+# calibration takes (the tests of jobs check rows, not the estimator; test_roofline measures the real roofs).
+HOST = Device("host", "host", {"fp32": 60.0, "fp16": 60.0, "int8": 120.0}, 10.0, 1.0, 1.0, 5.0,
+              {"conv": 30.0, "depthwise_conv": 5.0, "attention": 20.0, "elementwise": 2.0, "reduction": 2.0})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_cache(tmp_path_factory):
+    """Every test, and every process a test starts, keeps the host cache in one temporary folder, seeded with
+    `HOST` for every thread count: the user's cache is never read or written, and no job calibrates."""
+    folder = tmp_path_factory.mktemp("host_cache")
+    code = code_hash("roofline.py", "measure.py")
+    seeded = {f"{cpu_model()}|{t}|{code}": asdict(HOST) for t in range(1, max(os.cpu_count() or 1, DEFAULT_THREADS) + 1)}
+    (folder / "host_device.json").write_text(json.dumps(seeded))
+    mp = pytest.MonkeyPatch()
+    mp.setenv(CACHE_ENV, str(folder))
+    yield
+    mp.undo()
+
+
+def in_process(monkeypatch, capsys, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m projector_bench ARGS`, run by `cli.main()` in this process: its exit code and output."""
+    for h in logging.root.handlers[:]:  # Hydra's job logging of an earlier run writes to an old captured stream
+        logging.root.removeHandler(h)
+    monkeypatch.setattr(sys, "argv", ["projector_bench", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["projector_bench", *args], code, out, err)

@@ -7,20 +7,38 @@ import sys
 import pytest
 
 from projector_bench.results import unknown_columns
-from projector_bench.settings import config_dir
+from projector_bench.settings import SWEEP_ENV, config_dir
+
+from .conftest import in_process
 
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none"]
 
 
-def cli(tmp_path, *args):
-    """Run the CLI in `tmp_path` with `args`, then the TINY settings that `args` does not set."""
+def _args(tmp_path, args) -> list[str]:
+    """`args`, then the TINY settings that `args` does not set, then this test's folders."""
     keys = {a.split("=")[0] for a in args}
-    tiny = [t for t in TINY if t.split("=")[0] not in keys]
+    return [*args, *(t for t in TINY if t.split("=")[0] not in keys), f"results_dir={tmp_path}/results",
+            f"hydra.run.dir={tmp_path}/hydra/run", f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
+
+
+def cli_subprocess(tmp_path, *args):
+    """`python -m projector_bench` in a fresh Python, in `tmp_path`: where the process itself is the subject."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    overrides = [f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run",
-                 f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
-    return subprocess.run([sys.executable, "-m", "projector_bench", *args, *tiny, *overrides],
+    return subprocess.run([sys.executable, "-m", "projector_bench", *_args(tmp_path, args)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path):
+    """`cli(tmp_path, *args)`: the command line in this process (Hydra's `main` as `python -m` runs it), in
+    `tmp_path`, with the TINY settings `args` does not set. `report` is `cli(tmp_path, "report", ...)`."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(folder, *args):
+        monkeypatch.delenv(SWEEP_ENV, raising=False)  # a multirun that stopped early must not name the next run's sweep
+        return in_process(monkeypatch, capsys, list(args) if args[:1] == ("report",) else _args(folder, args))
+
+    return run
 
 
 def rows(tmp_path):
@@ -33,7 +51,7 @@ def rows(tmp_path):
 
 
 def test_single_run_appends_a_complete_row(tmp_path):
-    r = cli(tmp_path, "projector=ldp")
+    r = cli_subprocess(tmp_path, "projector=ldp")  # `python -m projector_bench` itself
     assert r.returncode == 0, r.stderr
     [row] = rows(tmp_path)
     assert row["status"] == "ok" and row["projector"] == "ldp" and row["tokens_in"] == 16 and row["tokens_out"] == 4
@@ -45,7 +63,7 @@ def test_single_run_appends_a_complete_row(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_records_every_design_and_prints_its_table(tmp_path):
+def test_sweep_records_every_design_and_prints_its_table(cli, tmp_path):
     r = cli(tmp_path, "+sweep=ldp_vs_mlp")
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
@@ -59,7 +77,7 @@ def test_sweep_records_every_design_and_prints_its_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
     assert cli(tmp_path, "projector=mlp").returncode == 0
     r = cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15")
     assert r.returncode == 1 and "1 of 2 jobs failed" in r.stderr
@@ -91,7 +109,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
      "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
 ])
-def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message, code):
+def test_bad_input_is_one_line_and_a_non_zero_exit(cli, tmp_path, args, message, code):
     r = cli(tmp_path, *args)
     assert r.returncode == code, r.stderr
     assert r.returncode == code
@@ -101,14 +119,14 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message, code
 
 
 @pytest.mark.slow
-def test_sweeps_are_told_apart_and_glob_sweeps_work(tmp_path):
+def test_sweeps_are_told_apart_and_glob_sweeps_work(cli, tmp_path):
     assert cli(tmp_path, "-m", "projector=ldp,mlp", "shape.tokens=15").returncode == 1
     r = cli(tmp_path, "-m", "projector=glob(linear*)")  # same sweep dir as the failed sweep
     assert r.returncode == 0, r.stderr
     assert "linear_int8" in r.stdout and "ldp" not in r.stdout and len(rows(tmp_path)) == 4
 
 
-def test_thread_count_does_not_leak_between_jobs(tmp_path):
+def test_thread_count_does_not_leak_between_jobs(cli, tmp_path):
     r = cli(tmp_path, "-m", "device.threads=1,null")
     assert r.returncode == 0, r.stderr
     one, default = rows(tmp_path)
@@ -122,7 +140,7 @@ ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accura
 
 
 @pytest.mark.slow
-def test_mobilevit_variants_sweep_end_to_end(tmp_path):
+def test_mobilevit_variants_sweep_end_to_end(cli, tmp_path):
     r = cli(tmp_path, "+sweep=mobilevit_variants", "encoder=mobilevit_xxs,mobilevitv2_050",
             "encoder.weights=random", *ACC_TINY)
     assert r.returncode == 0, r.stderr
@@ -135,21 +153,15 @@ def test_mobilevit_variants_sweep_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_training_fails_its_row_and_keeps_its_costs(tmp_path):
+def test_a_diverging_training_fails_its_row_and_keeps_its_costs(cli, tmp_path):
     r = cli(tmp_path, "-m", "projector=mlp,linear", "accuracy.training.lr=1e30", *ACC_TINY)
     assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr
     for g in rows(tmp_path):
         assert g["status"] == "failed" and g["error"].startswith("DivergedError: training diverged") and g["macs"] > 0
 
 
-def report(tmp_path, *args):
-    env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", "projector_bench", "report", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and_budget(tmp_path):
+def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and_budget(cli, tmp_path):
     r = cli(tmp_path, "-m", "projector=mlp,ldp", "device=snapdragon888_cpu")
     assert r.returncode == 0, r.stderr
     reports = list((tmp_path / "reports").glob("report-*.html"))
@@ -159,7 +171,7 @@ def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and
     for g in rows(tmp_path):
         assert g["device"] == "snapdragon888_cpu" and g["e2e_encoder"] == "vit_large_patch14_clip_336"
         assert g["est_ttft_ms"] == pytest.approx(g["est_encoder_ms"] + g["est_projector_ms"] + g["est_prefill_ms"])
-    r = report(tmp_path, "results", "device=raspberry_pi5", "budget.latency_ms=1", "reports_dir=other")
+    r = cli(tmp_path, "report", "results", "device=raspberry_pi5", "budget.latency_ms=1", "reports_dir=other")
     assert r.returncode == 0, r.stderr
     [html] = (tmp_path / "other").glob("report-*.html")
     text = html.read_text()
@@ -172,9 +184,9 @@ def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and
     (["results", "budget.latency=gpu"], "budget.latency='gpu' is not one of: ttft, vision, projector"),
     (["results", "device=phone"], "unknown device 'phone'; choose one of:"),
 ])
-def test_report_errors_are_one_line(tmp_path, args, message):
+def test_report_errors_are_one_line(cli, tmp_path, args, message):
     assert cli(tmp_path, "projector=linear").returncode == 0
-    r = report(tmp_path, *args)
+    r = cli(tmp_path, "report", *args)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1 and message in errors[0], r.stderr
     assert "Traceback" not in r.stderr and len(rows(tmp_path)) == 1

@@ -1,13 +1,13 @@
 """Hostile input, in-process: every case exits non-zero with exactly one `error:` line that names the problem,
 prints no traceback, and leaves the results table as it was (apart from rows appended whole)."""
 import json
-import logging
-import sys
 
 import pytest
 
 from projector_bench import cli
 from projector_bench.tasks.classify import write_image_folder
+
+from .conftest import in_process
 
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1",
         "task=none", "quiet=true", "report=false"]
@@ -66,18 +66,8 @@ def run_cli(monkeypatch, capsys, tmp_path, args):
     extra = [] if report else [*TINY, f"results_dir={tmp_path}/results", f"reports_dir={tmp_path}/reports",
                                f"hydra.run.dir={tmp_path}/hydra/run", f"hydra.sweep.dir={tmp_path}/hydra/multirun"]
     keys = {a.split("=")[0] for a in args}
-    extra = [e for e in extra if e.split("=")[0] not in keys]
-    for h in logging.root.handlers[:]:  # Hydra's job logging of an earlier case writes to an old captured stream
-        logging.root.removeHandler(h)
-    monkeypatch.setattr(sys, "argv", ["projector_bench", *args, *extra])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    r = in_process(monkeypatch, capsys, [*args, *(e for e in extra if e.split("=")[0] not in keys)])
+    return r.returncode, r.stdout, r.stderr
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ def _run_chromium(tmp_path, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.browser
 def test_chromium_loads_every_plot(report, tmp_path):
     path, _ = report
     dom = _run_chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
@@ -100,6 +101,7 @@ def test_chromium_loads_every_plot(report, tmp_path):
     assert 'id="results-table"' in dom and 'id="recommendations"' in dom
 
 
+@pytest.mark.browser
 def test_chromium_screenshot_is_not_blank(report, tmp_path):
     from PIL import Image
 

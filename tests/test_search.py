@@ -202,6 +202,7 @@ def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(t
                for g in got)  # at least one variant timm does not name
 
 
+@pytest.mark.slow
 def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path):
     # they race to create the schema (alembic_version: UNIQUE constraint failed); the loser retries
     code = "import sys; from projector_bench.studies import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
