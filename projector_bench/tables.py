@@ -16,7 +16,7 @@ def summary(df) -> str:
             view[col] = view[col] / scale
             view = view.rename(columns={col: name})
     if "error" in view:
-        view["error"] = view["error"].fillna("")
+        view["error"] = view["error"].astype(object).fillna("")
     return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 

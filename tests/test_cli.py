@@ -5,7 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from projector_bench import create_projector
+from projector_bench.measure import count_flops, count_params
 from projector_bench.results import unknown_columns
 from projector_bench.settings import SWEEP_ENV, config_dir
 
@@ -55,8 +58,11 @@ def test_single_run_appends_a_complete_row(tmp_path):
     assert r.returncode == 0, r.stderr
     [row] = rows(tmp_path)
     assert row["status"] == "ok" and row["projector"] == "ldp" and row["tokens_in"] == 16 and row["tokens_out"] == 4
-    assert row["params"] > 0 and row["flops"] == 2 * row["macs"] and row["uncounted_ops"] == {}
-    assert row["latency_ms"] > 0 and row["latency_iqr_ms"] >= 0 and row["peak_mem_mb"] > 0 and row["size_mb"] > 0
+    ldp = create_projector("ldp", 8, 12)  # TINY: 16 tokens of 8 -> 12, batch 1
+    assert row["params"] == count_params(ldp) and row["macs"] == count_flops(ldp, torch.randn(1, 16, 8)).macs
+    assert row["flops"] == 2 * row["macs"] and row["uncounted_ops"] == {}
+    assert 4 * row["params"] / 1e6 <= row["size_mb"] <= 4 * row["params"] / 1e6 + 0.05  # fp32 weights + the file's framing
+    assert row["latency_ms"] > 0 and row["latency_iqr_ms"] >= 0 and row["peak_mem_mb"] > 0
     assert row["threads"] >= 1 and row["batch"] == 1
     assert row["config"]["projector"]["name"] == "ldp" and row["env_torch"] and row["env_cpu"] and row["timestamp"]
     assert "ldp" in r.stdout  # the row is printed

@@ -92,7 +92,9 @@ def test_a_device_without_its_figures_is_a_one_line_error():
 
 def test_host_calibration_measures_every_roof():
     host = calibrate_host(threads=1)
-    assert host.kind == "host" and min(host.peak_gflops.values()) > 0 and host.memory_gbps > 0
+    # in the units the roofline divides by: GFLOP/s and GB/s (not FLOP/s or bytes/s), µs per op
+    assert host.kind == "host" and 1 < host.peak_gflops["fp32"] < 5000 and 0.5 < host.memory_gbps < 2000
+    assert host.peak_gflops["fp16"] >= host.peak_gflops["fp32"] and 0.01 < host.op_overhead_us < 1000
     assert set(host.kind_gflops) == {"conv", "depthwise_conv", "attention", "elementwise", "reduction"}
 
 
