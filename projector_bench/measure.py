@@ -45,7 +45,9 @@ _ELEMENTWISE = [
     "sigmoid", "sigmoid_", "tanh", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "softmax",
 ]
 _REDUCTIONS = ["mean", "sum"]  # one op per input element
-_FREE = ["expand_as", "unflatten", "pad"]  # data movement, like fvcore's own ignore list
+_FREE = ["expand_as", "unflatten", "pad", "repeat"]  # data movement, like fvcore's own ignore list
+# resampling (a position embedding to another grid): taps per output element, as fvcore counts bilinear (4)
+_INTERPOLATE = {"upsample_bicubic2d": 16, "_upsample_bicubic2d_aa": 16, "_upsample_bilinear2d_aa": 4}
 
 
 def _sdpa_handle(inputs: list[Any], outputs: list[Any]) -> Counter:
@@ -61,6 +63,7 @@ def _handles() -> dict[str, Any]:
     h |= {f"aten::{n}": elementwise_flop_counter(0, 1) for n in _ELEMENTWISE}
     h |= {f"aten::{n}": elementwise_flop_counter(1, 0) for n in _REDUCTIONS}
     h |= {f"aten::{n}": None for n in _FREE}
+    h |= {f"aten::{n}": elementwise_flop_counter(0, taps) for n, taps in _INTERPOLATE.items()}
     return h
 
 

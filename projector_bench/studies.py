@@ -21,7 +21,7 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
     if not spec:
         Path(results_dir).mkdir(parents=True, exist_ok=True)
         spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(5):
         try:
@@ -29,8 +29,10 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
                                               heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                                               engine_kwargs={"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None)
         except Exception as e:  # SQLAlchemy's own errors (bad URL, missing driver, unreachable server)
-            if isinstance(e, IntegrityError | OperationalError) and attempt < 4:  # workers started together race
-                time.sleep(0.5 + random.random())  # to create the schema: the loser opens it once it exists
+            race = isinstance(e, IntegrityError | OperationalError) or (  # workers started together race to create
+                isinstance(e, ProgrammingError) and "already exists" in str(e))  # the schema (PostgreSQL: DuplicateTable)
+            if race and attempt < 4:
+                time.sleep(0.5 + random.random())  # the loser opens it once it exists
                 continue
             raise ConfigError(f"search.storage {spec!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
                               "use null (SQLite), a SQLAlchemy URL or journal:PATH") from None

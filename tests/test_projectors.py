@@ -6,6 +6,7 @@ from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidual
 
 from projector_bench import ConfigError, create_projector, list_projectors
+from projector_bench.measure import count_params
 from projector_bench.projectors.ldp_seed import LDP as SeedLDP
 
 DESIGNS = list_projectors()
@@ -18,6 +19,12 @@ IN, OUT = 24, 32  # tiny dims: the whole zoo runs in seconds
 def test_contract_shapes_and_token_counts(name, grid):
     p = create_projector(name, IN, OUT).eval()
     x = torch.randn(2, grid[0] * grid[1], IN)
+    if grid[0] % p.grid_multiple or grid[1] % p.grid_multiple:  # space-to-depth and region attention need whole cells
+        with pytest.raises(ConfigError, match=f"divisible by {p.grid_multiple}"):
+            p(x, grid)
+        with pytest.raises(ConfigError, match=f"divisible by {p.grid_multiple}"):
+            p.num_tokens_out(grid)  # what the config check calls before any job
+        return
     with torch.inference_mode():
         y = p(x, grid)
     assert y.shape == (2, p.num_tokens_out(grid), OUT)
@@ -149,3 +156,61 @@ def test_ldpv2_reduce_keeps_the_same_token_ratio_on_any_grid(reduce, side24, sid
 def test_ldpv2_reduce_must_be_positive():
     with pytest.raises(ConfigError, match="ldpv2 reduce must be positive"):
         create_projector("ldpv2", 8, 16, reduce=0)
+
+
+# The compressors open VLMs ship (issue 13): exact sizes at each reference's configuration, 576 tokens of 1024 -> 2048.
+@pytest.mark.parametrize("name,kwargs,part,expected", [
+    ("c_abstractor", {"num_queries": 144}, None, 22_713_856),   # Honeybee: hidden 1024, depth 3, mlp_depth 2, pos_emb
+    ("c_abstractor", {"num_queries": 64}, None, 22_713_856),    # the pool has no weights
+    ("resampler", {}, "resampler", 63_019_008),                 # OpenFlamingo: depth 6, 8 x 64 heads, 64 latents, ff 4
+    ("pixel_shuffle", {"scale": 0.5}, None, 12_595_200),        # InternVL: LayerNorm(4096), 4096 -> 2048 -> 2048
+    ("pixel_shuffle", {"scale": 0.5, "norm": False, "depth": 1, "bias": False}, None, 4096 * 2048),  # Idefics3
+    ("tokenpacker", {}, None, 15_747_072),                      # single-level: k/v projections from 1024, not 4 x 1024
+    ("avgpool_mlp", {}, None, 6_295_552),                       # mlp2x_gelu's
+])
+def test_compressors_have_their_reference_sizes(name, kwargs, part, expected):
+    p = create_projector(name, 1024, 2048, **kwargs)
+    assert count_params(getattr(p, part) if part else p) == expected
+
+
+@pytest.mark.parametrize("name,kwargs,tokens", [
+    ("c_abstractor", {"num_queries": 144}, 144), ("c_abstractor", {"num_queries": 64}, 64),
+    ("resampler", {}, 64), ("resampler", {"num_latents": 144}, 144),
+    ("pixel_shuffle", {"scale": 0.5}, 144), ("pixel_shuffle", {"scale": 0.3333}, 64), ("pixel_shuffle", {"scale": 0.25}, 36),
+    ("tokenpacker", {"scale_factor": 2}, 144), ("tokenpacker", {"scale_factor": 3}, 64),
+    ("avgpool_mlp", {"pool": [12, 12]}, 144), ("avgpool_mlp", {"pool": [8, 8], "mode": "bilinear"}, 64),
+])
+def test_compressors_reach_the_token_budgets(name, kwargs, tokens):
+    p = create_projector(name, 32, 48, **kwargs).eval()
+    assert p.num_tokens_out((24, 24)) == tokens
+    with torch.inference_mode():
+        assert p(torch.randn(1, 576, 32)).shape == (1, tokens, 48)
+
+
+def test_reference_module_names_so_their_state_dicts_load():
+    c = create_projector("c_abstractor", 16, 24, hidden=16)
+    assert {"pos_emb", "net.0.b1.conv1.conv.weight", "net.2.b3.conv3.conv.weight", "readout.0.weight", "readout.2.weight"} <= set(c.state_dict())
+    r = create_projector("resampler", 16, 24, depth=2, heads=2, dim_head=8)
+    assert {"latents", "layers.1.0.to_kv.weight", "layers.1.0.norm_media.weight", "layers.1.1.3.weight", "norm.weight"} <= set(r.resampler.state_dict())
+    t = create_projector("tokenpacker", 16, 24)
+    assert {"q_proj_1.weight", "k_proj_1.2.weight", "ln_v_1.weight", "clip_attn.in_proj_weight", "mlp.2.weight"} <= set(t.state_dict())
+
+
+def test_pixel_shuffle_folds_neighbours_in_internvls_order():
+    from projector_bench.projectors.pixel_shuffle import pixel_shuffle
+
+    x = torch.arange(4 * 4 * 2).reshape(1, 16, 2)  # token (i, j) holds channels [2(4i+j), 2(4i+j)+1]
+    out = pixel_shuffle(x, (4, 4), 2)
+    # InternVL (ps_version v2) folds neighbouring columns first, then rows: the first output token is the
+    # top-left 2x2 block with the channels of (0,0), (0,1), (1,0), (1,1) in turn
+    assert out.shape == (1, 4, 8) and out[0, 0].tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+def test_tokenpacker_queries_see_only_their_own_region():
+    p = create_projector("tokenpacker", 8, 12).eval()
+    x = torch.randn(1, 36, 8)
+    y = x.clone()
+    y[0, 35] += 5.0  # the bottom-right token: in the last 2x2 region only
+    with torch.inference_mode():
+        changed = (p(x, (6, 6)) - p(y, (6, 6))).abs().amax(-1)[0]
+    assert changed[-1] > 0 and torch.all(changed[:-1] == 0)

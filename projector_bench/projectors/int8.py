@@ -33,7 +33,7 @@ class Int8Projector(Projector):
         self.float_twin = float_twin
         if not any(isinstance(m, nn.Linear) for m in base.modules()):
             raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; pick a design with one, e.g. mlp")
-        self.needs_grid = base.needs_grid
+        self.needs_grid, self.grid_multiple = base.needs_grid, base.grid_multiple
         self.model = quantize_linear_int8(base).requires_grad_(False)
 
     def num_tokens_out(self, grid: Grid) -> int:
@@ -49,5 +49,6 @@ def int8(in_dim: int, out_dim: int, base: str = "mlp", **kwargs) -> Int8Projecto
     return Int8Projector(create_projector(base, in_dim, out_dim, **kwargs), (base, kwargs))
 
 
-for _base in ("linear", "mlp", "bottleneck_transformer", "ldp", "ldpv2"):
+for _base in ("linear", "mlp", "bottleneck_transformer", "ldp", "ldpv2", "c_abstractor", "resampler", "pixel_shuffle",
+              "tokenpacker", "avgpool_mlp"):
     register_projector(partial(int8, base=_base), name=f"{_base}_int8")
