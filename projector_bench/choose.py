@@ -1,4 +1,5 @@
-"""From the results table to a decision: end-to-end estimates on a device, Pareto fronts, a budget's pick.
+"""From the results table to a decision: end-to-end estimates on a device, Pareto fronts, a budget's pick
+(docs/devices.md).
 
     df = load_results("results")
     df = add_estimates(df, device)                       # est_encoder/projector/prefill/ttft_ms, est_decode_tok_s

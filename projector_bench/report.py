@@ -1,4 +1,5 @@
-"""One self-contained HTML report of a sweep: recommendation, results table, plots, provenance.
+"""One self-contained HTML report of a sweep: recommendation, results table, plots, provenance (rendering
+only: `choose.analyse` decides what it shows; docs/devices.md).
 
 `write_report(df, out_dir, ...)` writes `out_dir/report-<YYYYmmdd-HHMMSS>.html`. Plots are embedded as
 base64 PNGs and nothing is loaded from the network. Every string (design names, errors, configs) goes

@@ -1,4 +1,4 @@
-"""The results table: one JSON line per measurement in `results/runs.jsonl`.
+"""The results table: one JSON line per measurement in `results/runs.jsonl`; its columns: `COLUMNS`.
 
 Load everything with one pandas call: `pd.read_json("results/runs.jsonl", lines=True)`.
 Each append rewrites the file to a temporary sibling and renames it over the original under an

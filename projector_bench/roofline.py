@@ -1,4 +1,4 @@
-"""Latency on a device from each op's work and bytes moved: a per-op roofline.
+"""Latency on a device from each op's work and bytes moved: a per-op roofline (docs/devices.md).
 
 `trace_ops(module, *inputs)` runs the module once under a `TorchDispatchMode` and records every aten op
 as (kind, dtype, flops, bytes). Shapes are all it needs, so a large model can be traced on the `meta`
