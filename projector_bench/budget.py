@@ -3,6 +3,7 @@ only the package's errors, so the config check and every layer above can use it.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,8 @@ LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector"
 
 
 def missing(x: Any) -> bool:
-    """None or NaN."""
-    return x is None or (isinstance(x, float) and math.isnan(x))
+    """None or NaN (a Python or NumPy float)."""
+    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isnan(x))
 
 
 @dataclass(frozen=True)

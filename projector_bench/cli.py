@@ -1,6 +1,6 @@
 """The command line: `python -m projector_bench [overrides]` measures designs as Hydra composes them from
 `conf/`; `python -m projector_bench report` writes the HTML report of recorded rows. Also the Hydra callback
-that gives a multirun its id and prints its tables at the end. The top layer: nothing imports it.
+that gives a multirun its id and prints its tables at the end. The top layer: only `__main__` imports it.
 
     python -m projector_bench +sweep=ldp_vs_mlp          # the MobileVLM-shape sweep
     python -m projector_bench projector=ldp projector.out_dim=2560
@@ -27,10 +27,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import ConfigError
-from .report import build_report, report_at_end
 from .results import load_results
 from .runner import run
-from .search import front_table, run_search
 from .settings import GROUPS, SWEEP_ENV, config_dir, group_choices
 from .tables import accuracy_table, summary
 from .validate import job_configs, validate
@@ -66,6 +64,9 @@ def _main(cfg: DictConfig) -> None:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
     if cfg.get("search"):
+        from .report import report_at_end  # imported when used: optuna, matplotlib and seaborn take seconds
+        from .search import front_table, run_search
+
         before = load_results(cfg.results_dir)
         seen = set(before["run_id"]) if "run_id" in before else set()
         try:
@@ -87,8 +88,9 @@ def _main(cfg: DictConfig) -> None:
         return
     try:
         row = run(cfg)
-    except ConfigError as e:  # the row could not be written: say so in one line
+    except ConfigError as e:  # the row could not be written: say so in one line (and end the sweep, if one)
         print(f"error: {e}", file=sys.stderr)
+        os.environ.pop(SWEEP_ENV, None)  # Hydra will not reach on_multirun_end, which would pop it
         raise SystemExit(1) from None
     if multirun:
         return  # PrintSweepTable prints the sweep's table at the end
@@ -104,6 +106,8 @@ def _main(cfg: DictConfig) -> None:
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
+    from .report import build_report
+
     ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
     ap.add_argument("--sweep", default="last", help="the sweep id to report, `last` (default) or `all`")
@@ -179,6 +183,8 @@ class PrintSweepTable(Callback):
             if acc := accuracy_table(df):
                 print(acc)
             if config.get("report"):
+                from .report import report_at_end
+
                 report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import numbers
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ import seaborn as sns
 from jinja2 import Environment
 from matplotlib.ticker import FuncFormatter
 
-from .budget import si
+from .budget import missing, si
 from .choose import analyse, design_label
 from .studies import load_studies
 
@@ -91,12 +90,8 @@ window.addEventListener("load", function () {
 """
 
 
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, numbers.Number) and math.isnan(x))
-
-
 def _fmt(x: Any, digits: int = 1, scale: float = 1.0) -> str:
-    if _missing(x):
+    if missing(x):
         return ""
     if isinstance(x, numbers.Number) and not isinstance(x, bool):
         return f"{x / scale:,.{digits}f}"
@@ -136,7 +131,7 @@ def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, 
 def _accuracy_by_type_plot(ok: pd.DataFrame) -> str | None:
     long = [{"design": r["design"], "type": str(t), "accuracy": a}
             for _, r in ok.iterrows() if isinstance(r.get("accuracy_by_type"), dict)
-            for t, a in r["accuracy_by_type"].items() if not _missing(a)]
+            for t, a in r["accuracy_by_type"].items() if not missing(a)]
     if not long:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -201,13 +196,13 @@ def _table_rows(df: pd.DataFrame) -> list[dict]:
     rows = []
     for _, r in df.iterrows():
         acc = _fmt(r.get("accuracy"))
-        if acc and not _missing(r.get("accuracy_ci_low")) and not _missing(r.get("accuracy_ci_high")):
+        if acc and not missing(r.get("accuracy_ci_low")) and not missing(r.get("accuracy_ci_high")):
             acc += f" [{_fmt(r['accuracy_ci_low'])}, {_fmt(r['accuracy_ci_high'])}]"
         failed = r.get("status") != "ok"
         cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
                  _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
                  _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_decode_tok_s"), 1), _fmt(r.get("peak_mem_mb"), 1),
-                 acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not _missing(r.get(w)))]
+                 acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not missing(r.get(w)))]
         rows.append({"css": "failed" if failed else "", "cells": cells})
     return rows
 
@@ -218,10 +213,10 @@ def _validation(validation: dict | None) -> dict | None:
     rows = []
     for name, v in validation.get("per_design", {}).items():
         m, e = v.get("measured_ms"), v.get("estimated_ms")
-        err = f"{(e - m) / m:+.0%}" if not (_missing(m) or _missing(e) or m == 0) else ""
+        err = f"{(e - m) / m:+.0%}" if not (missing(m) or missing(e) or m == 0) else ""
         rows.append((name, _fmt(m, 2), _fmt(e, 2), err))
     med = validation.get("median_abs_error")  # a fraction: 0.12 is 12 %
-    return {"median": "n/a" if _missing(med) else f"{med:.1%}", "rows": rows}
+    return {"median": "n/a" if missing(med) else f"{med:.1%}", "rows": rows}
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,

@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
+from .budget import missing
 from .env import code_hash, cpu_model
 from .errors import ConfigError
 from .lm import LanguageModel
@@ -206,7 +207,6 @@ def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
             log.warning("host cache %s: the entry for this machine could not be read (%s); re-measuring it", path, e)
     dev = _calibrated(threads)
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
         saved = read_json_cache(path)
         saved[key] = asdict(dev)
         write_json_cache(path, saved)
@@ -266,10 +266,8 @@ def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> d
     out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
     out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(int(row["tokens_out"]) + lm.prompt_tokens))
     # what `budget.params` and `budget.memory_mb` bound: the projector, plus the encoder when one was measured
-    out["design_params"] = row.get("params", math.nan) + _or0(row.get("encoder_params"))
-    out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + _or0(row.get("encoder_peak_mem_mb"))
+    enc_params, enc_mem = row.get("encoder_params"), row.get("encoder_peak_mem_mb")
+    out["design_params"] = row.get("params", math.nan) + (0.0 if missing(enc_params) else enc_params)
+    out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + (0.0 if missing(enc_mem) else enc_mem)
     return out
 
-
-def _or0(x: Any) -> float:
-    return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -155,9 +155,10 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
         "job_overrides": overrides,
     } | (extra or {})
-    threads = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
+    threads = used = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
     try:
         with torch_threads(threads):
+            used = torch.get_num_threads()  # what the job's kernels ran with (the row's `threads`)
             row |= measure(cfg)
             row |= _load(threads)
             row |= estimates(cfg, row)
@@ -168,7 +169,7 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
         first = str(e).splitlines()[0] if str(e) else ""
         row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
         log.debug("job failed", exc_info=True)
-    row |= environment() | {"threads": threads, "config": OmegaConf.to_container(cfg, resolve=True)}
+    row |= environment() | {"threads": used, "config": OmegaConf.to_container(cfg, resolve=True)}
     if record:
         try:
             append_row(cfg.results_dir, row)

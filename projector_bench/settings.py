@@ -20,8 +20,8 @@ def config_dir() -> Path:
 
 
 def group_choices(group: str) -> list[str]:
-    """The options of a config group: its `conf/<group>/*.yaml` files, without the shared `_*.yaml` bases."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml") if not p.stem.startswith("_"))
+    """The options of a config group: its `conf/<group>/*.yaml` files (shared bases live in `conf/shared/`)."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
 def host_cache() -> Path:

@@ -28,7 +28,8 @@ def torch_threads(threads: int) -> Iterator[None]:
 def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], None], mode: int | None = None) -> None:
     """Replace `path` by `data` (text, bytes, or a function that writes a given temporary path) in one rename:
     a reader sees the old file or the new one, never half of one. The temporary file is per process (workers
-    may write the same path at once) and synced before the rename; `mode` sets its permission bits."""
+    may write the same path at once); text and bytes are synced to disk before the rename; `mode` sets its
+    permission bits."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

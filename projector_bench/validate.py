@@ -111,8 +111,28 @@ def _check_grid(cfg: DictConfig) -> None:
                           f"(stride {reduction}); use encoder.img_size >= {2 * reduction}")
     proj = create_projector(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim,
                             **projector_kwargs(cfg.projector))
-    if getattr(proj, "needs_grid", False) and proj.num_tokens_out((side, side)) < 1:
-        raise ConfigError(f"projector {cfg.projector.name} makes no token from a {side}x{side} grid; use a larger encoder.img_size")
+    _check_tokens(proj, cfg.projector.name, side, "encoder.img_size")
+
+
+def _check_tokens(proj: Any, name: str, side: int, knob: str) -> None:
+    """`proj` must make at least one token from a side×side grid (and accept the grid at all)."""
+    if getattr(proj, "needs_grid", False) and proj.num_tokens_out((side, side)) < 1:  # may raise its own ConfigError
+        raise ConfigError(f"projector {name} makes no token from a {side}x{side} grid; use a larger {knob}")
+
+
+def _check_accuracy_grid(cfg: DictConfig) -> None:
+    """With a task, the projector is also trained on the accuracy encoder's grid (task images at its stage):
+    it must accept that grid too, before any cost is measured."""
+    a, img = cfg.accuracy.encoder, cfg.task.get("img_size")
+    if not cfg.task.get("_target_") or not isinstance(img, int) or not a.get("name"):
+        return
+    reduction, channels = _encoder_shape(a.name, a.stage, Variant.from_config(a))
+    side = img // reduction
+    proj = create_projector(cfg.projector.name, channels, cfg.accuracy.training.width, **projector_kwargs(cfg.projector))
+    try:
+        _check_tokens(proj, cfg.projector.name, side, "task.img_size")
+    except ConfigError as e:
+        raise ConfigError(f"on the accuracy grid ({side}x{side}: task.img_size={img} at stage {a.stage} of {a.name}): {e}") from None
 
 
 def _check_search(cfg: DictConfig) -> None:
@@ -135,6 +155,8 @@ def validate(cfg: DictConfig) -> None:
     Budget.from_config(cfg.budget)  # budget.latency: one of the latency columns
     if "encoder" in cfg and "projector" in cfg:
         _check_grid(cfg)
+    if "accuracy" in cfg and "projector" in cfg:
+        _check_accuracy_grid(cfg)
     if cfg.get("search"):
         _check_search(cfg)
 

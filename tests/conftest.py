@@ -14,7 +14,7 @@ import torch
 from projector_bench import cli
 from projector_bench.env import code_hash, cpu_model
 from projector_bench.roofline import Device
-from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS
+from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 
@@ -45,9 +45,11 @@ def _host_cache(tmp_path_factory):
 
 
 def in_process(monkeypatch, capsys, args: list[str]) -> subprocess.CompletedProcess:
-    """`python -m projector_bench ARGS`, run by `cli.main()` in this process: its exit code and output."""
-    for h in logging.root.handlers[:]:  # Hydra's job logging of an earlier run writes to an old captured stream
-        logging.root.removeHandler(h)
+    """`python -m projector_bench ARGS`, run by `cli.main()` in this process: its exit code and output. What a
+    run leaves behind in the process (a multirun's sweep id, Hydra's log handlers and level, torch's thread
+    count) is put back, so the next test starts as a fresh process would."""
+    root, handlers, level, threads = logging.root, logging.root.handlers[:], logging.root.level, torch.get_num_threads()
+    os.environ.pop(SWEEP_ENV, None)
     monkeypatch.setattr(sys, "argv", ["projector_bench", *args])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     code = 0
@@ -55,5 +57,15 @@ def in_process(monkeypatch, capsys, args: list[str]) -> subprocess.CompletedProc
         cli.main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.pop(SWEEP_ENV, None)
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
+        leaked = torch.get_num_threads()
+        torch.set_num_threads(threads)
     out, err = capsys.readouterr()
+    assert leaked == threads, f"the run left torch at {leaked} threads (was {threads})"
     return subprocess.CompletedProcess(["projector_bench", *args], code, out, err)

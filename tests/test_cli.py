@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from projector_bench import create_projector
+from projector_bench import accuracy, create_projector
 from projector_bench.measure import count_flops, count_params
 from projector_bench.results import unknown_columns
-from projector_bench.settings import SWEEP_ENV, config_dir
+from projector_bench.settings import DEFAULT_THREADS, config_dir
 
 from .conftest import in_process
 
@@ -38,7 +38,6 @@ def cli(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
 
     def run(folder, *args):
-        monkeypatch.delenv(SWEEP_ENV, raising=False)  # a multirun that stopped early must not name the next run's sweep
         return in_process(monkeypatch, capsys, list(args) if args[:1] == ("report",) else _args(folder, args))
 
     return run
@@ -135,8 +134,8 @@ def test_sweeps_are_told_apart_and_glob_sweeps_work(cli, tmp_path):
 def test_thread_count_does_not_leak_between_jobs(cli, tmp_path):
     r = cli(tmp_path, "-m", "device.threads=1,null")
     assert r.returncode == 0, r.stderr
-    one, default = rows(tmp_path)
-    assert one["threads"] == 1 and default["threads"] == os.cpu_count()
+    one, default = rows(tmp_path)  # and `in_process` checks that torch's count is back to what it was
+    assert one["threads"] == 1 and default["threads"] == DEFAULT_THREADS
 
 
 ACC_TINY = ["task=shapes_vqa", "task.num_images=60", "task.img_size=32", "accuracy.encoder_training.min_steps=2",
@@ -159,9 +158,18 @@ def test_mobilevit_variants_sweep_end_to_end(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_diverging_training_fails_its_row_and_keeps_its_costs(cli, tmp_path):
+def test_a_diverging_training_fails_its_row_and_keeps_its_costs(cli, tmp_path, monkeypatch):
+    # divergence itself is detected by `fit` (tests/test_accuracy.py); here, what the job and the sweep do with it
+    real_fit = accuracy.fit
+
+    def diverged(model, loss_on, validate, batches, t, lr, label, quiet):
+        if label.startswith("encoder"):  # the encoder's own training (shared by every design) goes as usual
+            return real_fit(model, loss_on, validate, batches, t, lr, label, quiet)
+        raise accuracy.DivergedError(f"training diverged: loss is nan at step 1 (lr={lr:g}); lower accuracy.training.lr")
+
+    monkeypatch.setattr(accuracy, "fit", diverged)
     r = cli(tmp_path, "-m", "projector=mlp,linear", "accuracy.training.lr=1e30", *ACC_TINY)
-    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr
+    assert r.returncode == 1 and "2 of 2 jobs failed" in r.stderr, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     for g in rows(tmp_path):
         assert g["status"] == "failed" and g["error"].startswith("DivergedError: training diverged") and g["macs"] > 0
 

@@ -78,11 +78,11 @@ def test_mobilevit_variants_sweep_measures_costs_where_accuracy_is_taken():
 
 
 def test_shared_keys_are_written_once():
-    """Encoder options set only their name over `encoder/_timm.yaml`; an int8 twin only its name over its float
+    """Encoder options set only their name over `shared/encoder.yaml`; an int8 twin only its name over its float
     design; the encoder-to-accuracy coupling is one file that the sweep and the search include."""
     for name in options("encoder"):
         spec = OmegaConf.load(CONF / "encoder" / f"{name}.yaml")
-        assert list(spec.defaults) == ["_timm", "_self_"] and set(spec) == {"defaults", "name"}, name
+        assert list(spec.defaults) == ["/shared/encoder@_here_", "_self_"] and set(spec) == {"defaults", "name"}, name
     for name in [o for o in options("projector") if o.endswith("_int8")]:
         spec = OmegaConf.load(CONF / "projector" / f"{name}.yaml")
         assert list(spec.defaults) == [name.removesuffix("_int8"), "_self_"] and set(spec) == {"defaults", "name"}, name

@@ -8,7 +8,7 @@ import yaml
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.settings import config_dir
+from projector_bench.settings import config_dir, group_choices
 from projector_bench.budget import Budget
 from projector_bench.choose import add_estimates, pareto_mask, recommend
 from projector_bench.ops import totals
@@ -17,7 +17,7 @@ from projector_bench.lm import LanguageModel
 from projector_bench.measure import MATMUL_OPS, count_flops
 from projector_bench.roofline import Device, calibrate_host, device_from_config, estimate_row, trace_ops, trace_timm_on_meta
 
-TARGETS = sorted(p.stem for p in (config_dir() / "device").glob("*.yaml") if p.stem != "host")
+TARGETS = [d for d in group_choices("device") if d != "host"]
 
 
 def matmul_flops(ops) -> int:
@@ -57,10 +57,12 @@ def test_every_design_traces_the_macs_that_count_flops_counts(name):
     ops = trace_ops(p, x)
     fc = count_flops(p, x)
     assert matmul_flops(ops) == pytest.approx(2 * fc.matmul_macs, rel=1e-6)
-    # the rest may differ only by the two conventions for cheap ops (fvcore: a norm is 5 MACs an element, an
-    # activation 1 MAC; the roofline: 1 op an element), so by at most what those ops count
-    cheap = 2 * sum(v for k, v in fc.by_op.items() if k not in MATMUL_OPS)
-    assert abs(totals(ops)["flops"] - fc.flops) <= cheap
+    # the rest differs only by the conventions for cheap ops: fvcore counts a norm as 5 MACs an element (10
+    # flops) and an activation as 1 MAC (2 flops), the roofline 1 op an element; so the roofline's cheap ops are
+    # between a tenth of fvcore's and all of them
+    cheap_fc = 2 * sum(v for k, v in fc.by_op.items() if k not in MATMUL_OPS)
+    cheap_roof = totals(ops)["flops"] - matmul_flops(ops)
+    assert 0.1 * cheap_fc <= cheap_roof <= cheap_fc
     dtypes = {op[1] for op in ops if op[0] == "matmul"}
     assert ("int8" in dtypes) if name.endswith("_int8") else (dtypes <= {"fp32"})
 

@@ -41,7 +41,6 @@ class Projector(nn.Module):
     """Base class: subclasses set `needs_grid` and implement `project` and `num_tokens_out`."""
 
     needs_grid: bool = False
-    grid_multiple: int = 1  # the grid's sides must be multiples of this (space-to-depth, region attention)
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()

@@ -33,7 +33,7 @@ class Int8Projector(Projector):
         self.float_twin = float_twin
         if not any(isinstance(m, nn.Linear) for m in base.modules()):
             raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; pick a design with one, e.g. mlp")
-        self.needs_grid, self.grid_multiple = base.needs_grid, base.grid_multiple
+        self.needs_grid = base.needs_grid
         self.model = quantize_linear_int8(base).requires_grad_(False)
 
     def num_tokens_out(self, grid: Grid) -> int:

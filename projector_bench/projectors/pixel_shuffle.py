@@ -37,7 +37,7 @@ class PixelShuffle(Projector):
             raise ConfigError(f"pixel_shuffle scale must be 1/r for an integer r (0.5, 0.3333, 0.25), got {scale!r}")
         if depth not in (1, 2):
             raise ConfigError(f"pixel_shuffle depth must be 1 (one Linear) or 2 (Linear, GELU, Linear), got {depth!r}")
-        self.r = self.grid_multiple = r
+        self.r = r
         wide = in_dim * r * r
         layers: list[nn.Module] = [nn.LayerNorm(wide)] if norm else []
         layers.append(nn.Linear(wide, out_dim, bias=bias))

@@ -38,7 +38,7 @@ class TokenPacker(Projector):
         heads = num_heads or max(1, embed // 128)  # the reference: 1024 // 128 = 8 heads
         if embed % heads:
             raise ConfigError(f"tokenpacker embed_dim={embed} is not a multiple of num_heads={heads}")
-        self.s = self.grid_multiple = scale_factor
+        self.s = scale_factor
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.q_proj_1 = nn.Linear(in_dim, embed, bias=False)
         self.k_proj_1, self.v_proj_1 = _gelu_mlp(in_dim, embed), _gelu_mlp(in_dim, embed)

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from projector_bench.regress import case_names, cases, reference_kernel
+from projector_bench.util import torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 def test_reference_gemm(benchmark):
