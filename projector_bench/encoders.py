@@ -27,11 +27,15 @@ from .projectors.base import Grid
 log = logging.getLogger(__name__)
 
 ENCODER_PATTERN = "mobilevit*"
+# the fast encoders on-device VLMs use since MobileViT (MobileCLIP / FastVLM's FastViT, EfficientViT, MobileNetV4,
+# RepViT, TinyViT), by timm name: built like the MobileViTs, without custom variants
+EFFICIENT = ("fastvit_mci0", "fastvit_t8", "efficientvit_b1", "mobilenetv4_hybrid_medium", "mobilenetv4_conv_small",
+             "repvit_m0_9", "tiny_vit_5m_224")
 
 
 def list_encoders() -> list[str]:
-    """timm's MobileViT variants (v1 and v2)."""
-    return timm.list_models(ENCODER_PATTERN)
+    """timm's MobileViT variants (v1 and v2) and the efficient encoders of `EFFICIENT`."""
+    return sorted({*timm.list_models(ENCODER_PATTERN), *EFFICIENT})
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,9 @@ class TimmEncoder(nn.Module):
         if name not in list_encoders():
             raise ConfigError(f"unknown encoder {name!r}; choose one of: none, {', '.join(list_encoders())}")
         self.variant = variant or Variant()
+        if not self.variant.named and name not in mobilevit_cfgs:
+            raise ConfigError(f"encoder.width, depth and patch_size make MobileViT variants; {name} has only its named "
+                              "form: set them to 1.0, 1.0 and null")
         self.name, self.stage = self.variant.label(name), stage
         pretrained, overlay, self.weights_source = _weights_plan(name, weights, self.variant)
         try:
@@ -180,5 +187,5 @@ class TimmEncoder(nn.Module):
 
 
 def create_encoder(name: str, stage: int = -1, weights: str = "auto", variant: Variant | None = None) -> TimmEncoder:
-    """Build a token-grid encoder from timm's MobileViT family by name (and `variant`)."""
+    """Build a token-grid encoder by timm name (`list_encoders()`; a MobileViT also by `variant`)."""
     return TimmEncoder(name, stage, weights, variant)

@@ -42,7 +42,7 @@ MATMUL_OPS = frozenset({"linear", "matmul", "mm", "addmm", "bmm", "einsum", "con
 
 _ELEMENTWISE = [
     "gelu", "silu", "silu_", "relu", "relu_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
-    "sigmoid", "sigmoid_", "tanh", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "softmax",
+    "sigmoid", "sigmoid_", "tanh", "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "softmax",
 ]
 _REDUCTIONS = ["mean", "sum"]  # one op per input element
 _FREE = ["expand_as", "unflatten", "pad", "repeat"]  # data movement, like fvcore's own ignore list

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .choose import design_label
+
 # Columns printed at the end of a run or sweep (the table holds many more).
 SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
            "latency_iqr_ms", "peak_mem_mb", "size_mb", "est_projector_ms", "est_prefill_ms", "est_ttft_ms",
@@ -27,12 +29,16 @@ def accuracy_table(df) -> str:
         return ""
     rows, learned, judged = {}, set(), set()
     acc = df.dropna(subset=["accuracy_by_type"])
-    for _, r in acc.iterrows():
+    label = design_label(acc)
+    if "acc_encoder" in acc and acc["acc_encoder"].nunique() > 1 and not (acc["acc_encoder"] == acc.get("encoder")).all():
+        # designs told apart by the encoder they trained on, where it is not the encoder already in the label
+        label = label + "@" + acc["acc_encoder"].astype(str)
+    for name, (_, r) in zip(label, acc.iterrows()):
         by_type = r["accuracy_ci_by_type"]
-        rows[r["projector"]] = {"tokens": r["acc_tokens_out"], "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
+        rows[name] = {"tokens": r["acc_tokens_out"], "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
             k: f"{v:.1f} [{by_type[k][0]:.1f}, {by_type[k][1]:.1f}]" for k, v in r["accuracy_by_type"].items()}
         if "converged" in r and isinstance(r["converged"], bool):
-            rows[r["projector"]]["converged"] = "yes" if r["converged"] else "NO"
+            rows[name]["converged"] = "yes" if r["converged"] else "NO"
         majority = r.get("majority_by_type")
         if isinstance(majority, dict):
             learned |= {k for k in by_type if by_type[k][0] > majority[k]}

@@ -105,7 +105,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
     (["shape.grid=[3,5]"], "grid 3x5 holds 15 tokens but the input has 16", 1),
     (["shape.grid=[3]"], "grid must be a pair [h, w]", 1),
     (["device.threads=-1"], "device.threads=-1 is not valid: it must be a positive integer or null", 2),
-    (["encoder.name=nope"], "unknown encoder 'nope'; choose one of: none, mobilevit_s", 2),
+    (["encoder.name=nope"], "unknown encoder 'nope'; choose one of: none, efficientvit_b1, fastvit_mci0", 2),
     (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size=0 is not valid", 2),
     (["projector=ldp", "projector.kernel=4"], "ldp kernel must be odd and positive", 1),
     (["projector=ldpv2", "projector.pool=[0,0]"], "ldpv2 pool must be positive, got [0, 0]", 1),

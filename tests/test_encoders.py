@@ -75,7 +75,7 @@ def test_auto_uses_cached_weights(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"name": "mobilevit_xxxl"}, "unknown encoder 'mobilevit_xxxl'; choose one of: none, mobilevit_s"),
+    ({"name": "mobilevit_xxxl"}, "unknown encoder 'mobilevit_xxxl'; choose one of: none, efficientvit_b1, fastvit_mci0"),
     ({"name": "mobilevit_xxs", "weights": "/no/such.pth"}, "encoder checkpoint '/no/such.pth' does not exist"),
     ({"name": "mobilevit_xxs", "stage": 7, "weights": "random"}, "has no stage 7"),
 ])
