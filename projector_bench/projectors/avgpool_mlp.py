@@ -13,12 +13,11 @@ from torch import Tensor
 
 from .._registry import register_projector
 from ..errors import ConfigError
-from .base import Grid, Projector, positive_pair
+from .base import Grid, PoolsGrid, positive_pair
 from .mlp import mlp_gelu
 
 
-class AvgPoolMLP(Projector):
-    needs_grid = True
+class AvgPoolMLP(PoolsGrid):
 
     def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] | None = None, mode: str = "avg",
                  reduce: int = 2) -> None:
@@ -28,14 +27,6 @@ class AvgPoolMLP(Projector):
         self.pool, self.mode = None if pool is None else positive_pair(pool, "avgpool_mlp pool"), mode
         self.reduce = positive_pair((reduce, reduce), "avgpool_mlp reduce")[0]
         self.mlp = mlp_gelu(in_dim, out_dim, depth=2)
-
-    def pooled_grid(self, grid: Grid) -> Grid:
-        """`pool`, or `grid` cut `reduce`× per side (rounded up)."""
-        return self.pool or (-(-grid[0] // self.reduce), -(-grid[1] // self.reduce))
-
-    def num_tokens_out(self, grid: Grid) -> int:
-        h, w = self.pooled_grid(grid)
-        return h * w
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         b, _, c = x.shape

@@ -61,3 +61,20 @@ class Projector(nn.Module):
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         raise NotImplementedError
+
+
+class PoolsGrid(Projector):
+    """A design whose output grid is `self.pool` (h, w), or else its input grid cut `self.reduce`× per side
+    (rounded up): the same token ratio on any grid (24×24 → 12×12 and 8×8 → 4×4 at `reduce` 2)."""
+
+    needs_grid = True
+    pool: Grid | None = None
+    reduce: int = 1
+
+    def pooled_grid(self, grid: Grid) -> Grid:
+        """The output grid for an input `grid`."""
+        return self.pool or (-(-grid[0] // self.reduce), -(-grid[1] // self.reduce))
+
+    def num_tokens_out(self, grid: Grid) -> int:
+        h, w = self.pooled_grid(grid)
+        return h * w

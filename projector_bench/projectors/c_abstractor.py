@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .._registry import register_projector
 from ..errors import ConfigError
-from .base import Grid, Projector, positive_pair
+from .base import Grid, PoolsGrid, positive_pair
 
 
 def silu_mlp(in_dim: int, out_dim: int, depth: int) -> nn.Sequential:
@@ -46,8 +46,7 @@ class _GridPool(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, self.size)
 
 
-class CAbstractor(Projector):
-    needs_grid = True
+class CAbstractor(PoolsGrid):
 
     def __init__(self, in_dim: int, out_dim: int, num_queries: int | None = None, hidden: int | None = None, depth: int = 3,
                  mlp_depth: int = 2, pos_emb: bool = True, pos_grid: tuple[int, int] = (24, 24), reduce: int = 2) -> None:
@@ -61,7 +60,8 @@ class CAbstractor(Projector):
         if depth < 0 or mlp_depth < 1:
             raise ConfigError(f"c_abstractor needs depth >= 0 and mlp_depth >= 1, got {depth}, {mlp_depth}")
         hidden = hidden or in_dim
-        self.side, self.pos_grid = side, positive_pair(pos_grid, "c_abstractor pos_grid")  # side 0: by `reduce`
+        self.pool = (side, side) if side else None
+        self.pos_grid = positive_pair(pos_grid, "c_abstractor pos_grid")
         self.pos_emb = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], in_dim)) if pos_emb else None
         if self.pos_emb is not None:
             nn.init.trunc_normal_(self.pos_emb, std=0.02)
@@ -70,21 +70,13 @@ class CAbstractor(Projector):
         self.net = nn.Sequential(stage(depth, in_dim, hidden), pool, stage(depth, hidden, hidden)) if depth else pool
         self.readout = silu_mlp(hidden if depth else in_dim, out_dim, mlp_depth)
 
-    def out_grid(self, grid: Grid) -> Grid:
-        """The query grid: `num_queries` as a square, or the input grid cut `reduce`× per side (rounded up)."""
-        return (self.side, self.side) if self.side else (-(-grid[0] // self.reduce), -(-grid[1] // self.reduce))
-
-    def num_tokens_out(self, grid: Grid) -> int:
-        h, w = self.out_grid(grid)
-        return h * w
-
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         if self.pos_emb is not None:
             pos = self.pos_emb if grid == self.pos_grid else resample_abs_pos_embed(
                 self.pos_emb, list(grid), list(self.pos_grid), num_prefix_tokens=0)
             x = x + pos
         b, n, c = x.shape
-        self._pool.size = self.out_grid(grid)
+        self._pool.size = self.pooled_grid(grid)
         x = self.net(x.transpose(1, 2).reshape(b, c, *grid))
         return self.readout(x.flatten(2).transpose(1, 2))
 

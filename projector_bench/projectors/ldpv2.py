@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._registry import register_projector
-from .base import Grid, Projector, positive_pair
+from .base import Grid, PoolsGrid, positive_pair
 from .mlp import mlp_gelu
 
 
@@ -28,8 +28,7 @@ class _Wrap(nn.Module):
         return getattr(self, self.attr)(x)
 
 
-class LDPv2(Projector):
-    needs_grid = True
+class LDPv2(PoolsGrid):
 
     def __init__(self, in_dim: int, out_dim: int, pool: tuple[int, int] | None = None, reduce: int = 2) -> None:
         super().__init__(in_dim, out_dim)
@@ -37,14 +36,6 @@ class LDPv2(Projector):
         self.reduce = positive_pair((reduce, reduce), "ldpv2 reduce")[0]
         self.mlp = _Wrap("mlp", *mlp_gelu(in_dim, out_dim, depth=2))
         self.peg = _Wrap("peg", nn.Conv2d(out_dim, out_dim, 3, 1, 1, bias=True, groups=out_dim))
-
-    def pooled_grid(self, grid: Grid) -> Grid:
-        """The grid after the pool: `pool`, or `grid` cut `reduce`× per side (rounded up)."""
-        return self.pool or (-(-grid[0] // self.reduce), -(-grid[1] // self.reduce))
-
-    def num_tokens_out(self, grid: Grid) -> int:
-        h, w = self.pooled_grid(grid)
-        return h * w
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         b = x.shape[0]
