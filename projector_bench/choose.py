@@ -135,9 +135,7 @@ def _device_configs() -> dict[str, dict]:
 
 def estimator_check(df: pd.DataFrame) -> dict[str, Any] | None:
     """The roofline's error against measured latency, over the ok rows that have both (host estimates)."""
-    if "est_projector_ms" not in df:
-        return None
-    if "status" not in df or "latency_ms" not in df:
+    if not {"est_projector_ms", "status", "latency_ms"} <= set(df.columns):
         return None
     v = df[(df["status"] == "ok") & df["est_projector_ms"].notna() & df["latency_ms"].notna()]
     if not len(v):

@@ -109,6 +109,16 @@ def test_every_encoder_config_has_a_published_count():
                                                                     "mobilevitv2_175", "mobilevitv2_200"} <= set(PUBLISHED)
 
 
+@pytest.mark.parametrize("name", sorted(n for n in PUBLISHED if n.startswith("mobilevit")))
+def test_mobilevit_macs_match_timm_published(name):
+    m = timm.create_model(name).eval()
+    size, published = int(PUBLISHED[name]["img_size"]), float(PUBLISHED[name]["gmacs"]) * 1e9
+    fc = count_flops(m, torch.randn(1, 3, size, size))
+    assert fc.uncounted_ops == {}
+    assert abs(fc.macs - published) / published < 0.03  # our whole count, elementwise ops included
+    assert fc.torch_flops == 2 * fc.matmul_macs
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_encoder_macs_match_timm_published(name):
     """timm's GMACs (full model with its head, at the stated size) follow fvcore's convention, which leaves out
