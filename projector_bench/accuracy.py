@@ -250,8 +250,9 @@ def question_slots(task: TaskData) -> Tensor:
 
 
 class PrefixBlock(nn.Module):
-    """A pre-norm transformer block in which the image attends to itself and each question block to the
-    image and to itself: two attention calls without a mask instead of one masked call over everything."""
+    """A pre-norm transformer block in which the image attends to itself and each question token to the
+    image and to itself: one attention call for the image, and for the questions their scores against the
+    image's keys beside each one's score against its own key (no copy of the image per question)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 2.0) -> None:
         super().__init__()
@@ -260,61 +261,49 @@ class PrefixBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
-    def forward(self, x: Tensor, m: int, slots: int) -> Tensor:
-        """`x (B, m + slots·L, W)`: m image tokens, then `slots` question blocks of L tokens."""
+    def forward(self, x: Tensor, m: int) -> Tensor:
+        """`x (B, m + S, W)`: m image tokens, then S question tokens."""
         b, n, w = x.shape
-        h, d, blk = self.heads, w // self.heads, (n - m) // slots
+        h, d = self.heads, w // self.heads
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # each (B, H, N, D)
         image = F.scaled_dot_product_attention(q[:, :, :m], k[:, :, :m], v[:, :, :m])
-
-        def per_block(z: Tensor) -> Tensor:  # (B, H, S·L, D) -> (B·S, H, L, D)
-            return z[:, :, m:].reshape(b, h, slots, blk, d).transpose(1, 2).reshape(b * slots, h, blk, d)
-
-        def with_image(z: Tensor) -> Tensor:  # the image's keys or values beside each block's own
-            img = z[:, None, :, :m].expand(b, slots, h, m, d).reshape(b * slots, h, m, d)
-            return torch.cat([img, per_block(z)], 2)
-
-        text = F.scaled_dot_product_attention(per_block(q), with_image(k), with_image(v))
-        text = text.view(b, slots, h, blk, d).transpose(1, 2).reshape(b, h, slots * blk, d)
+        qt = q[:, :, m:] * d**-0.5
+        p = torch.cat([qt @ k[:, :, :m].transpose(-1, -2), (qt * k[:, :, m:]).sum(-1, keepdim=True)], -1).softmax(-1)
+        text = p[..., :m] @ v[:, :, :m] + p[..., m:] * v[:, :, m:]
         x = x + self.proj(torch.cat([image, text], 2).transpose(1, 2).reshape(b, n, w))
         return x + self.mlp(self.norm2(x))
 
 
 class TinyVLM(nn.Module):
-    """Projector + a small pre-norm transformer over [visual tokens; one block per question + answer slot].
+    """Projector + a small pre-norm transformer over [visual tokens; one token per question].
 
     All the questions about one image share one sequence, as a VLM's prompt follows its image: the visual
     tokens attend to each other only (a causal VLM's image prefix does not see the text that follows), and
-    each question block attends to the visual tokens and to itself, never to another question. That is
-    one forward per question, with the projector and the visual tokens computed once per image.
+    each question attends to the visual tokens and to itself, never to another question. A question is one
+    token: a Linear over its words' embeddings side by side (so word order and which colour goes with which
+    shape are kept), read out where it sits. The projector and the visual tokens are computed once per image.
     """
 
-    def __init__(self, projector: nn.Module, grid: tuple[int, int], vocab: int, q_len: int, slots: int, answers: int,
+    def __init__(self, projector: nn.Module, grid: tuple[int, int], vocab: int, q_len: int, answers: int,
                  width: int, layers: int, heads: int) -> None:
         super().__init__()
-        self.projector, self.grid, self.slots = projector, grid, slots
+        self.projector, self.grid = projector, grid
         self.m = m = projector.num_tokens_out(grid)
         side = math.isqrt(m)  # fixed 2-D sin-cos positions of the output grid (1-D if it is not square)
         shape = [side, side] if side * side == m else [m, 1]
         self.register_buffer("visual_pos", build_sincos2d_pos_embed(shape, dim=width)[None], persistent=False)
         self.word = nn.Embedding(vocab, width, padding_idx=0)
-        self.text_pos = nn.Parameter(torch.zeros(1, 1, q_len + 1, width))
-        self.answer_slot = nn.Parameter(torch.zeros(1, 1, 1, width))
+        self.question = nn.Linear(q_len * width, width)
         self.blocks = nn.ModuleList(PrefixBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, answers)
-        for p in (self.text_pos, self.answer_slot):
-            nn.init.normal_(p, std=0.02)
 
     def forward(self, visual: Tensor, questions: Tensor) -> Tensor:
         """`visual (B, N, C)` and `questions (B, S, L)` (word ids, 0 = padding) → answer logits `(B, S, answers)`."""
-        b = len(visual)
-        v = self.projector(visual, self.grid) + self.visual_pos
-        t = torch.cat([self.word(questions), self.answer_slot.expand(b, self.slots, -1, -1)], 2) + self.text_pos
-        x = torch.cat([v, t.flatten(1, 2)], 1)
+        x = torch.cat([self.projector(visual, self.grid) + self.visual_pos, self.question(self.word(questions).flatten(2))], 1)
         for block in self.blocks:
-            x = block(x, self.m, self.slots)
-        return self.head(self.norm(x[:, self.m:].view(b, self.slots, t.shape[2], -1)[:, :, -1]))
+            x = block(x, self.m)
+        return self.head(self.norm(x[:, self.m:]))
 
 
 def _forward(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -375,8 +364,8 @@ class _Setup(NamedTuple):
     def build(self, seed: int, t: DictConfig) -> TinyVLM:
         torch.manual_seed(seed)
         proj = create_projector(self.name, self.feats.shape[-1], t.width, **self.kwargs)
-        return TinyVLM(proj, self.grid, self.task.vocab_size, self.task.questions.shape[1], self.slots.shape[1],
-                       self.task.num_answers, t.width, t.layers, t.heads)
+        return TinyVLM(proj, self.grid, self.task.vocab_size, self.task.questions.shape[1], self.task.num_answers,
+                       t.width, t.layers, t.heads)
 
 
 def _setup(cfg: DictConfig, quiet: bool) -> _Setup:

@@ -157,7 +157,7 @@ def test_same_seed_same_accuracy(tmp_path):
 def test_each_question_sees_the_image_and_itself_only():
     torch.manual_seed(0)
     proj = acc.create_projector("mlp", 8, 16)
-    model = acc.TinyVLM(proj, (4, 4), vocab=12, q_len=3, slots=3, answers=5, width=16, layers=2, heads=2).eval()
+    model = acc.TinyVLM(proj, (4, 4), vocab=12, q_len=3, answers=5, width=16, layers=2, heads=2).eval()
     visual, q = torch.randn(2, 16, 8), torch.randint(1, 12, (2, 3, 3))
     other = q.clone()
     other[:, 1:] = torch.randint(1, 12, (2, 2, 3))  # change the other questions about the same images
