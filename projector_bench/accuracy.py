@@ -42,7 +42,7 @@ from .env import code_hash
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData, carve
-from .util import atomic_write, projector_kwargs, torch_threads
+from .util import accuracy_projector_kwargs, atomic_write, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
     feats, grid, source = encoder_features(task, cfg, cache, quiet)
     a, t = cfg.accuracy, cfg.accuracy.training
     train, val = carve(task.train, a.val_fraction, cfg.seed)
-    kwargs = projector_kwargs(cfg.projector)
+    kwargs = accuracy_projector_kwargs(cfg)
     name, in_dim = cfg.projector.name, feats.shape[-1]
     design = create_projector(name, in_dim, t.width, **kwargs)
     int8 = isinstance(design, Int8Projector)

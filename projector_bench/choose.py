@@ -61,8 +61,12 @@ class Recommendation:
 
 
 def design_label(df: pd.DataFrame) -> pd.Series:
-    """`projector`, or `encoder+projector` when the rows use more than one encoder; `#trial` for search rows."""
+    """`projector`, or `encoder+projector` when the rows use more than one encoder; `@tokens` when a design
+appears at more than one output budget; `#trial` for search rows."""
     label = df["projector"].astype(str)
+    if "tokens_out" in df and len(df):  # one design at more than one output budget: say which
+        several = df.groupby("projector")["tokens_out"].transform("nunique") > 1
+        label = label + df["tokens_out"].where(several).map(lambda t: "" if pd.isna(t) else f"@{int(t)}")
     if "encoder" in df and df["encoder"].nunique() > 1:
         label = df["encoder"].astype(str) + "+" + label
     if "trial" in df:
@@ -114,11 +118,39 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
 
 
+def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[dict[str, Any]]:
+    """Per output budget (`tokens_out`) with two or more designs that have accuracy: the designs by accuracy,
+    which keeps the most, and which are tied with it (their mean within its 95% interval). Empty unless the
+    rows hold more than one budget (a `+sweep=token_budget` run)."""
+    need = {"tokens_out", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "projector"}
+    if not need <= set(df.columns):
+        return []
+    ok = df[df["accuracy"].notna() & ((df["status"] == "ok") if "status" in df else True)].copy()
+    if ok["tokens_out"].nunique() < 2:
+        return []
+    ok["label"] = design_label(ok)
+    out = []
+    for tokens, g in sorted(ok.groupby("tokens_out"), key=lambda kv: -kv[0]):
+        g = g.sort_values("accuracy", ascending=False)
+        best = g.iloc[0]
+        rows = [{"design": r["label"], "accuracy": r["accuracy"], "ci": (r["accuracy_ci_low"], r["accuracy_ci_high"]),
+                 "acc_tokens": r.get("acc_tokens_out"), "latency_ms": r.get(latency_col)} for _, r in g.iterrows()]
+        if len(g) < 2:
+            verdict = f"{int(tokens)} tokens: only {best.label} ({best.accuracy:.1f}%)"
+        else:
+            ties = [r["label"] for _, r in g.iloc[1:].iterrows() if r["accuracy"] >= best["accuracy_ci_low"]]
+            verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}% "
+                       f"[{best.accuracy_ci_low:.1f}, {best.accuracy_ci_high:.1f}]; "
+                       + (f"within its 95% interval: {', '.join(ties)}" if ties else "every other design is below its 95% interval"))
+        out.append({"tokens": int(tokens), "rows": rows, "verdict": verdict, "latency_col": latency_col})
+    return out
+
+
 @dataclass
 class Analysis:
     """What a report shows, decided: the rows with estimates on `device` and their Pareto marks, the
     recommendation on that device and on every other shipped target, the estimator's check against measured
-    host latency, and the provenance."""
+    host latency, the provenance, and per output budget which design keeps the most (`token_budgets`)."""
 
     df: pd.DataFrame
     device: str
@@ -126,6 +158,7 @@ class Analysis:
     recommendations: list[Recommendation]
     validation: dict[str, Any] | None
     provenance: dict[str, Any]
+    budgets: list[dict[str, Any]]
 
 
 def _device_configs() -> dict[str, dict]:
@@ -168,4 +201,4 @@ def analyse(df: pd.DataFrame, cfg: Any, provenance: dict[str, Any]) -> Analysis:
             provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
     if "config" in df and len(df):
         provenance["first row's config"] = df["config"].iloc[0]
-    return Analysis(df, device.name, budget.latency_col, recs, validation, provenance)
+    return Analysis(df, device.name, budget.latency_col, recs, validation, provenance, token_budgets(df, budget.latency_col))

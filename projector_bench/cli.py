@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from .choose import token_budgets
 from .errors import ConfigError
 from .results import load_results
 from .runner import run
@@ -182,6 +183,8 @@ class PrintSweepTable(Callback):
             print(summary(df))
             if acc := accuracy_table(df):
                 print(acc)
+            for b in token_budgets(df):
+                print(b["verdict"])
             if config.get("report"):
                 from .report import report_at_end
 

@@ -58,6 +58,18 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 {% endfor %}
 </table>
 
+{% if budgets %}
+<h2>Token budgets</h2>
+<p>Per output budget (tokens at the cost shape), the design that keeps the most accuracy, and those tied with it
+(their mean within its 95% interval).</p>
+<ul id="budget-verdicts">{% for b in budgets %}<li>{{ b.verdict }}</li>{% endfor %}</ul>
+<table id="budgets">
+<tr><th>budget (tokens)</th><th>design</th><th>accuracy [95% CI]</th><th>accuracy-grid tokens</th><th>{{ latency_col }}</th></tr>
+{% for b in budgets %}{% for r in b.rows %}<tr><td>{{ b.tokens }}</td><td>{{ r.design }}</td><td>{{ r.accuracy }}</td><td>{{ r.acc_tokens }}</td><td>{{ r.latency_ms }}</td></tr>
+{% endfor %}{% endfor %}
+</table>
+{% endif %}
+
 <h2>Plots</h2>
 {% for p in plots %}
 <h3>{{ p.alt }}</h3>
@@ -167,6 +179,25 @@ def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
     return _png(fig)
 
 
+def _budget_plot(budgets: list[dict], latency_col: str, device: str) -> str | None:
+    """Accuracy (95% interval as error bars) against `latency_col`, one colour per output budget."""
+    if not budgets:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for b, colour in zip(budgets, sns.color_palette(n_colors=len(budgets))):
+        rows = [r for r in b["rows"] if not missing(r["latency_ms"])]
+        if not rows:
+            continue
+        x, y = [r["latency_ms"] for r in rows], [r["accuracy"] for r in rows]
+        err = [[a - r["ci"][0] for a, r in zip(y, rows)], [r["ci"][1] - a for a, r in zip(y, rows)]]
+        ax.errorbar(x, y, yerr=err, fmt="o", color=colour, capsize=3, label=f"{b['tokens']} tokens")
+        for xi, yi, r in zip(x, y, rows):
+            ax.annotate(r["design"].replace("$", r"\$"), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel=f"{latency_col} on {device} (log)", ylabel="accuracy %", title="Accuracy vs time per token budget")
+    ax.legend()
+    return _png(fig)
+
+
 def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> list[dict]:
     measured = df[df["status"] == "ok"].copy()  # costs-only rows (task=none) still get the latency breakdown
     measured["design"] = measured["design"].str.replace("$", r"\$", regex=False)  # a literal $, not mathtext
@@ -221,9 +252,9 @@ def _validation(validation: dict | None) -> dict | None:
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
-                 extra_plots: list[dict] | None = None) -> Path:
+                 extra_plots: list[dict] | None = None, budgets: list[dict] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
-    `{"id", "alt", "b64"}` dicts appended to the plots."""
+    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -232,10 +263,18 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     recs = [{**r, "design": r.get("design") or "none", "latency_ms": _fmt(r.get("latency_ms")),
              "params": si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
     prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
+    budgets = budgets or []
+    if budgets:
+        with sns.axes_style("whitegrid"):
+            b64 = _budget_plot(budgets, latency_col, device)
+        extra_plots = ([{"id": "plot-token-budgets", "alt": "Accuracy vs time per token budget", "b64": b64}] if b64 else []) + (extra_plots or [])
+    shown = [{**b, "rows": [{**r, "accuracy": f"{_fmt(r['accuracy'])} [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]",
+                             "acc_tokens": _fmt(r["acc_tokens"], 0), "latency_ms": _fmt(r["latency_ms"], 1)} for r in b["rows"]]}
+             for b in budgets]
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, device=device, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
         plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
-        provenance=prov)
+        provenance=prov, budgets=shown, latency_col=latency_col)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
@@ -291,7 +330,7 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     plots = [p for st in _studies(a.df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
     return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
                         latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
-                        provenance=a.provenance, validation=a.validation, extra_plots=plots)
+                        provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets)
 
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:

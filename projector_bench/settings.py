@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task")  # conf/<group>/<option>.yaml
+GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task", "at_budget")  # conf/<group>/<option>.yaml
 DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
 SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"     # a multirun's id, inherited by its jobs (in-process or launched)
 CACHE_ENV = "PROJECTOR_BENCH_CACHE"

@@ -52,3 +52,10 @@ def projector_kwargs(pcfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The constructor arguments in a `projector` config: every key but its name and its dimensions."""
     spec = OmegaConf.to_container(pcfg, resolve=True) if isinstance(pcfg, DictConfig) else dict(pcfg)
     return {k: v for k, v in spec.items() if k not in PROJECTOR_KEYS}
+
+
+def accuracy_projector_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The constructor arguments of the design trained for accuracy: the projector's own, with
+    `accuracy.projector` on top (a count the smaller accuracy grid needs, e.g. a resampler's latents)."""
+    extra = cfg.accuracy.get("projector") or {}
+    return projector_kwargs(cfg.projector) | (OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else dict(extra))

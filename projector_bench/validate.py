@@ -17,7 +17,7 @@ from ._registry import create_projector
 from .budget import Budget
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
-from .util import projector_kwargs
+from .util import accuracy_projector_kwargs, projector_kwargs
 
 Rule = Callable[[Any], bool]
 
@@ -128,7 +128,7 @@ def _check_accuracy_grid(cfg: DictConfig) -> None:
         return
     reduction, channels = _encoder_shape(a.name, a.stage, Variant.from_config(a))
     side = img // reduction
-    proj = create_projector(cfg.projector.name, channels, cfg.accuracy.training.width, **projector_kwargs(cfg.projector))
+    proj = create_projector(cfg.projector.name, channels, cfg.accuracy.training.width, **accuracy_projector_kwargs(cfg))
     try:
         _check_tokens(proj, cfg.projector.name, side, "task.img_size")
     except ConfigError as e:

@@ -89,3 +89,30 @@ def test_shared_keys_are_written_once():
     for path in ("sweep/mobilevit_variants.yaml", "search/encoder_space.yaml"):
         spec = OmegaConf.load(CONF / path)
         assert "/shared/encoder_at_accuracy" in spec.defaults and "accuracy" not in spec, path
+
+
+@pytest.mark.parametrize("name", options("at_budget"))
+def test_every_token_budget_job_keeps_its_ratio_on_both_grids(name):
+    """`+sweep=token_budget`: each job's design makes 576, 144 or 64 tokens from CLIP's 24x24 and the same
+    ratio from the 12x12 accuracy grid (shapes_vqa at 96 px), counts fixed for accuracy included."""
+    from projector_bench.util import accuracy_projector_kwargs
+    from projector_bench.validate import validate
+
+    cfg = compose_cfg("+sweep=token_budget", f"+at_budget={name}")
+    validate(cfg)
+    assert cfg.task.img_size == 96 and cfg.encoder.name is None  # encoder none: synthetic tokens of the shape
+    cost = create_projector(cfg.projector.name, 32, 16, **projector_kwargs(cfg.projector)).num_tokens_out((24, 24))
+    acc = create_projector(cfg.projector.name, 48, 16, **accuracy_projector_kwargs(cfg)).num_tokens_out((12, 12))
+    assert cost in (576, 144, 64) and name.endswith(f"_{cost}") and cost == 4 * acc
+
+
+def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
+    from projector_bench.encoders import EFFICIENT
+    from projector_bench.validate import validate
+
+    sweep = OmegaConf.load(CONF / "sweep" / "encoders.yaml").hydra.sweeper.params
+    assert set(EFFICIENT) <= set(sweep.encoder.split(",")) and sweep.projector.split(",") == ["mlp", "ldpv2", "c_abstractor"]
+    for enc in sweep.encoder.split(","):
+        cfg = compose_cfg("+sweep=encoders", f"encoder={enc}", "projector=c_abstractor")
+        validate(cfg)  # the accuracy grid is checked too: stage -3 of 64 px images is 8x8 for every one
+        assert cfg.accuracy.encoder.name == enc and cfg.accuracy.encoder.stage == -3

@@ -174,12 +174,36 @@ def test_compressors_have_their_reference_sizes(name, kwargs, part, expected):
     assert count_params(getattr(p, part) if part else p) == expected
 
 
+def test_qwen_vl_adapter_has_qwen_vls_size_and_names():
+    p = create_projector("qwen_vl_adapter", 1664, 4096)  # Qwen-VL: ViT-bigG width 1664, LM 4096, 16x16 queries, 32 heads
+    assert count_params(p) == 91_791_360 and p.num_tokens_out((32, 32)) == 256
+    assert {"attn_pool.query", "attn_pool.pos_embed", "attn_pool.kv_proj.weight", "attn_pool.attn.in_proj_weight",
+            "attn_pool.attn.out_proj.weight", "attn_pool.ln_q.weight", "attn_pool.ln_kv.weight", "ln_post.weight", "proj"} == set(
+        k for k in p.state_dict() if not k.endswith("bias"))
+
+
+def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys():
+    import numpy as np
+
+    from projector_bench.projectors.qwen_vl_adapter import sincos_2d
+
+    side, dim = 5, 16  # the reference's get_2d_sincos_pos_embed, written out: column half first, then row half
+    omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+    col, row = np.meshgrid(np.arange(side), np.arange(side))
+    enc = [np.concatenate([np.sin(np.outer(g.ravel(), omega)), np.cos(np.outer(g.ravel(), omega))], 1) for g in (col, row)]
+    assert np.allclose(sincos_2d(side, dim).numpy(), np.concatenate(enc, 1), atol=1e-6)
+    p = create_projector("qwen_vl_adapter", 8, 16, grid_size=3, num_heads=2).eval()
+    with torch.inference_mode():  # any input grid: the keys' table is resampled to it; the output stays 3x3
+        assert p(torch.randn(2, 35, 8), (5, 7)).shape == (2, 9, 16)
+
+
 @pytest.mark.parametrize("name,kwargs,tokens", [
     ("c_abstractor", {"num_queries": 144}, 144), ("c_abstractor", {"num_queries": 64}, 64),
     ("resampler", {}, 64), ("resampler", {"num_latents": 144}, 144),
     ("pixel_shuffle", {"scale": 0.5}, 144), ("pixel_shuffle", {"scale": 0.3333}, 64), ("pixel_shuffle", {"scale": 0.25}, 36),
     ("tokenpacker", {"scale_factor": 2}, 144), ("tokenpacker", {"scale_factor": 3}, 64),
     ("avgpool_mlp", {"pool": [12, 12]}, 144), ("avgpool_mlp", {"pool": [8, 8], "mode": "bilinear"}, 64),
+    ("qwen_vl_adapter", {"grid_size": 12, "num_heads": 4}, 144), ("qwen_vl_adapter", {"grid_size": 8, "num_heads": 4}, 64),
 ])
 def test_compressors_reach_the_token_budgets(name, kwargs, tokens):
     p = create_projector(name, 32, 48, **kwargs).eval()

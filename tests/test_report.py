@@ -113,3 +113,34 @@ def test_chromium_screenshot_is_not_blank(report, tmp_path):
         colours = rgb.getcolors(maxcolors=1 << 24)
         assert rgb.size == (1280, 2000)
     assert len(colours) > 20 and rgb.getextrema() != ((255, 255), (255, 255), (255, 255))
+
+
+def _budget_rows():
+    rows = [("mlp", 576, 99.7, 99.4, 100.0, 900.0), ("c_abstractor", 144, 99.0, 98.5, 99.4, 500.0),
+            ("resampler", 144, 98.7, 98.0, 99.3, 520.0), ("pixel_shuffle", 144, 95.0, 94.0, 96.0, 480.0),
+            ("c_abstractor", 64, 97.0, 96.0, 98.0, 400.0), ("resampler", 64, 90.0, 88.0, 92.0, 410.0)]
+    return pd.DataFrame([{"projector": p, "status": "ok", "tokens_out": t, "acc_tokens_out": t // 4, "accuracy": a,
+                          "accuracy_ci_low": lo, "accuracy_ci_high": hi, "est_ttft_ms": ms} for p, t, a, lo, hi, ms in rows])
+
+
+def test_token_budgets_say_which_design_keeps_the_most_within_the_intervals():
+    from projector_bench.choose import design_label, token_budgets
+
+    df = _budget_rows()
+    assert list(design_label(df)) == ["mlp", "c_abstractor@144", "resampler@144", "pixel_shuffle", "c_abstractor@64", "resampler@64"]
+    b = {x["tokens"]: x for x in token_budgets(df)}
+    assert list(b) == [576, 144, 64]
+    assert b[144]["verdict"] == "144 tokens: c_abstractor@144 keeps the most, 99.0% [98.5, 99.4]; within its 95% interval: resampler@144"
+    assert b[64]["verdict"].endswith("every other design is below its 95% interval") and "only mlp" in b[576]["verdict"]
+    assert token_budgets(df[df["tokens_out"] == 144]) == []  # one budget: nothing to compare across budgets
+
+
+def test_report_shows_the_token_budgets_and_their_plot(tmp_path):
+    from projector_bench.choose import token_budgets
+
+    df = _budget_rows()
+    path = write_report(df, tmp_path, title="budgets", device="phone", latency_col="est_ttft_ms", recommendations=[],
+                        provenance={}, budgets=token_budgets(df))
+    html = path.read_text(encoding="utf-8")
+    assert 'id="budgets"' in html and 'id="plot-token-budgets"' in html
+    assert "c_abstractor@144 keeps the most" in html and "98.7 [98.0, 99.3]" in html

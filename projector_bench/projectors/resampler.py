@@ -12,8 +12,8 @@ then a Linear from the resampler's width (`in_dim`) to `out_dim`, as a VLM feeds
 
 Output tokens: `num_latents`, whatever the grid (no place is kept unless the latents learn one). At in_dim
 1024 with the reference's defaults (depth 6, 8 heads × 64, 64 latents, ff_mult 4) the resampler part has
-exactly 63,019,008 parameters. Qwen-VL's one-layer adapter with 2-D sin-cos position embeddings is not
-built here.
+exactly 63,019,008 parameters. Qwen-VL's one-layer adapter with 2-D sin-cos position embeddings is a
+second design, `qwen_vl_adapter` (its structure differs: no feed-forward, keys from the image only).
 """
 import torch
 import torch.nn.functional as F
