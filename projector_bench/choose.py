@@ -61,14 +61,14 @@ class Recommendation:
 
 
 def design_label(df: pd.DataFrame) -> pd.Series:
-    """`projector`, or `encoder+projector` when the rows use more than one encoder; `@tokens` when a design
-appears at more than one output budget; `#trial` for search rows."""
+    """`projector`, or `encoder+projector` when the rows use more than one encoder; `@tokens_out` on labels
+    that would otherwise repeat (one design at several output budgets); `#trial` for search rows."""
     label = df["projector"].astype(str)
-    if "tokens_out" in df and len(df):  # one design at more than one output budget: say which
-        several = df.groupby("projector")["tokens_out"].transform("nunique") > 1
-        label = label + df["tokens_out"].where(several).map(lambda t: "" if pd.isna(t) else f"@{int(t)}")
     if "encoder" in df and df["encoder"].nunique() > 1:
         label = df["encoder"].astype(str) + "+" + label
+    if "tokens_out" in df:
+        again = label.duplicated(keep=False) & df["tokens_out"].notna()
+        label = label.where(~again, label + "@" + df["tokens_out"].map(lambda t: "" if pd.isna(t) else str(int(t))))
     if "trial" in df:
         label = label + df["trial"].map(lambda t: "" if pd.isna(t) else f"#{int(t)}")
     return label
@@ -119,18 +119,18 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
 
 
 def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[dict[str, Any]]:
-    """Per output budget (`tokens_out`) with two or more designs that have accuracy: the designs by accuracy,
-    which keeps the most, and which are tied with it (their mean within its 95% interval). Empty unless the
-    rows hold more than one budget (a `+sweep=token_budget` run)."""
-    need = {"tokens_out", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "projector"}
+    """Per output budget of the `conf/at_budget/` rows (their `token_budget`; other rows are left out): the
+    designs by accuracy, which keeps the most, and which are tied with it (their mean within its 95%
+    interval). Empty when no row has a budget (any sweep but `+sweep=token_budget`)."""
+    need = {"token_budget", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "projector"}
     if not need <= set(df.columns):
         return []
-    ok = df[df["accuracy"].notna() & ((df["status"] == "ok") if "status" in df else True)].copy()
-    if ok["tokens_out"].nunique() < 2:
+    ok = df[df["token_budget"].notna() & df["accuracy"].notna() & ((df["status"] == "ok") if "status" in df else True)].copy()
+    if not len(ok):
         return []
     ok["label"] = design_label(ok)
     out = []
-    for tokens, g in sorted(ok.groupby("tokens_out"), key=lambda kv: -kv[0]):
+    for tokens, g in sorted(ok.groupby("token_budget"), key=lambda kv: -kv[0]):
         g = g.sort_values("accuracy", ascending=False)
         best = g.iloc[0]
         rows = [{"design": r["label"], "accuracy": r["accuracy"], "ci": (r["accuracy_ci_low"], r["accuracy_ci_high"]),

@@ -183,6 +183,8 @@ def _budget_plot(budgets: list[dict], latency_col: str, device: str) -> str | No
     """Accuracy (95% interval as error bars) against `latency_col`, one colour per output budget."""
     if not budgets:
         return None
+    if not any(not missing(r["latency_ms"]) for b in budgets for r in b["rows"]):
+        return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for b, colour in zip(budgets, sns.color_palette(n_colors=len(budgets))):
         rows = [r for r in b["rows"] if not missing(r["latency_ms"])]

@@ -41,7 +41,7 @@ COLUMNS = {
     **COST_COLUMNS,
     # identity and provenance
     "run_id": "this row's id", "sweep_id": "the multirun's (or study's) id", "timestamp": "UTC, ISO 8601",
-    "projector": "design name", "encoder": "token source (`none`: synthetic tokens)", "status": "ok | failed",
+    "projector": "design name", "token_budget": "the output budget a conf/at_budget/ job belongs to (else null)", "encoder": "token source (`none`: synthetic tokens)", "status": "ok | failed",
     "error": "one line when failed", "job_overrides": "the job's Hydra overrides (resume= matches them)",
     "config": "the full composed config", "threads": "torch threads the job used",
     "trial": "Optuna trial number (searches)", "trial_overrides": "the trial's sampled overrides",

@@ -153,7 +153,7 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
         "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "projector": cfg.projector.name, "encoder": cfg.encoder.name or "none", "status": "running",
-        "job_overrides": overrides,
+        "job_overrides": overrides, "token_budget": cfg.get("token_budget"),
     } | (extra or {})
     threads = used = cfg.device.threads or DEFAULT_THREADS  # its type and range: validate.py, before any job
     try:

@@ -57,5 +57,6 @@ def projector_kwargs(pcfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def accuracy_projector_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """The constructor arguments of the design trained for accuracy: the projector's own, with
     `accuracy.projector` on top (a count the smaller accuracy grid needs, e.g. a resampler's latents)."""
+    spec = OmegaConf.to_container(cfg.projector, resolve=True)
     extra = cfg.accuracy.get("projector") or {}
-    return projector_kwargs(cfg.projector) | (OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else dict(extra))
+    return projector_kwargs({**spec, **(OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else extra)})

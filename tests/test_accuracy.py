@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -168,6 +169,22 @@ def test_each_question_sees_the_image_and_itself_only():
         moved = model(visual.roll(1, 0), q)
     assert torch.allclose(out[:, 0], out2[:, 0], atol=1e-5) and torch.allclose(out[:, 0], out3[:, 0], atol=1e-5)
     assert not torch.allclose(out[:, 0], moved[:, 0], atol=1e-3)  # but it does see its image
+
+
+def test_prefix_block_is_attention_masked_to_the_image_and_each_question_itself():
+    torch.manual_seed(0)
+    block = acc.PrefixBlock(16, 2).eval()
+    m, s, x = 5, 3, torch.randn(2, 8, 16)
+    allowed = torch.zeros(8, 8, dtype=torch.bool)
+    allowed[:, :m] = True  # everyone sees the image; the image nothing else; a question itself too
+    allowed[:m, m:] = False
+    allowed[range(m, m + s), range(m, m + s)] = True
+    q, k, v = block.qkv(block.norm1(x)).view(2, 8, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).reshape(2, 8, 16)
+    ref = x + block.proj(att)
+    ref = ref + block.mlp(block.norm2(ref))
+    with torch.no_grad():
+        assert torch.allclose(block(x, m), ref, atol=1e-5)
 
 
 def test_question_slots_hold_each_question_of_an_image_once():

@@ -101,9 +101,11 @@ def test_every_token_budget_job_keeps_its_ratio_on_both_grids(name):
     cfg = compose_cfg("+sweep=token_budget", f"+at_budget={name}")
     validate(cfg)
     assert cfg.task.img_size == 96 and cfg.encoder.name is None  # encoder none: synthetic tokens of the shape
+    alone = compose_cfg(f"+at_budget={name}")  # the file alone is the same job as in the sweep
+    assert OmegaConf.to_container(alone, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
     cost = create_projector(cfg.projector.name, 32, 16, **projector_kwargs(cfg.projector)).num_tokens_out((24, 24))
     acc = create_projector(cfg.projector.name, 48, 16, **accuracy_projector_kwargs(cfg)).num_tokens_out((12, 12))
-    assert cost in (576, 144, 64) and name.endswith(f"_{cost}") and cost == 4 * acc
+    assert cost in (576, 144, 64) and name.endswith(f"_{cost}") and cost == 4 * acc and cfg.token_budget == cost
 
 
 def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():

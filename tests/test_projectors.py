@@ -193,8 +193,15 @@ def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys
     enc = [np.concatenate([np.sin(np.outer(g.ravel(), omega)), np.cos(np.outer(g.ravel(), omega))], 1) for g in (col, row)]
     assert np.allclose(sincos_2d(side, dim).numpy(), np.concatenate(enc, 1), atol=1e-6)
     p = create_projector("qwen_vl_adapter", 8, 16, grid_size=3, num_heads=2).eval()
-    with torch.inference_mode():  # any input grid: the keys' table is resampled to it; the output stays 3x3
-        assert p(torch.randn(2, 35, 8), (5, 7)).shape == (2, 9, 16)
+    a, x = p.attn_pool, torch.randn(2, 35, 8)
+    assert a.kv_proj.weight.std() < 0.03 and a.attn.out_proj.weight.std() < 0.03  # the reference's init: std 0.02
+    with torch.inference_mode():  # any input grid: the table is resampled for the keys, not the values
+        table = torch.nn.functional.interpolate(a.pos_embed.reshape(1, 3, 3, 16).permute(0, 3, 1, 2), size=(5, 7),
+                                                mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(35, 16)
+        kv = a.ln_kv(a.kv_proj(x))
+        q = (a.ln_q(a.query) + a.pos_embed).expand(2, -1, -1)
+        want = p.ln_post(a.attn(q, kv + table, kv, need_weights=False)[0]) @ p.proj
+        assert torch.allclose(p(x, (5, 7)), want, atol=1e-5) and want.shape == (2, 9, 16)
 
 
 @pytest.mark.parametrize("name,kwargs,tokens", [

@@ -119,7 +119,7 @@ def _budget_rows():
     rows = [("mlp", 576, 99.7, 99.4, 100.0, 900.0), ("c_abstractor", 144, 99.0, 98.5, 99.4, 500.0),
             ("resampler", 144, 98.7, 98.0, 99.3, 520.0), ("pixel_shuffle", 144, 95.0, 94.0, 96.0, 480.0),
             ("c_abstractor", 64, 97.0, 96.0, 98.0, 400.0), ("resampler", 64, 90.0, 88.0, 92.0, 410.0)]
-    return pd.DataFrame([{"projector": p, "status": "ok", "tokens_out": t, "acc_tokens_out": t // 4, "accuracy": a,
+    return pd.DataFrame([{"projector": p, "status": "ok", "tokens_out": t, "token_budget": t, "acc_tokens_out": t // 4, "accuracy": a,
                           "accuracy_ci_low": lo, "accuracy_ci_high": hi, "est_ttft_ms": ms} for p, t, a, lo, hi, ms in rows])
 
 
@@ -132,7 +132,10 @@ def test_token_budgets_say_which_design_keeps_the_most_within_the_intervals():
     assert list(b) == [576, 144, 64]
     assert b[144]["verdict"] == "144 tokens: c_abstractor@144 keeps the most, 99.0% [98.5, 99.4]; within its 95% interval: resampler@144"
     assert b[64]["verdict"].endswith("every other design is below its 95% interval") and "only mlp" in b[576]["verdict"]
-    assert token_budgets(df[df["tokens_out"] == 144]) == []  # one budget: nothing to compare across budgets
+    # rows of any other sweep have no budget: no verdicts, and labels that do not repeat get no suffix
+    other = df.assign(token_budget=None).drop_duplicates("projector")
+    assert token_budgets(other) == [] and token_budgets(df.drop(columns="token_budget")) == []
+    assert list(design_label(other)) == ["mlp", "c_abstractor", "resampler", "pixel_shuffle"]
 
 
 def test_report_shows_the_token_budgets_and_their_plot(tmp_path):

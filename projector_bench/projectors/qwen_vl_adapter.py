@@ -35,6 +35,11 @@ class AttnPool(nn.Module):
         self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.ln_q, self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6), nn.LayerNorm(embed_dim, eps=1e-6)
+        for m in self.modules():  # the reference's _init_weights: every Linear (out_proj included) at std 0.02
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, grid: Grid) -> Tensor:
         pos = self.pos_embed
