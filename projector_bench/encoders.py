@@ -177,7 +177,13 @@ class TimmEncoder(nn.Module):
     def _build(self, name: str, stage: int, pretrained: bool, overlay: dict | None) -> nn.Module:
         kw = {"pretrained": pretrained, "pretrained_cfg_overlay": overlay, "features_only": True, "out_indices": (stage,)}
         if self.variant.named:
-            return timm.create_model(name, **kw)
+            model = timm.create_model(name, **kw)
+            stages = getattr(model, "_stage_out_idx", None)
+            if isinstance(stages, dict) and getattr(model, "feature_hooks", 0) is None and isinstance(model.blocks, nn.Sequential):
+                # timm's MobileNetV3Features (MobileNetV4) runs every block whatever stage is asked for: keep the
+                # blocks up to that stage (stage k is the output of block k-1; 0 the stem's), so what runs is counted
+                model.blocks = model.blocks[:max(stages)]
+            return model
         return build_model_with_cfg(ByobNet, name, model_cfg=self.variant.model_cfg(name),
                                     feature_cfg={"flatten_sequential": True}, **kw)
 

@@ -147,3 +147,20 @@ def test_a_custom_variant_has_no_published_weights_but_loads_its_own_checkpoint(
     with torch.no_grad():
         expected = full.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
         assert torch.allclose(enc(x)[0], expected.flatten(2).transpose(1, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [0, 2, -1])
+def test_mobilenetv4_at_a_stage_runs_only_what_it_returns_and_counts_what_runs(stage):
+    """timm's MobileNetV3Features runs every block for any stage; the encoder keeps only those up to the stage:
+    the same tokens as timm's, and the MAC count agrees with torch's own (nothing runs uncounted)."""
+    from projector_bench.measure import count_flops
+
+    enc = create_encoder("mobilenetv4_conv_small", stage, "random").eval()
+    ref = timm.create_model("mobilenetv4_conv_small", features_only=True, out_indices=(stage,)).eval()
+    ref.load_state_dict(enc.model.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        tokens, _ = enc(x)
+        fc = count_flops(enc, x)
+        assert torch.allclose(tokens, ref(x)[-1].flatten(2).transpose(1, 2))
+    assert len(enc.model.blocks) == max(enc.model._stage_out_idx) and fc.torch_flops == 2 * fc.matmul_macs
