@@ -119,6 +119,12 @@ def test_two_level_bootstrap_widens_with_the_spread_between_seeds():
     assert acc.bootstrap_ci(same[0], 0) == pytest.approx((lo1, hi1), abs=1.0)  # one seed: questions only
 
 
+def test_a_small_test_without_errors_still_gets_an_interval_as_wide_as_its_size_allows():
+    lo36, hi36 = acc.two_level_bootstrap(np.ones((2, 36)), 0)   # the bootstrap alone: [100, 100]
+    lo3k, hi3k = acc.two_level_bootstrap(np.ones((2, 3000)), 0)
+    assert hi36 == hi3k == 100 and lo36 < 91 and 99.8 < lo3k < 100  # exact binomial: 90.3 on 36, 99.88 on 3000
+
+
 def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
     acc.evaluate_projector(cfg_for(tmp_path))
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
