@@ -27,11 +27,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from scipy.stats import binomtest
 from timm.layers import Mlp
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn

@@ -142,7 +142,7 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
             verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}% "
                        f"[{best.accuracy_ci_low:.1f}, {best.accuracy_ci_high:.1f}]; "
                        + (f"within its 95% interval: {', '.join(ties)}" if ties else "every other design is below its 95% interval"))
-        out.append({"tokens": int(tokens), "rows": rows, "verdict": verdict, "latency_col": latency_col})
+        out.append({"tokens": int(tokens), "rows": rows, "verdict": verdict})
     return out
 
 

@@ -181,8 +181,6 @@ def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
 
 def _budget_plot(budgets: list[dict], latency_col: str, device: str) -> str | None:
     """Accuracy (95% interval as error bars) against `latency_col`, one colour per output budget."""
-    if not budgets:
-        return None
     if not any(not missing(r["latency_ms"]) for b in budgets for r in b["rows"]):
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
