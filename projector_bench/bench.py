@@ -2,7 +2,8 @@
 
 Every target compares two things timed in the same run, interleaved round by round, and reports the median
 of the per-round ratios (shared machines drift by 2× within minutes). The targets and a recorded run:
-docs/results/2026-11-22-bench.md.
+docs/results/2026-11-22-bench.md. The calibration of target devices on published points (leave-one-out
+errors per point, against the roofline bound) runs alone in seconds: `--calibration-only`.
 """
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ import time
 from functools import partial
 
 import torch
+import yaml
 from timm.layers import LayerNormAct2d
 from torch import Tensor, nn
 from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, list_projectors
+from .calibrate import Calibration, calibrate_config
 from .measure import REFERENCE_SHAPE, measure_latency, paired
 from .results import load_results
 from .roofline import calibrate_host, trace_ops
+from .settings import config_dir, group_choices
 from .tables import accuracy_table
 from .util import torch_threads
 
 SHAPE, OUT = (1, *REFERENCE_SHAPE[:2]), REFERENCE_SHAPE[2]  # MobileVLM's: CLIP 24x24 tokens of 1024 -> 2048
+LOO_TARGET = 0.30  # issue 14: the calibrated estimate's leave-one-out median |error| per device
 
 
 class OfficialLDP(nn.Module):
@@ -68,6 +73,39 @@ def roofline_errors(x: Tensor, rounds: int = 2) -> dict[str, tuple[float, float]
             if name not in best or measured < best[name][0]:
                 best[name] = (measured, est)
     return best
+
+
+def calibrations() -> dict[str, Calibration]:
+    """Every device profile with published points (`measured:`), calibrated, leave-one-out included."""
+    cfgs = {name: yaml.safe_load((config_dir() / "device" / f"{name}.yaml").read_text()) for name in group_choices("device")}
+    return {name: cal for name, cfg in cfgs.items() if (cal := calibrate_config(cfg)) is not None}
+
+
+def calibration_table(cals: dict[str, Calibration]) -> str:
+    """Per device: the fitted efficiencies, and per point the measured time, the leave-one-out estimate (fitted
+    without the point's workload group) and the roofline bound, each with its error."""
+    lines = []
+    for name, cal in cals.items():
+        f = cal.fitted
+        per_dtype = "".join(f", compute[{d}] {v:.3f}" for d, v in f.compute_dtype)
+        lines.append(f"{name}: fitted compute {f.compute:.3f}{per_dtype}, memory {f.memory:.3f}, overhead {f.overhead_us:.2f} us "
+                     f"(assumed {cal.assumed.compute:g} / {cal.assumed.memory:g} / {cal.assumed.overhead_us:g} us); {cal.basis}")
+        lines.append(f"  {'point':56s} {'measured ms':>12s} {'LOO est':>10s} {'error':>6s} {'bound est':>10s} {'error':>6s}")
+        for r in cal.results:
+            lines.append(f"  {r.point.label[:56]:56s} {r.point.ms:12.2f} {r.loo_ms:10.2f} {r.loo_error:6.0%} {r.bound_ms:10.2f} {r.bound_error:6.0%}")
+        ok = "met" if cal.median_loo <= LOO_TARGET else "MISSED"
+        lines.append(f"  median over workloads: leave-one-out {cal.median_loo:.0%} (target <= {LOO_TARGET:.0%}: {ok}); "
+                     f"bound {cal.median_bound:.0%}")
+    return "\n".join(lines)
+
+
+def _calibration_targets(cals: dict[str, Calibration]) -> list[tuple[str, float, float, str, bool]]:
+    out = []
+    for name, cal in cals.items():
+        out.append((f"{name}: calibrated, leave-one-out median |error|", cal.median_loo, 0.0, f"<= {LOO_TARGET:.2f}",
+                    cal.median_loo <= LOO_TARGET))
+        out.append((f"{name}: roofline bound, median |error|", cal.median_bound, 0.0, "info", True))
+    return out
 
 
 def _sweep(results_dir: str, *overrides: str) -> float:
@@ -151,13 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
     ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="only the target devices' calibration on published points (a few seconds)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    cals = calibrations()
+    if args.calibration_only:
+        print(calibration_table(cals))
+        return 0 if all(c.median_loo <= LOO_TARGET for c in cals.values()) else 1
     x = torch.randn(*SHAPE)
     results: list[tuple[str, float, float, str, bool]] = []
     roofline: dict = {}
     if not args.accuracy_only:
         results, roofline = _speed_targets(x, args.rounds)
+        results += _calibration_targets(cals)
     if not args.skip_sweep:
         if not args.accuracy_only:
             with tempfile.TemporaryDirectory() as tmp:
@@ -178,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:40s} {value:8.3f}  (IQR {iqr:.3f})  target {target:8s} {'ok' if ok else 'MISSED'}")
     if roofline:
         print("roofline on host, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
+        print(calibration_table(cals))
     return 0 if all(r[-1] for r in results) else 1
 
 

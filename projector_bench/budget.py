@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+DEPLOY_RUNTIMES = ("executorch",)  # `budget.deployable` and `deploy.runtime` (projector_bench.deploy)
 LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector": "est_projector_ms"}
 
 
@@ -21,16 +22,20 @@ def missing(x: Any) -> bool:
 @dataclass(frozen=True)
 class Budget:
     """Limits on a device (None = no limit): latency of `latency` (ttft | vision | projector), the design's
-    parameters (projector, plus the encoder when it is part of the design) and its peak memory."""
+    parameters (projector, plus the encoder when it is part of the design) and its peak memory; `deployable`:
+    a runtime the design (and its encoder) must have been lowered to and run on (its row's `exports`)."""
 
     latency_ms: float | None = None
     params: float | None = None
     memory_mb: float | None = None
     latency: str = "ttft"
+    deployable: str | None = None
 
     def __post_init__(self) -> None:
         if self.latency not in LATENCY_COLUMNS:
             raise ConfigError(f"budget.latency={self.latency!r} is not one of: {', '.join(LATENCY_COLUMNS)}")
+        if self.deployable is not None and self.deployable not in DEPLOY_RUNTIMES:
+            raise ConfigError(f"budget.deployable={self.deployable!r} is not one of: {', '.join(DEPLOY_RUNTIMES)} (or null)")
         for k, v in self.limits().items():
             if not v > 0:
                 raise ConfigError(f"budget.{k} must be positive or null, got {v!r}")
@@ -53,7 +58,16 @@ class Budget:
     def describe(self) -> str:
         words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {si(v)}",
                  "memory_mb": lambda v: f"memory ≤ {v:g} MB"}
-        return ", ".join(words[k](v) for k, v in self.limits().items()) or "no budget"
+        parts = [words[k](v) for k, v in self.limits().items()] + ([f"deployable on {self.deployable}"] if self.deployable else [])
+        return ", ".join(parts) or "no budget"
+
+    def deploys(self, row: Mapping[str, Any]) -> bool:
+        """True when the budget asks no runtime, or the row's design (and its encoder, if measured) ran on it."""
+        if self.deployable is None:
+            return True
+        enc = row.get("encoder_exports")  # an encoder's verdict counts where the row measured one
+        return all(isinstance(e, Mapping) and e.get(self.deployable) == "ok"
+                   for e in [row.get("exports")] + ([enc] if isinstance(enc, Mapping) else []))
 
 
 def si(x: Any) -> str:

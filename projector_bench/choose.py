@@ -2,7 +2,7 @@
 (docs/devices.md).
 
     df = load_results("results")
-    df = add_estimates(df, device)                       # est_encoder/projector/prefill/ttft_ms, est_decode_tok_s
+    df = add_estimates(df, device)                       # est_encoder/projector/prefill/ttft_ms, est_decode_tok_s (+ _bound, est_basis)
     pick = recommend(df, Budget(latency_ms=200), device.name)
     print(pick.reason)
 """
@@ -54,10 +54,11 @@ class Recommendation:
     reason: str
     values: dict[str, float] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
+    basis: str = ""  # what the estimates on `device` are (`roofline.estimate_row`'s est_basis)
 
     def as_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "device": self.device, "design": self.design, "feasible": self.feasible,
-                "reason": self.reason, "limits": self.limits, **self.values}
+                "reason": self.reason, "limits": self.limits, "basis": self.basis, **self.values}
 
 
 def design_label(df: pd.DataFrame) -> pd.Series:
@@ -81,14 +82,16 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     rows = df[(df.get("status") == "ok") & df[budget.latency_col].notna()].copy() if budget.latency_col in df else df.iloc[:0]
     rows["label"] = design_label(rows) if len(rows) else []
     limits = budget.limits()
-    base = {"budget": budget.describe(), "device": device, "limits": limits}
+    basis = "; ".join(dict.fromkeys(rows["est_basis"].dropna().astype(str))) if "est_basis" in rows else ""
+    base = {"budget": budget.describe(), "device": device, "limits": limits, "basis": basis}
     if not len(rows):
         return Recommendation(**base, design=None, feasible=False,
                               reason="no measured design has estimates on this device: run a sweep first")
     over = pd.DataFrame({k: rows[cols[k]] / v for k, v in limits.items()}, index=rows.index)
     worst = over.max(axis=1) if limits else pd.Series(0.0, index=rows.index)
     has_acc = "accuracy" in rows and rows["accuracy"].notna().any()
-    fits = rows[worst <= 1]
+    runs = rows.apply(budget.deploys, axis=1).astype(bool) if budget.deployable else pd.Series(True, index=rows.index)
+    fits = rows[(worst <= 1) & runs]
 
     def values(r: pd.Series) -> dict[str, float]:
         return {"latency_ms": float(r[budget.latency_col]), "params": float(r["design_params"]),
@@ -111,9 +114,16 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
             best = fits.sort_values(budget.latency_col).iloc[0]
             reason = f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} ({cost(best)}); no accuracy was measured (task=none)"
         return Recommendation(**base, design=best.label, feasible=True, reason=reason, values=values(best))
-    i = worst.idxmin()
-    best, k = rows.loc[i], over.loc[i].idxmax()
-    reason = (f"no design fits {budget.describe()} on {device}; the closest is {best.label}, "
+    if not runs.any():
+        return Recommendation(**base, design=None, feasible=False,
+                              reason=f"no measured design ran on {budget.deployable} (their `exports`): "
+                                     f"install it (python -m projector_bench.deploy install) and run the sweep again, "
+                                     f"or drop budget.deployable")
+    i = worst[runs].idxmin()
+    best = rows.loc[i]
+    k = over.loc[i].idxmax()
+    closest = f"the closest that runs on {budget.deployable}" if budget.deployable else "the closest"
+    reason = (f"no design fits {budget.describe()} on {device}; {closest} is {best.label}, "
               f"{over.loc[i, k]:.2f}× over the {k} limit ({cost(best)})")
     return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
 

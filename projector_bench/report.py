@@ -39,13 +39,13 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 </style></head>
 <body>
 <h1>{{ title }}</h1>
-<p>Device: <b>{{ device }}</b>. {{ summary }}</p>
+<p>Device: <b>{{ device }}</b>.{% if basis %} <span id="estimate-basis">Estimates (est_*) on it: {{ basis }}; est_*_bound columns: the uncalibrated roofline.</span>{% endif %} {{ summary }}</p>
 
 <h2>Recommendation</h2>
 <table id="recommendations">
 <tr><th>budget</th><th>device</th><th>design</th><th>feasible</th><th>latency (ms)</th><th>params</th><th>memory (MB)</th><th>reason</th></tr>
 {% for r in recommendations %}
-<tr class="{{ '' if r.feasible else 'infeasible' }}"><td>{{ r.budget }}</td><td>{{ r.device }}</td><td>{{ r.design }}</td>
+<tr class="{{ '' if r.feasible else 'infeasible' }}"><td>{{ r.budget }}</td><td>{{ r.device }}{% if r.basis %}<br><small>{{ r.basis }}</small>{% endif %}</td><td>{{ r.design }}</td>
 <td>{{ 'yes' if r.feasible else 'no' }}</td><td>{{ r.latency_ms }}</td><td>{{ r.params }}</td><td>{{ r.memory_mb }}</td><td>{{ r.reason }}</td></tr>
 {% endfor %}
 </table>
@@ -219,7 +219,7 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
 
 
 COLUMNS = ["design", "status", "tokens_out", "params (M)", "GMACs", "latency_ms", "est_projector_ms", "est_ttft_ms",
-           "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error / warning"]
+           "est_ttft_ms_bound", "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error / warning"]
 WARNINGS = ("accuracy_warning", "load_warning")  # row columns shown in the last column of an ok row
 
 
@@ -232,7 +232,8 @@ def _table_rows(df: pd.DataFrame) -> list[dict]:
         failed = r.get("status") != "ok"
         cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
                  _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
-                 _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_decode_tok_s"), 1), _fmt(r.get("peak_mem_mb"), 1),
+                 _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_ttft_ms_bound"), 1), _fmt(r.get("est_decode_tok_s"), 1),
+                 _fmt(r.get("peak_mem_mb"), 1),
                  acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not missing(r.get(w)))]
         rows.append({"css": "failed" if failed else "", "cells": cells})
     return rows
@@ -250,6 +251,14 @@ def _validation(validation: dict | None) -> dict | None:
     return {"median": "n/a" if missing(med) else f"{med:.1%}", "rows": rows}
 
 
+def estimate_basis(df: pd.DataFrame) -> str:
+    """What the rows' `est_*` are on the report's device (`est_basis`: calibrated on how many published points,
+    or the uncalibrated bound), or '' for rows without it."""
+    if "est_basis" not in df:
+        return ""
+    return "; ".join(dict.fromkeys(df["est_basis"].dropna().astype(str)))
+
+
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
                  extra_plots: list[dict] | None = None, budgets: list[dict] | None = None) -> Path:
@@ -260,6 +269,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
     failed = df.loc[df["status"] != "ok", "design"].tolist()
     summary = f"{len(df)} designs measured, {len(failed)} failed" + (f" ({', '.join(failed)})." if failed else ".")
+    basis = estimate_basis(df)
     recs = [{**r, "design": r.get("design") or "none", "latency_ms": _fmt(r.get("latency_ms")),
              "params": si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
     prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
@@ -272,7 +282,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
                              "acc_tokens": _fmt(r["acc_tokens"], 0), "latency_ms": _fmt(r["latency_ms"], 1)} for r in b["rows"]]}
              for b in budgets]
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=title, device=device, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
+        title=title, device=device, basis=basis, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
         plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
         provenance=prov, budgets=shown, latency_col=latency_col)
     out = Path(out_dir)

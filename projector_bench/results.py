@@ -36,6 +36,12 @@ COST_COLUMNS = {  # the projector's; the encoder's are the same with an `encoder
     "latency_ms": "median eager latency", "latency_iqr_ms": "its interquartile range", "latency_runs": "timed runs",
     "peak_mem_mb": "peak memory of the forward", "size_mb": "serialized size",
     "ops": "per-op work as [kind, dtype, flops, bytes, count] (ops.Op)",
+    # on a phone's runtime (deploy.deploy_costs): ExecuTorch's XNNPACK backend, run here
+    "exports": "{runtime: ok | the first error}", "xnnpack_threads": "XNNPACK thread pool size",
+    **{f"xnnpack{p}_{k}": v for p in ("", "_int8") for k, v in (
+        ("latency_ms", "median latency of the lowered program"), ("latency_iqr_ms", "its interquartile range"),
+        ("rel_err", "relative L2 distance from eager"), ("pte_mb", "program size"),
+        ("outside", "ops left to portable kernels"))},
 }
 COLUMNS = {
     **COST_COLUMNS,
@@ -57,6 +63,10 @@ COLUMNS = {
     # estimates on `device` (roofline.estimate_row)
     "device": "device profile", "est_encoder_ms": "", "est_projector_ms": "", "est_prefill_ms": "",
     "est_vision_ms": "encoder + projector", "est_ttft_ms": "vision + LM prefill", "est_decode_tok_s": "",
+    "est_basis": "what est_* are: calibrated on N published points (median leave-one-out error), the roofline "
+                 "bound (no points for the device), or measured roofs (host)",
+    **{f"{c}_bound": "the uncalibrated roofline (the profile's assumed efficiencies); = the est_ column without points"
+       for c in ("est_encoder_ms", "est_projector_ms", "est_prefill_ms", "est_vision_ms", "est_ttft_ms", "est_decode_tok_s")},
     "design_params": "projector (+ encoder) parameters", "design_mem_mb": "projector (+ encoder) peak memory",
     # accuracy (accuracy.evaluate_projector)
     "task": "", "accuracy": "mean over seeds, %", "accuracy_ci_low": "95% two-level bootstrap",

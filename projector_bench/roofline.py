@@ -1,126 +1,54 @@
 """Latency on a device from each op's work and bytes moved: a per-op roofline (docs/devices.md).
 
-`trace_ops(module, *inputs)` runs the module once under a `TorchDispatchMode` and records every aten op
-as (kind, dtype, flops, bytes). Shapes are all it needs, so a large model can be traced on the `meta`
-device without computing anything (CLIP ViT-L/14 in under a second). `Device.latency_ms(ops)` then sums,
-op by op (not per model: a memory-bound GELU and a compute-bound GEMM are each limited by their own roof),
+Ops come from `trace.trace_ops` (every aten op of a forward, as kind, dtype, flops, bytes; re-exported here)
+or, for the language model, from `lm.LanguageModel`. `Device.latency_ms(ops)` sums them op by op (not per
+model: a memory-bound GELU and a compute-bound GEMM are each limited by their own roof),
 
     t(op) = op_overhead + max(flops / (peak_flops[dtype] * eff_compute), bytes / (bandwidth * eff_memory))
 
-Target devices are data (`conf/device/*.yaml`, every figure with its source). `host` is this machine,
-its roofs measured by micro-benchmarks (`host_device()`), which lets the estimator be checked against
-measured latency (`python -m projector_bench.bench` reports the median error over the shipped designs).
+Target devices are data (`conf/device/*.yaml`, every figure with its source). Their peaks with assumed
+efficiencies give the uncalibrated roofline bound; a profile with published measurements (`measured:`) is
+calibrated on them (`calibrate.py`: efficiencies and overhead fitted by least squares, checked by
+leave-one-out), and `estimate_row` reports both. `host` is this machine, its roofs measured by
+micro-benchmarks (`host_device()`), which lets the estimator be checked against measured latency
+(`python -m projector_bench.bench` reports the median error over the shipped designs).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 from .budget import missing
+from .calibrate import calibrate_config
 from .env import code_hash, cpu_model
 from .errors import ConfigError
 from .lm import LanguageModel
 from .measure import measure_latency
-from .ops import Op, as_ops
+from .ops import as_ops
+from .trace import trace_ops, trace_timm_on_meta
 from .util import atomic_write, torch_threads
+
+__all__ = ["Device", "calibrate_host", "device_from_config", "estimate_row", "host_device", "read_json_cache",
+           "trace_ops", "trace_timm_on_meta", "write_json_cache"]  # the tracers live in `trace`, imported from here too
 
 log = logging.getLogger(__name__)
 
 
-_ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"}
-_REDUCTION = {"mean", "sum", "amax", "amin", "var_mean", "_softmax", "_safe_softmax", "softmax", "native_layer_norm",
-              "_adaptive_avg_pool2d", "avg_pool2d", "_log_softmax"}
-_FREE = {torch.ops.aten._unsafe_view, torch.ops.aten.detach}  # views that are not flagged as views
-
-
-def _dtype(tensors: list[Tensor], quantized: bool) -> str:
-    if quantized:
-        return "int8"
-    for t in tensors:
-        if t.is_floating_point():
-            return "fp16" if t.dtype in (torch.float16, torch.bfloat16) else "fp32"
-    return "fp32"
-
-
-def _nbytes(t: Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _flops_and_kind(name: str, func: Any, args: tuple, kwargs: dict, out: Any, tensors_in: list[Tensor],
-                    tensors_out: list[Tensor]) -> tuple[str, int]:
-    out_shape = tensors_out[0].shape if tensors_out else None
-    if name == "linear_dynamic":  # quantized::linear_dynamic(x, packed_weight): 2 ops per int8 MAC
-        return "matmul", 2 * math.prod(args[0].shape) * out_shape[-1]
-    if name in _ATTENTION:
-        return "attention", sdpa_flop_count(*(a.shape for a in args[:3]))
-    if func.overloadpacket in flop_registry:  # torch's own formulas: matmuls and convolutions, 2 per MAC
-        flops = int(flop_registry[func.overloadpacket](*args, out_val=out, **kwargs))
-        if name in ("convolution", "_convolution"):
-            return ("depthwise_conv" if args[8] > 1 else "conv"), flops
-        return "matmul", flops
-    if name in _REDUCTION:
-        return "reduction", tensors_in[0].numel() if tensors_in else 0
-    return "elementwise", math.prod(out_shape) if out_shape is not None else 0
-
-
-class _Recorder(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if getattr(func, "is_view", False) or func.overloadpacket in _FREE:
-            return out  # metadata only: no work, no bytes
-        name = func.overloadpacket.__name__
-        tensors_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
-        tensors_out = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
-        quantized = func.namespace == "quantized"
-        kind, flops = _flops_and_kind(name, func, args, kwargs, out, tensors_in, tensors_out)
-        moved = sum(_nbytes(t) for t in {id(t): t for t in tensors_in + tensors_out}.values())
-        if quantized and name == "linear_dynamic":  # the packed int8 weight is a ScriptObject: add its bytes
-            moved += args[0].shape[-1] * tensors_out[0].shape[-1]
-        self.ops[(kind, _dtype(tensors_in, quantized), int(flops), int(moved))] += 1
-        return out
-
-
-def trace_ops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> list[Op]:
-    """Every aten op of one inference forward, identical ops folded into one `Op` (views are free)."""
-    rec = _Recorder()
-    with torch.no_grad(), rec:  # not inference_mode: there composite ops (linear, conv2d) would not decompose
-        module(*inputs, **kwargs)
-    return [Op(k, d, f, b, n) for (k, d, f, b), n in sorted(rec.ops.items(), key=lambda kv: -kv[0][2])]
-
-
-@cache
-def trace_timm_on_meta(name: str, img_size: int) -> tuple[Op, ...]:
-    """Ops of a timm model's `forward_features` at `img_size`, traced on the meta device (no weights, no compute)."""
-    import timm
-
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, img_size=img_size).eval()
-        images = torch.empty(1, 3, img_size, img_size)
-    return tuple(trace_ops(model.forward_features, images))
-
-
 @dataclass(frozen=True)
 class Device:
-    """A device's roofs: peak throughput per dtype (GFLOP/s), DRAM bandwidth (GB/s), achievable fractions."""
+    """A device's roofs: peak throughput per dtype (GFLOP/s), DRAM bandwidth (GB/s), achievable fractions.
+
+    A target calibrated on published measurements (`calibrate.py`) carries fitted fractions and overhead,
+    `basis` saying so, and `bound`: the same device with the profile's assumed fractions (the uncalibrated
+    roofline)."""
 
     name: str
     kind: str
@@ -130,11 +58,14 @@ class Device:
     eff_memory: float = 1.0
     op_overhead_us: float = 0.0
     kind_gflops: Mapping[str, float] = field(default_factory=dict)  # measured per-kind roofs (host only)
+    eff_compute_dtype: Mapping[str, float] = field(default_factory=dict)  # fitted per-dtype fractions (else eff_compute)
+    basis: str = ""  # "calibrated on ..." when fitted; see `estimate_basis`
+    bound: Device | None = None  # a calibrated device's uncalibrated twin
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
         """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
         peak = (self.kind_gflops.get(kind) if dtype == "fp32" else None) or self.peak_gflops.get(dtype) or self.peak_gflops["fp32"]
-        compute = flops / (peak * 1e9 * self.eff_compute)
+        compute = flops / (peak * 1e9 * self.eff_compute_dtype.get(dtype, self.eff_compute))
         memory = nbytes / (self.memory_gbps * 1e9 * self.eff_memory)
         return self.op_overhead_us * 1e-6 + max(compute, memory)
 
@@ -144,6 +75,12 @@ class Device:
 
     def as_row(self) -> dict[str, Any]:
         return {f"device_{k}": v for k, v in asdict(self).items()}
+
+    def estimate_basis(self) -> str:
+        """What this device's estimates are: measured roofs, calibrated on published points, or the bound."""
+        if self.kind == "host":
+            return "measured roofs (host)"
+        return self.basis or "roofline bound (assumed efficiencies; no published points for this device)"
 
 
 def _seconds(fn, min_run_time: float = 0.3) -> float:
@@ -187,7 +124,7 @@ def calibrate_host(threads: int) -> Device:
             q, x = QLinear(2048, 2048), torch.randn(576, 2048)
             int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)) / 1e9
             src, dst = torch.empty(2**26), torch.empty(2**26)  # 256 MiB each
-            bandwidth = 2 * _nbytes(src) / _seconds(lambda: dst.copy_(src)) / 1e9
+            bandwidth = 2 * src.numel() * src.element_size() / _seconds(lambda: dst.copy_(src)) / 1e9
             one = torch.ones(1)
             overhead = _seconds(lambda: torch.add(one, one)) * 1e6
             kinds = _kind_gflops()
@@ -239,35 +176,52 @@ def _calibrated(threads: int) -> Device:
 
 
 def device_from_config(dev: Mapping[str, Any], threads: int, cache_dir: str | Path | None = None) -> Device:
-    """A `Device` from a `conf/device/*.yaml` mapping; `kind: host` is measured here."""
+    """A `Device` from a `conf/device/*.yaml` mapping: `kind: host` is measured here; a target with published
+    points (`measured:`) is calibrated on them (`calibrate.py`) and keeps its uncalibrated twin in `bound`."""
     if dev.get("kind", "host") == "host":
         return host_device(threads, cache_dir)
     peaks = dict(dev.get("peak_gflops") or {})
     if not peaks.get("fp32") or not dev.get("memory_gbps"):
         raise ConfigError(f"device {dev.get('name')!r} needs peak_gflops.fp32 and memory_gbps; add them to conf/device/{dev.get('name')}.yaml")
     eff = dev.get("efficiency") or {}
-    return Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
-                  float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))
+    bound = Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
+                   float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))
+    cal = calibrate_config(dev)
+    if cal is None:
+        return bound
+    f = cal.fitted
+    return replace(bound, eff_compute=f.compute, eff_memory=f.memory, op_overhead_us=f.overhead_us,
+                   eff_compute_dtype=dict(f.compute_dtype), basis=cal.basis, bound=bound)
 
 
 def _ops(value: Any) -> list | None:
     return value if isinstance(value, list) and value else None
 
 
-def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> dict[str, float]:
+def _estimates(enc: list | None, proj: list, tokens_out: int, device: Device, lm: LanguageModel) -> dict[str, float]:
+    out = {"est_encoder_ms": device.latency_ms(enc) if enc else math.nan, "est_projector_ms": device.latency_ms(proj),
+           "est_prefill_ms": device.latency_ms(lm.prefill_ops(tokens_out))}
+    out["est_vision_ms"] = out["est_projector_ms"] + (0.0 if math.isnan(out["est_encoder_ms"]) else out["est_encoder_ms"])
+    out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
+    out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(tokens_out + lm.prompt_tokens))
+    return out
+
+
+def estimate_row(row: Mapping[str, Any], device: Device, lm: LanguageModel) -> dict[str, Any]:
     """End-to-end estimates of one results row on `device`: the encoder, the projector, the LM's prefill of the
-    projector's tokens plus the prompt (their sum is the time to first token), and the decode speed."""
+    projector's tokens plus the prompt (their sum is the time to first token), and the decode speed. `est_*`
+    is the device's best estimate (calibrated when it has published points), `est_*_bound` the uncalibrated
+    roofline (the same numbers when there is nothing to calibrate on), `est_basis` says which `est_*` is."""
     enc, proj = _ops(row.get("encoder_ops")), _ops(row.get("ops"))
     if proj is None:
         return {}
-    out = {"est_encoder_ms": device.latency_ms(enc) if enc else math.nan, "est_projector_ms": device.latency_ms(proj),
-           "est_prefill_ms": device.latency_ms(lm.prefill_ops(int(row["tokens_out"])))}
-    out["est_vision_ms"] = out["est_projector_ms"] + (0.0 if math.isnan(out["est_encoder_ms"]) else out["est_encoder_ms"])
-    out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
-    out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(int(row["tokens_out"]) + lm.prompt_tokens))
+    tokens = int(row["tokens_out"])
+    out = _estimates(enc, proj, tokens, device, lm)
+    bound = out if device.bound is None else _estimates(enc, proj, tokens, device.bound, lm)
+    out |= {f"{k}_bound": v for k, v in bound.items()}
+    out["est_basis"] = device.estimate_basis()
     # what `budget.params` and `budget.memory_mb` bound: the projector, plus the encoder when one was measured
     enc_params, enc_mem = row.get("encoder_params"), row.get("encoder_peak_mem_mb")
     out["design_params"] = row.get("params", math.nan) + (0.0 if missing(enc_params) else enc_params)
     out["design_mem_mb"] = row.get("peak_mem_mb", math.nan) + (0.0 if missing(enc_mem) else enc_mem)
     return out
-

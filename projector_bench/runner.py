@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ._registry import create_projector
 from .accuracy import code_version, evaluate_projector
+from .deploy import deploy_costs
 from .encoders import Variant, create_encoder
 from .env import code_hash, cpu_model, environment
 from .errors import ConfigError
@@ -29,11 +30,14 @@ from .util import projector_kwargs, torch_threads
 log = logging.getLogger(__name__)
 
 
-def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], device: DictConfig, **kwargs: Any) -> dict[str, Any]:
+def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
+    device, threads = cfg.device, cfg.device.threads or DEFAULT_THREADS
     fc = count_flops(module, *inputs, **kwargs)
-    lat = measure_latency(lambda: module(*inputs, **kwargs), threads=device.threads or DEFAULT_THREADS,
-                          min_run_time=device.min_run_time, warmup=device.warmup)
-    return {
+    lat = measure_latency(lambda: module(*inputs, **kwargs), threads=threads, min_run_time=device.min_run_time,
+                          warmup=device.warmup)
+    deployed = {} if cfg.deploy.runtime is None else deploy_costs(
+        prefix, module, inputs, threads, device.min_run_time, device.warmup, tuple(cfg.deploy.precisions), **kwargs)
+    return deployed | {
         f"{prefix}params": count_params(module),
         f"{prefix}macs": fc.macs,
         f"{prefix}flops": fc.flops,
@@ -66,7 +70,7 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
     with torch.inference_mode():
         tokens, grid = enc(images)
     info = {"encoder": enc.name, "encoder_weights": enc.weights_source, "img_size": cfg.encoder.img_size}
-    return tokens.clone(), grid, info | _costs("encoder_", enc.model, (images,), cfg.device)
+    return tokens.clone(), grid, info | _costs("encoder_", enc.model, (images,), cfg)
 
 
 def build_projector(pcfg: DictConfig, in_dim: int) -> nn.Module:
@@ -91,7 +95,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         out = proj(tokens, grid)
     row |= {"grid": f"{grid[0]}x{grid[1]}" if grid else None, "tokens_in": tokens.shape[1], "tokens_out": out.shape[1],
             "in_dim": in_dim, "out_dim": out.shape[-1], "batch": tokens.shape[0]}
-    return row | _costs("", proj, (tokens,), cfg.device, grid=grid)
+    return row | _costs("", proj, (tokens,), cfg, grid=grid)
 
 
 def _load(threads: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ._registry import create_projector
-from .budget import Budget
+from .budget import DEPLOY_RUNTIMES, Budget
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
 from .util import accuracy_projector_kwargs, projector_kwargs
@@ -65,6 +65,10 @@ RULES: dict[str, tuple[Rule, str]] = {
                              "a positive number or a list of them"),
     "accuracy.projector": (lambda v: v is None or isinstance(v, dict),
                            "a mapping of projector keys (accuracy.projector.num_latents=16), or null"),
+    "deploy.runtime": (lambda v: v is None or v in DEPLOY_RUNTIMES, f"one of {', '.join(DEPLOY_RUNTIMES)} or null"),
+    "deploy.precisions": (lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= {"fp32", "int8"},
+                          "a non-empty list of fp32 and int8"),
+    "budget.deployable": (lambda v: v is None or v in DEPLOY_RUNTIMES, f"one of {', '.join(DEPLOY_RUNTIMES)} or null"),
     "token_budget": (_opt(_pos_int), "a positive integer (tokens) or null"),
     "search.n_trials": (_pos_int, "a positive integer"),
     "search.heartbeat": (_pos_int, "a positive integer (seconds)"),

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "projector_bench"
 LAYERS = [
     ("leaves", ["errors", "settings", "util", "env", "ops", "budget", "results", "studies"]),
     ("models", ["", "_registry", "projectors", "encoders", "tasks", "lm"]),  # "": the package's __init__
-    ("measurement", ["measure", "roofline", "accuracy"]),
+    ("measurement", ["measure", "trace", "calibrate", "roofline", "deploy", "accuracy"]),
     ("job", ["validate", "runner"]),
     ("analysis", ["choose", "tables", "report"]),
     ("entry points", ["search", "bench", "regress", "cli", "__main__"]),

@@ -14,7 +14,9 @@ from projector_bench.settings import DEFAULT_THREADS, config_dir
 
 from .conftest import in_process
 
-TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none"]
+# deploy.runtime=null: lowering to ExecuTorch takes seconds a job; tests/test_deploy.py runs it through the CLI
+TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none",
+        "deploy.runtime=null"]
 
 
 def _args(tmp_path, args) -> list[str]:

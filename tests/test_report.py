@@ -147,3 +147,16 @@ def test_report_shows_the_token_budgets_and_their_plot(tmp_path):
     html = path.read_text(encoding="utf-8")
     assert 'id="budgets"' in html and 'id="plot-token-budgets"' in html
     assert "c_abstractor@144 keeps the most" in html and "98.7 [98.0, 99.3]" in html
+
+
+def test_report_says_what_the_estimates_are_on_each_device(tmp_path):
+    calibrated = "calibrated on 7 published points (4 workloads; median leave-one-out error 21%)"
+    df = pd.DataFrame([_row("mlp", 70.0, 120.0, 2e9) | {"est_ttft_ms_bound": 30.0, "est_basis": calibrated}])
+    recs = [{"budget": "ttft ≤ 200 ms", "device": "phone", "design": "mlp", "feasible": True, "reason": "r", "basis": calibrated},
+            {"budget": "ttft ≤ 200 ms", "device": "pi", "design": "mlp", "feasible": True, "reason": "r",
+             "basis": "roofline bound (assumed efficiencies; no published points for this device)"}]
+    html = write_report(df, tmp_path, title="t", device="phone", latency_col="est_ttft_ms", recommendations=recs,
+                        provenance={}).read_text(encoding="utf-8")
+    assert re.search(r'Device: <b>phone</b>\. <span id="estimate-basis">Estimates \(est_\*\) on it: calibrated on 7 published points', html)
+    assert "<small>roofline bound (assumed efficiencies; no published points for this device)</small>" in html
+    assert "<th>est_ttft_ms_bound</th>" in html and "<td>30.0</td>" in html

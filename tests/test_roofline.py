@@ -190,13 +190,14 @@ def test_estimates_are_added_per_row_from_its_own_lm(mobilevlm_rows):
 
 
 @pytest.mark.parametrize("device,prompt_tok_s,decode_tok_s", [
-    ("snapdragon888_cpu", 19.7, 14.1),  # llama.cpp examples/llava/MobileVLM-README.md: MobileVLM-1.7B q4_k, 4 threads
+    ("snapdragon888_cpu", 19.7, 14.1),  # llama.cpp docs/multimodal/MobileVLM.md: MobileVLM-1.7B q4_k, 4 threads
     ("jetson_orin", 801.7, 65.6),
 ])
 def test_a_roofline_bounds_the_published_llama_cpp_speeds(device, prompt_tok_s, decode_tok_s):
-    """No real runtime beats the roofs: a published speed above the estimate would mean a wrong device profile."""
+    """No real runtime beats the roofs: a published speed above the uncalibrated estimate (the profile's assumed
+    efficiencies, kept as `bound` once the device is calibrated on those same speeds) would mean a wrong profile."""
     m = LanguageModel.from_config(vars(lm()) | {"weight_bits": 4.5, "prompt_tokens": 0})
-    d = target(device)
+    d = target(device).bound
     assert 256 / (d.latency_ms(m.prefill_ops(256)) / 1e3) > prompt_tok_s
     assert 1e3 / d.latency_ms(m.decode_ops(256)) > decode_tok_s
 

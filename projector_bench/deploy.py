@@ -1,0 +1,204 @@
+"""Deployability on a phone's runtime: a design exported with `torch.export`, lowered to ExecuTorch's XNNPACK
+backend (the CPU runtime PyTorch ships for Android and iOS) in fp32 and int8, and run by ExecuTorch's Python
+runtime on this host (docs/deploy.md).
+
+The extra is optional: `python -m projector_bench.deploy install` (ExecuTorch's own requirements pin packages
+that keep pip's resolver busy for many minutes, so it installs `executorch` and `torchao` without their
+dependency lists, then the pure-Python packages they import). Without it every deploy column is empty and
+`exports` says why.
+
+int8 is XNNPACK's static scheme through the PT2E flow (`XNNPACKQuantizer`, symmetric, weights per output
+channel), calibrated on the example inputs: a latency, not an accuracy (the `<design>_int8` designs measure
+what int8 costs in accuracy). The dynamic scheme failed on `ldp` and `c_abstractor` here (XNNPACK rejected the
+quantized convolutions' shapes), the static one lowers every design. Ops the quantizer does not cover stay fp32.
+A `<design>_int8` design is lowered from its float twin.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
+
+from .measure import Latency, _Call, float_twin, measure_latency
+from .roofline import Device
+
+log = logging.getLogger(__name__)
+
+RUNTIME = "executorch"
+INSTALL = "python -m projector_bench.deploy install"
+PINNED = ("executorch==1.5.1", "torchao==0.18.0")  # the pair that imports beside torch 2.14.1
+PRECISIONS = ("fp32", "int8")
+
+
+@cache
+def unavailable() -> str | None:
+    """None when ExecuTorch and its XNNPACK backend import here, else why not (one line, with the fix)."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registers an Enum: a warning per import
+    try:
+        from executorch.extension.pybindings import portable_lib
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except Exception as e:  # ImportError, or a binary built for another torch
+        return f"executorch is not installed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {INSTALL}"
+    if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
+        return "this executorch build has no XNNPACK backend; reinstall it: " + INSTALL
+    return None
+
+
+@dataclass(frozen=True)
+class Program:
+    """A lowered program: the .pte bytes and the ops XNNPACK did not take (they run as portable kernels)."""
+
+    buffer: bytes
+    outside: tuple[str, ...]
+
+
+def _quantize_int8(module: nn.Module, inputs: tuple[Tensor, ...]) -> nn.Module:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, inputs).module(), quantizer)
+    prepared(*inputs)  # calibration: the example inputs set the activations' scales (enough for timing)
+    return convert_pt2e(prepared)
+
+
+def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32", **kwargs: Any) -> Program:
+    """`module(*inputs, **kwargs)` exported with `torch.export` (static shapes) and lowered to XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    model = _Call(float_twin(module) if _is_dynamic_int8(module) else module, **kwargs).eval()
+    if precision == "int8":
+        model = _quantize_int8(model, inputs)
+    edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[XnnpackPartitioner()])
+    names = (getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes if n.op == "call_function")
+    outside = sorted({n.removeprefix("aten.").removesuffix(".default") for n in names
+                      if n not in ("executorch_call_delegate", "getitem")})
+    return Program(edge.to_executorch().buffer, tuple(outside))
+
+
+def _is_dynamic_int8(module: nn.Module) -> bool:
+    return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in module.modules())
+
+
+def load(program: Program, threads: int) -> Callable[[tuple[Tensor, ...]], list[Tensor]]:
+    """The program's `forward`, loaded in ExecuTorch's runtime with an XNNPACK thread pool of `threads`."""
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    return lambda inputs: method.execute(inputs)
+
+
+def _short(e: Exception) -> str:
+    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {line[:160]}"
+
+
+def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], threads: int, min_run_time: float,
+                 warmup: int, precisions: tuple[str, ...] = PRECISIONS, **kwargs: Any) -> dict[str, Any]:
+    """Row columns: `{prefix}exports` ({"executorch": "ok" or the first error, naming the precision}), and per
+    precision that ran `{prefix}xnnpack[_int8]_latency_ms`, `_latency_iqr_ms`, `_rel_err` (relative L2 distance of
+    the program's output from eager PyTorch's), `_pte_mb` and `_outside` (ops left to ExecuTorch's portable kernels)."""
+    if (why := unavailable()) is not None:
+        return {f"{prefix}exports": {RUNTIME: f"not measured: {why}"}}
+    inputs = tuple(t.contiguous() for t in inputs)  # the runtime takes dense inputs (an encoder's tokens are a view)
+    with torch.no_grad():
+        ref = tree_leaves(_Call(module, **kwargs).eval()(*inputs))  # a timm feature model returns a list
+    out: dict[str, Any] = {f"{prefix}xnnpack_threads": threads}
+    errors: list[str] = []
+    for precision in precisions:
+        col = f"{prefix}xnnpack{'' if precision == 'fp32' else '_' + precision}"
+        try:
+            program = lower(module, inputs, precision, **kwargs)
+            run = load(program, threads)
+            got = run(inputs)
+            lat: Latency = measure_latency(lambda: run(inputs), threads=threads, min_run_time=min_run_time, warmup=warmup)
+        except Exception as e:  # the row says why; the eager columns are unaffected
+            log.debug("lowering to XNNPACK (%s) failed", precision, exc_info=True)
+            errors.append(f"{precision}: {_short(e)}")
+            continue
+        out |= {f"{col}_latency_ms": lat.median_ms, f"{col}_latency_iqr_ms": lat.iqr_ms,
+                f"{col}_rel_err": max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(got, ref)),
+                f"{col}_pte_mb": len(program.buffer) / 2**20, f"{col}_outside": list(program.outside)}
+    return out | {f"{prefix}exports": {RUNTIME: errors[0] if errors else "ok"}}
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *x: Tensor) -> Tensor:
+        return self.fn(*x)
+
+
+def _program_ms(module: nn.Module, inputs: tuple[Tensor, ...], threads: int, precision: str = "fp32") -> float:
+    run = load(lower(module, inputs, precision), threads)
+    return measure_latency(lambda: run(inputs), threads=threads, min_run_time=0.3).median_ms
+
+
+def calibrate_xnnpack(threads: int) -> Device:
+    """This machine's roofs under ExecuTorch's XNNPACK backend (about 30 s), measured as `roofline.calibrate_host`
+    measures eager's: programs of one kernel each, by the roofline's counting convention (2 per MAC; one op per
+    element for elementwise and reduction ops), on MobileVLM's shapes."""
+    import torch.nn.functional as F
+
+    x, t = torch.randn(1, 1024, 24, 24), torch.randn(576, 2048)
+    q = torch.randn(1, 8, 576, 64)
+    lin = nn.Linear(2048, 2048, bias=False).eval()
+    gemm = 2 * 576 * 2048 * 2048
+    big = torch.randn(2**24)  # 64 MiB: a streaming add reads two and writes one
+    per_s = {
+        "fp32": gemm / _program_ms(lin, (t,), threads), "int8": gemm / _program_ms(lin, (t,), threads, "int8"),
+        "conv": 2 * 1024 * 1024 * 576 / _program_ms(nn.Conv2d(1024, 1024, 1, bias=False).eval(), (x,), threads),
+        "depthwise_conv": 2 * 9 * 1024 * 576 / _program_ms(nn.Conv2d(1024, 1024, 3, padding=1, groups=1024, bias=False).eval(), (x,), threads),
+        "attention": 4 * 8 * 576 * 576 * 64 / _program_ms(_Fn(F.scaled_dot_product_attention), (q, q, q), threads),
+        "elementwise": t.numel() / _program_ms(nn.GELU().eval(), (t,), threads),
+        "reduction": t.numel() / _program_ms(nn.LayerNorm(2048).eval(), (t,), threads),
+    }
+    gflops = {k: v / 1e6 for k, v in per_s.items()}  # per ms -> GFLOP/s
+    bandwidth = 3 * big.numel() * 4 / _program_ms(_Fn(torch.add), (big, big), threads) / 1e6
+    overhead = _program_ms(_Fn(torch.add), (torch.ones(1), torch.ones(1)), threads) * 1e3
+    kinds = {k: gflops[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}
+    return Device("host_xnnpack", "host", {"fp32": gflops["fp32"], "fp16": gflops["fp32"], "int8": gflops["int8"]},
+                  bandwidth, 1.0, 1.0, overhead, kinds)
+
+
+def install() -> int:
+    """Install the deploy extra into this Python: executorch and torchao without their dependency lists, then
+    the pure-Python packages they import (one command; pip's resolver alone stalls on executorch's pins)."""
+    from importlib.metadata import requires
+
+    # the `deploy` extra of pyproject.toml: what executorch and torchao import (their own metadata also pins
+    # coremltools, the Apple backend's converter, which XNNPACK does not use)
+    extra = [r.split(";")[0].strip() for r in requires("projector_bench") or [] if re.search(r"extra\s*==\s*['\"]deploy['\"]", r)]
+    pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+    for cmd in (pip + ["--no-deps", *PINNED], pip + extra):
+        print("+", " ".join(cmd[2:]), flush=True)
+        if (rc := subprocess.call(cmd)) != 0:
+            return rc
+    unavailable.cache_clear()
+    why = unavailable()
+    print(why or "ExecuTorch with XNNPACK: ok")
+    return 1 if why else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        sys.exit(f"usage: {INSTALL}")
+    raise SystemExit(install())

@@ -1,0 +1,104 @@
+"""ExecuTorch / XNNPACK: designs lowered and run by the real runtime (installed by `python -m projector_bench.deploy
+install`, which the README's test command runs), the `exports` verdict, and `budget.deployable`."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from projector_bench import create_projector, deploy, list_projectors
+from projector_bench.budget import Budget
+from projector_bench.choose import recommend
+from projector_bench.errors import ConfigError
+
+from .test_cli import cli, rows  # noqa: F401 (cli: the command line in this process, a fixture)
+
+
+def test_executorch_is_installed_with_xnnpack():
+    assert deploy.unavailable() is None, "install the deploy extra: python -m projector_bench.deploy install"
+
+
+def test_mlp_program_computes_the_design_in_fp32_and_int8():
+    torch.manual_seed(0)
+    p, x = create_projector("mlp", 64, 96).eval(), torch.randn(1, 36, 64)
+    cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, grid=(6, 6))
+    assert cols["exports"] == {"executorch": "ok"}
+    assert cols["xnnpack_rel_err"] < 1e-5  # the lowered fp32 program is the design
+    assert 0 < cols["xnnpack_int8_rel_err"] < 0.05  # int8: close, not equal
+    assert cols["xnnpack_outside"] == [] and cols["xnnpack_latency_ms"] > 0 and cols["xnnpack_int8_latency_ms"] > 0
+    assert cols["xnnpack_int8_pte_mb"] < cols["xnnpack_pte_mb"] / 2  # int8 weights
+
+
+def test_an_int8_design_is_lowered_from_its_float_twin():
+    p, x = create_projector("mlp_int8", 64, 96), torch.randn(1, 36, 64)
+    cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, precisions=("fp32",))
+    assert cols["exports"] == {"executorch": "ok"} and cols["xnnpack_rel_err"] < 0.05
+
+
+class _NotExportable(nn.Module):
+    def forward(self, x):
+        return x * float(x.sum().item() > 0)  # data-dependent Python: torch.export cannot trace it
+
+
+def test_a_design_that_does_not_lower_gets_its_first_error_not_an_exception():
+    cols = deploy.deploy_costs("", _NotExportable(), (torch.randn(4, 8),), threads=1, min_run_time=0.05, warmup=1)
+    verdict = cols["exports"]["executorch"]
+    assert verdict.startswith("fp32: ") and "\n" not in verdict and len(verdict) < 200
+    assert "xnnpack_latency_ms" not in cols
+
+
+def test_without_executorch_the_columns_say_why(monkeypatch):
+    monkeypatch.setattr(deploy, "unavailable", lambda: "executorch is not installed; " + deploy.INSTALL)
+    cols = deploy.deploy_costs("encoder_", nn.Linear(4, 4), (torch.randn(2, 4),), 1, 0.05, 1)
+    assert cols == {"encoder_exports": {"executorch": "not measured: executorch is not installed; " + deploy.INSTALL}}
+
+
+def _rows() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"projector": "fast", "status": "ok", "accuracy": 90.0, "est_ttft_ms": 10.0, "design_params": 1e6,
+         "design_mem_mb": 1.0, "exports": {"executorch": "fp32: RuntimeError: XNNPACK rejected it"}},
+        {"projector": "slow", "status": "ok", "accuracy": 80.0, "est_ttft_ms": 20.0, "design_params": 1e6,
+         "design_mem_mb": 1.0, "exports": {"executorch": "ok"}},
+    ])
+
+
+def test_budget_deployable_keeps_only_designs_that_ran_there():
+    df = _rows()
+    assert recommend(df, Budget(latency_ms=100), "host").design == "fast"
+    pick = recommend(df, Budget(latency_ms=100, deployable="executorch"), "host")
+    assert pick.design == "slow" and "deployable on executorch" in pick.reason
+    over = recommend(df, Budget(latency_ms=5, deployable="executorch"), "host")
+    assert not over.feasible and over.design == "slow" and "runs on executorch" in over.reason
+    df["exports"] = [math.nan, {"executorch": "not measured: executorch is not installed"}]
+    none = recommend(df, Budget(deployable="executorch"), "host")
+    assert none.design is None and "deploy install" in none.reason
+
+
+def test_budget_deployable_names_the_runtimes():
+    with pytest.raises(ConfigError, match="budget.deployable='tflite' is not one of: executorch"):
+        Budget(deployable="tflite")
+
+
+@pytest.mark.slow
+def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
+    x = torch.randn(1, 64, 32)
+    verdicts = {}
+    for name in list_projectors():
+        kw = {"num_latents": 16} if name.startswith("resampler") else {}
+        p = create_projector(name, 32, 64, **kw).eval()
+        cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.02, warmup=1, grid=(8, 8))
+        verdicts[name] = cols["exports"]["executorch"]
+    assert all(v == "ok" for v in verdicts.values()), {k: v for k, v in verdicts.items() if v != "ok"}
+
+
+@pytest.mark.slow
+def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
+    r = cli(tmp_path, "projector=ldpv2", "encoder=mobilevit_xxs", "encoder.weights=random", "encoder.img_size=64",
+            "deploy.runtime=executorch", "deploy.precisions=[fp32]")
+    assert r.returncode == 0, r.stderr
+    row = rows(tmp_path)[-1]  # every column it holds is described in results.COLUMNS
+    assert row["exports"] == {"executorch": "ok"} and row["encoder_exports"] == {"executorch": "ok"}
+    assert row["xnnpack_latency_ms"] > 0 and row["encoder_xnnpack_latency_ms"] > 0
+    assert row["xnnpack_rel_err"] < 1e-4 and row["encoder_xnnpack_rel_err"] < 1e-4
+    assert "xnnpack_int8_latency_ms" not in row
