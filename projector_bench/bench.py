@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
 from torchvision.ops.misc import SqueezeExcitation
 
-from . import create_projector, list_projectors
+from . import create_projector, deploy, list_projectors
 from .calibrate import Calibration, calibrate_config
 from .measure import REFERENCE_SHAPE, measure_latency, paired
 from .results import load_results
@@ -108,7 +108,47 @@ def _calibration_targets(cals: dict[str, Calibration]) -> list[tuple[str, float,
     return out
 
 
+def deploy_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float, str, bool]], dict[str, str], dict]:
+    """ExecuTorch/XNNPACK on this host: every shipped design lowered (fp32 and int8) with its verdict, the
+    roofline with XNNPACK's own host roofs against each program's measured latency, and two paired ratios
+    (one thread, interleaved): mlp's fp32 program against eager PyTorch, its int8 program against fp32."""
+    if (why := deploy.unavailable()) is not None:
+        return [(f"ExecuTorch: {why}", 0.0, 0.0, "installed", False)], {}, {}
+    threads = torch.get_num_threads()
+    host = deploy.calibrate_xnnpack(threads)
+    verdicts: dict[str, str] = {}
+    roofline: dict[str, tuple[float, float]] = {}
+    names = [n for n in list_projectors() if n != "int8"]  # `int8` is `mlp_int8` by another name
+    for name in sorted(names, key=lambda n: n.endswith("_int8")):
+        base = name.removesuffix("_int8")
+        if name != base and base in verdicts:  # an int8 design is lowered from its float twin: the same programs
+            verdicts[name] = verdicts[base]
+            continue
+        p = create_projector(name, SHAPE[-1], OUT).eval()
+        cols = deploy.deploy_costs("", p, (x,), threads, 0.5, 2)
+        verdicts[name] = cols["exports"][deploy.RUNTIME]
+        if "xnnpack_latency_ms" in cols:
+            roofline[name] = (cols["xnnpack_latency_ms"], host.latency_ms(trace_ops(p, x)))
+    ok = sum(v == "ok" for v in verdicts.values())
+    out = [(f"designs that run on ExecuTorch/XNNPACK (of {len(verdicts)})", ok, 0.0, "all, or why", True)]
+    errs = [abs(e - m) / m for m, e in roofline.values()]
+    q = statistics.quantiles(errs, n=4)
+    out.append(("roofline vs XNNPACK on host: median |error|", statistics.median(errs), q[2] - q[0], "<= 0.25",
+                statistics.median(errs) <= 0.25))
+    mlp = create_projector("mlp", SHAPE[-1], OUT).eval()
+    fp32, int8 = deploy.lower(mlp, (x,)), deploy.lower(mlp, (x,), "int8")
+    with torch_threads(1), torch.inference_mode():
+        run32, run8 = deploy.load(fp32, 1), deploy.load(int8, 1)
+        med, iqr = paired(lambda: run32((x,)), lambda: mlp(x), rounds, 1)[:2]
+        out.append(("mlp: XNNPACK fp32 time / eager time", med, iqr, "<= 1.5", med <= 1.5))
+        med, iqr = paired(lambda: run8((x,)), lambda: run32((x,)), rounds, 1)[:2]
+        out.append(("mlp: XNNPACK int8 time / fp32 time", med, iqr, "< 1", med < 1))
+    return out, verdicts, roofline
+
+
 def _sweep(results_dir: str, *overrides: str) -> float:
+    """Wall time of `+sweep=ldp_vs_mlp` (the targets' sweeps leave out the ExecuTorch lowering, `deploy.runtime=null`:
+    they time the costs and the accuracy, as their targets were set; deploy_targets times the lowering)."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "projector_bench", "+sweep=ldp_vs_mlp", "quiet=true", f"results_dir={results_dir}",
                     f"hydra.sweep.dir={results_dir}/hydra", *overrides], check=True, capture_output=True)
@@ -189,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
     ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
+    ap.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
     ap.add_argument("--calibration-only", action="store_true",
                     help="only the target devices' calibration on published points (a few seconds)")
     args = ap.parse_args(argv)
@@ -200,16 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(*SHAPE)
     results: list[tuple[str, float, float, str, bool]] = []
     roofline: dict = {}
-    if not args.accuracy_only:
+    verdicts: dict = {}
+    xnn: dict = {}
+    if not args.accuracy_only and not args.deploy_only:
         results, roofline = _speed_targets(x, args.rounds)
         results += _calibration_targets(cals)
+    if not args.accuracy_only:
+        deployed, verdicts, xnn = deploy_targets(x, args.rounds)
+        results += deployed
+    if args.deploy_only:
+        args.skip_sweep = True
     if not args.skip_sweep:
         if not args.accuracy_only:
             with tempfile.TemporaryDirectory() as tmp:
-                wall = _sweep(tmp, "task=none")
+                wall = _sweep(tmp, "task=none", "deploy.runtime=null")
                 results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
         with tempfile.TemporaryDirectory() as tmp:
-            wall = _sweep(tmp, *([f"accuracy.seeds={args.seeds}"] if args.seeds else []))
+            wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds else []))
             rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
             results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
@@ -224,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if roofline:
         print("roofline on host, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
         print(calibration_table(cals))
+    if verdicts:
+        print("ExecuTorch/XNNPACK per design: " + "; ".join(f"{n} {v}" for n, v in verdicts.items()))
+        print("roofline on host vs XNNPACK fp32, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in xnn.items()))
     return 0 if all(r[-1] for r in results) else 1
 
 

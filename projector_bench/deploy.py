@@ -19,6 +19,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -100,8 +101,9 @@ def load(program: Program, threads: int) -> Callable[[tuple[Tensor, ...]], list[
 
     if portable_lib._threadpool_get_thread_count() != threads:
         portable_lib._unsafe_reset_threadpool(threads)
-    method = Runtime.get().load_program(program.buffer).load_method("forward")
-    return lambda inputs: method.execute(inputs)
+    loaded = Runtime.get().load_program(program.buffer)  # the method points into it: keep it alive with the method
+    method = loaded.load_method("forward")
+    return lambda inputs, _program=loaded: method.execute(inputs)
 
 
 def _short(e: Exception) -> str:
@@ -124,7 +126,9 @@ def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], thr
     for precision in precisions:
         col = f"{prefix}xnnpack{'' if precision == 'fp32' else '_' + precision}"
         try:
+            start = time.perf_counter()
             program = lower(module, inputs, precision, **kwargs)
+            lowered_s = time.perf_counter() - start
             run = load(program, threads)
             got = run(inputs)
             lat: Latency = measure_latency(lambda: run(inputs), threads=threads, min_run_time=min_run_time, warmup=warmup)
@@ -134,7 +138,8 @@ def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], thr
             continue
         out |= {f"{col}_latency_ms": lat.median_ms, f"{col}_latency_iqr_ms": lat.iqr_ms,
                 f"{col}_rel_err": max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(got, ref)),
-                f"{col}_pte_mb": len(program.buffer) / 2**20, f"{col}_outside": list(program.outside)}
+                f"{col}_pte_mb": len(program.buffer) / 2**20, f"{col}_outside": list(program.outside),
+                f"{col}_lower_s": lowered_s}
     return out | {f"{prefix}exports": {RUNTIME: errors[0] if errors else "ok"}}
 
 

@@ -219,8 +219,24 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
 
 
 COLUMNS = ["design", "status", "tokens_out", "params (M)", "GMACs", "latency_ms", "est_projector_ms", "est_ttft_ms",
-           "est_ttft_ms_bound", "est_decode_tok_s", "peak_mem_mb", "accuracy [95% CI]", "error / warning"]
+           "est_ttft_ms_bound", "est_decode_tok_s", "peak_mem_mb", "XNNPACK ms (fp32 / int8)", "exports", "accuracy [95% CI]",
+           "error / warning"]
 WARNINGS = ("accuracy_warning", "load_warning")  # row columns shown in the last column of an ok row
+
+
+def _xnnpack_ms(r: pd.Series) -> str:
+    fp32, int8 = _fmt(r.get("xnnpack_latency_ms"), 2), _fmt(r.get("xnnpack_int8_latency_ms"), 2)
+    return f"{fp32} / {int8}" if fp32 or int8 else ""
+
+
+def _exports(r: pd.Series) -> str:
+    """Each runtime's verdict for the design (and its encoder, when the row measured one)."""
+    parts = []
+    for prefix, who in (("", ""), ("encoder_", "encoder ")):
+        e = r.get(f"{prefix}exports")
+        if isinstance(e, dict):
+            parts += [f"{who}{rt}: {v}" for rt, v in e.items()]
+    return "; ".join(parts)
 
 
 def _table_rows(df: pd.DataFrame) -> list[dict]:
@@ -233,7 +249,7 @@ def _table_rows(df: pd.DataFrame) -> list[dict]:
         cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
                  _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
                  _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_ttft_ms_bound"), 1), _fmt(r.get("est_decode_tok_s"), 1),
-                 _fmt(r.get("peak_mem_mb"), 1),
+                 _fmt(r.get("peak_mem_mb"), 1), _xnnpack_ms(r), _exports(r),
                  acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not missing(r.get(w)))]
         rows.append({"css": "failed" if failed else "", "cells": cells})
     return rows

@@ -41,7 +41,7 @@ COST_COLUMNS = {  # the projector's; the encoder's are the same with an `encoder
     **{f"xnnpack{p}_{k}": v for p in ("", "_int8") for k, v in (
         ("latency_ms", "median latency of the lowered program"), ("latency_iqr_ms", "its interquartile range"),
         ("rel_err", "relative L2 distance from eager"), ("pte_mb", "program size"),
-        ("outside", "ops left to portable kernels"))},
+        ("outside", "ops left to portable kernels"), ("lower_s", "export + lowering time, s"))},
 }
 COLUMNS = {
     **COST_COLUMNS,

@@ -102,3 +102,13 @@ def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
     assert row["xnnpack_latency_ms"] > 0 and row["encoder_xnnpack_latency_ms"] > 0
     assert row["xnnpack_rel_err"] < 1e-4 and row["encoder_xnnpack_rel_err"] < 1e-4
     assert "xnnpack_int8_latency_ms" not in row
+
+
+def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
+    from projector_bench.report import _exports, _xnnpack_ms
+
+    r = pd.Series({"exports": {"executorch": "ok"}, "encoder_exports": {"executorch": "fp32: RuntimeError: no"},
+                   "xnnpack_latency_ms": 12.345, "xnnpack_int8_latency_ms": 4.5})
+    assert _exports(r) == "executorch: ok; encoder executorch: fp32: RuntimeError: no"
+    assert _xnnpack_ms(r) == "12.35 / 4.50"
+    assert _exports(pd.Series({"exports": math.nan})) == "" and _xnnpack_ms(pd.Series({})) == ""
