@@ -10,9 +10,10 @@ checked by leave-one-out:
     cal = calibrate_config(yaml.safe_load(open("conf/device/snapdragon888_cpu.yaml")))
     cal.fitted, cal.median_loo, cal.basis
 
-Repeats of one workload in one source (two cases of the same doc, MobileVLM and MobileVLM_V2 encodes of
-the same CLIP) form one group: in the fit every group weighs as much as one point, and leave-one-out
-leaves a whole group out, so a repeat never predicts its twin. A dtype gets its own compute efficiency
+Every timing of one workload (two cases of the same doc, MobileVLM and MobileVLM_V2 encodes of the same
+CLIP, another source's decode speed) forms one group: in the fit every group weighs as much as one point,
+and leave-one-out leaves a whole group out, so a point is never predicted from another timing of the same
+workload (on Orin, llama.cpp's 65.6 tok/s and MobileVLM's 65.3 would predict each other at 1%). A dtype gets its own compute efficiency
 only when at least two groups exercise it; otherwise every dtype shares one (no device has such data yet).
 A weak prior (`PRIOR_WEIGHT`, in log space) pulls each parameter towards the profile's assumed value, so
 a parameter the data cannot see (the memory efficiency when the only decode group is left out) stays
@@ -62,7 +63,7 @@ class Point:
     tokens: int = 0  # prefill: tokens evaluated
     context: int = 0  # decode: positions already cached
     projector: str = ""  # encode: the projector after CLIP (ldp | ldpv2)
-    group: str = ""  # repeats of one workload in one source share a group
+    group: str = ""  # every timing of one workload (repeats, other sources) shares a group
     source: str = ""
     case: str = ""
 
@@ -153,8 +154,9 @@ _NEEDS = {"encode": ("projector",), "prefill": ("tokens", "weight_bits"), "decod
 
 def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list[Point]:
     """`Point`s from a profile's `measured:` entries; a missing or bad field is a one-line `ConfigError`.
-    `ms` may be given as `tok_s` (prefill: tokens / s; decode: 1 / step); `group` defaults to the workload
-    and its source."""
+    `ms` may be given as `tok_s` (prefill: tokens / s; decode: 1 / step); `group` defaults to the workload: two
+    sources' timings of one workload are one group, so that leave-one-out never predicts a point from another
+    measurement of the same thing."""
     points = []
     for i, m in enumerate(measured):
         where = f"conf/device/{device}.yaml measured[{i}]"
@@ -171,7 +173,7 @@ def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list
         if not ms > 0 or m["dtype"] not in BYTES:
             raise ConfigError(f"{where}: ms must be positive and dtype one of {', '.join(BYTES)}")
         points.append(Point(workload, str(m["lm"]), ms, str(m["dtype"]), float(m.get("weight_bits") or 16), tokens,
-                            context, str(m.get("projector") or ""), str(m.get("group") or f"{workload}@{m['source']}"),
+                            context, str(m.get("projector") or ""), str(m.get("group") or workload),
                             str(m["source"]), str(m.get("case") or "")))
     return points
 

@@ -116,8 +116,8 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
         return Recommendation(**base, design=best.label, feasible=True, reason=reason, values=values(best))
     if not runs.any():
         return Recommendation(**base, design=None, feasible=False,
-                              reason=f"no measured design ran on {budget.deployable} (their `exports`): "
-                                     f"install it (python -m projector_bench.deploy install) and run the sweep again, "
+                              reason=f"no measured design has `exports` ok on {budget.deployable}: run the sweep with "
+                                     f"deploy.runtime={budget.deployable} (after python -m projector_bench.deploy install), "
                                      f"or drop budget.deployable")
     i = worst[runs].idxmin()
     best = rows.loc[i]

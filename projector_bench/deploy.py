@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -113,16 +113,20 @@ def _short(e: Exception) -> str:
 
 def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], threads: int, min_run_time: float,
                  warmup: int, precisions: tuple[str, ...] = PRECISIONS, **kwargs: Any) -> dict[str, Any]:
-    """Row columns: `{prefix}exports` ({"executorch": "ok" or the first error, naming the precision}), and per
-    precision that ran `{prefix}xnnpack[_int8]_latency_ms`, `_latency_iqr_ms`, `_rel_err` (relative L2 distance of
-    the program's output from eager PyTorch's), `_pte_mb` and `_outside` (ops left to ExecuTorch's portable kernels)."""
+    """Row columns: `{prefix}exports` — `"executorch"`: the verdict ("ok" or the first error, one line) of the
+    design's own precision (int8 for a `<design>_int8` design, else fp32), which `budget.deployable` reads, and
+    `"executorch_<precision>"` for each precision tried — and per precision that ran,
+    `{prefix}xnnpack[_int8]_latency_ms`, `_latency_iqr_ms`, `_rel_err` (relative L2 distance of the program's
+    output from the eager float design's), `_pte_mb`, `_outside` (ops left to ExecuTorch's portable kernels)
+    and `_lower_s`."""
     if (why := unavailable()) is not None:
         return {f"{prefix}exports": {RUNTIME: f"not measured: {why}"}}
     inputs = tuple(t.contiguous() for t in inputs)  # the runtime takes dense inputs (an encoder's tokens are a view)
-    with torch.no_grad():
-        ref = tree_leaves(_Call(module, **kwargs).eval()(*inputs))  # a timm feature model returns a list
+    own = "int8" if _is_dynamic_int8(module) else "fp32"
+    with torch.no_grad():  # the float design the programs are lowered from; a timm feature model returns a list
+        ref = tree_leaves(_Call(float_twin(module) if own == "int8" else module, **kwargs).eval()(*inputs))
     out: dict[str, Any] = {f"{prefix}xnnpack_threads": threads}
-    errors: list[str] = []
+    verdicts: dict[str, str] = {}
     for precision in precisions:
         col = f"{prefix}xnnpack{'' if precision == 'fp32' else '_' + precision}"
         try:
@@ -131,16 +135,20 @@ def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], thr
             lowered_s = time.perf_counter() - start
             run = load(program, threads)
             got = run(inputs)
+            if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
+                raise RuntimeError(f"the program returned {[tuple(g.shape) for g in got]}, eager {[tuple(r.shape) for r in ref]}")
+            err = max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(got, ref))
             lat: Latency = measure_latency(lambda: run(inputs), threads=threads, min_run_time=min_run_time, warmup=warmup)
         except Exception as e:  # the row says why; the eager columns are unaffected
             log.debug("lowering to XNNPACK (%s) failed", precision, exc_info=True)
-            errors.append(f"{precision}: {_short(e)}")
+            verdicts[precision] = f"{precision}: {_short(e)}"
             continue
-        out |= {f"{col}_latency_ms": lat.median_ms, f"{col}_latency_iqr_ms": lat.iqr_ms,
-                f"{col}_rel_err": max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(got, ref)),
+        verdicts[precision] = "ok"
+        out |= {f"{col}_latency_ms": lat.median_ms, f"{col}_latency_iqr_ms": lat.iqr_ms, f"{col}_rel_err": err,
                 f"{col}_pte_mb": len(program.buffer) / 2**20, f"{col}_outside": list(program.outside),
                 f"{col}_lower_s": lowered_s}
-    return out | {f"{prefix}exports": {RUNTIME: errors[0] if errors else "ok"}}
+    main = verdicts.get(own) or f"{own}: not tried (deploy.precisions={list(precisions)})"
+    return out | {f"{prefix}exports": {RUNTIME: main} | {f"{RUNTIME}_{p}": v for p, v in verdicts.items()}}
 
 
 class _Fn(nn.Module):
@@ -157,28 +165,52 @@ def _program_ms(module: nn.Module, inputs: tuple[Tensor, ...], threads: int, pre
     return measure_latency(lambda: run(inputs), threads=threads, min_run_time=0.3).median_ms
 
 
+class _Chain(nn.Module):
+    """`n` fresh copies of `make()` applied one after another to the first input (the others passed along)."""
+
+    def __init__(self, make: Callable[[], nn.Module], n: int) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(make().eval() for _ in range(n))
+
+    def forward(self, x: Tensor, *rest: Tensor) -> Tensor:
+        for step in self.steps:
+            x = step(x, *rest)
+        return x
+
+
+def _kernel_ms(make: Callable[[], nn.Module], inputs: tuple[Tensor, ...], threads: int, precision: str = "fp32",
+               n: int = 4) -> float:
+    """One kernel's time inside a program: (time of n + 1 chained kernels - time of 1) / n, which leaves out what
+    a call costs once (the runtime copying inputs and outputs, layout conversions at the delegate's edges)."""
+    one = _program_ms(_Chain(make, 1), inputs, threads, precision)
+    return max(_program_ms(_Chain(make, n + 1), inputs, threads, precision) - one, 1e-6) / n
+
+
 def calibrate_xnnpack(threads: int) -> Device:
-    """This machine's roofs under ExecuTorch's XNNPACK backend (about 30 s), measured as `roofline.calibrate_host`
-    measures eager's: programs of one kernel each, by the roofline's counting convention (2 per MAC; one op per
-    element for elementwise and reduction ops), on MobileVLM's shapes."""
+    """This machine's roofs under ExecuTorch's XNNPACK backend (a minute or two): for each op kind, a kernel's
+    throughput inside a program (`_kernel_ms`), by the roofline's counting convention (2 per MAC; one op per
+    element for elementwise and reduction ops) on MobileVLM's shapes, as `roofline.calibrate_host` measures
+    eager's; DRAM bandwidth from a chain of streaming adds; the fixed cost of a kernel from a chain of tiny adds."""
     import torch.nn.functional as F
 
-    x, t = torch.randn(1, 1024, 24, 24), torch.randn(576, 2048)
-    q = torch.randn(1, 8, 576, 64)
-    lin = nn.Linear(2048, 2048, bias=False).eval()
+    x, t, q = torch.randn(1, 1024, 24, 24), torch.randn(576, 2048), torch.randn(1, 8, 576, 64)
     gemm = 2 * 576 * 2048 * 2048
     big = torch.randn(2**24)  # 64 MiB: a streaming add reads two and writes one
-    per_s = {
-        "fp32": gemm / _program_ms(lin, (t,), threads), "int8": gemm / _program_ms(lin, (t,), threads, "int8"),
-        "conv": 2 * 1024 * 1024 * 576 / _program_ms(nn.Conv2d(1024, 1024, 1, bias=False).eval(), (x,), threads),
-        "depthwise_conv": 2 * 9 * 1024 * 576 / _program_ms(nn.Conv2d(1024, 1024, 3, padding=1, groups=1024, bias=False).eval(), (x,), threads),
-        "attention": 4 * 8 * 576 * 576 * 64 / _program_ms(_Fn(F.scaled_dot_product_attention), (q, q, q), threads),
-        "elementwise": t.numel() / _program_ms(nn.GELU().eval(), (t,), threads),
-        "reduction": t.numel() / _program_ms(nn.LayerNorm(2048).eval(), (t,), threads),
+    lin = partial(nn.Linear, 2048, 2048, bias=False)
+    ms = {
+        "fp32": gemm / _kernel_ms(lin, (t,), threads), "int8": gemm / _kernel_ms(lin, (t,), threads, "int8"),
+        "conv": 2 * 1024 * 1024 * 576 / _kernel_ms(partial(nn.Conv2d, 1024, 1024, 1, bias=False), (x,), threads),
+        "depthwise_conv": 2 * 9 * 1024 * 576 / _kernel_ms(
+            partial(nn.Conv2d, 1024, 1024, 3, padding=1, groups=1024, bias=False), (x,), threads),
+        "attention": 4 * 8 * 576 * 576 * 64 / _kernel_ms(
+            lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), threads),
+        "elementwise": t.numel() / _kernel_ms(nn.GELU, (t,), threads, n=16),  # cheap kernels: a longer chain
+        "reduction": t.numel() / _kernel_ms(partial(nn.LayerNorm, 2048), (t,), threads, n=16),
     }
-    gflops = {k: v / 1e6 for k, v in per_s.items()}  # per ms -> GFLOP/s
-    bandwidth = 3 * big.numel() * 4 / _program_ms(_Fn(torch.add), (big, big), threads) / 1e6
-    overhead = _program_ms(_Fn(torch.add), (torch.ones(1), torch.ones(1)), threads) * 1e3
+    gflops = {k: v / 1e6 for k, v in ms.items()}  # per ms -> GFLOP/s
+    add = lambda: _Fn(torch.add)  # noqa: E731
+    bandwidth = 3 * big.numel() * 4 / _kernel_ms(add, (big, big), threads) / 1e6
+    overhead = _kernel_ms(add, (torch.ones(1), torch.ones(1)), threads, n=16) * 1e3
     kinds = {k: gflops[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}
     return Device("host_xnnpack", "host", {"fp32": gflops["fp32"], "fp16": gflops["fp32"], "int8": gflops["int8"]},
                   bandwidth, 1.0, 1.0, overhead, kinds)

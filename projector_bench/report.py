@@ -233,9 +233,11 @@ def _exports(r: pd.Series) -> str:
     """Each runtime's verdict for the design (and its encoder, when the row measured one)."""
     parts = []
     for prefix, who in (("", ""), ("encoder_", "encoder ")):
-        e = r.get(f"{prefix}exports")
+        e, outside = r.get(f"{prefix}exports"), r.get(f"{prefix}xnnpack_outside")
         if isinstance(e, dict):
-            parts += [f"{who}{rt}: {v}" for rt, v in e.items()]
+            parts += [f"{who}{rt}: {v}" for rt, v in e.items() if "_" not in rt or v not in ("ok", e.get(rt.split("_")[0]))]
+        if isinstance(outside, list) and outside:  # they run on ExecuTorch's portable (reference) kernels
+            parts.append(f"{who}{len(outside)} ops outside XNNPACK ({', '.join(outside[:3])}{', …' if len(outside) > 3 else ''})")
     return "; ".join(parts)
 
 

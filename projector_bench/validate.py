@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ._registry import create_projector
 from .budget import DEPLOY_RUNTIMES, Budget
+from .calibrate import load_points
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
 from .util import accuracy_projector_kwargs, projector_kwargs
@@ -160,6 +161,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise one `ConfigError` for the first problem in a composed config (run, multirun job, search, report)."""
     _check_rules(cfg)
     Budget.from_config(cfg.budget)  # budget.latency: one of the latency columns
+    if cfg.get("device") and cfg.device.get("measured"):  # published points: checked before any job, not at its end
+        load_points(OmegaConf.to_container(cfg.device.measured, resolve=True), cfg.device.get("name", ""))
     if "encoder" in cfg and "projector" in cfg:
         _check_grid(cfg)
     if "accuracy" in cfg and "projector" in cfg:

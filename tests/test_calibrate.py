@@ -164,3 +164,11 @@ def test_budgets_are_checked_against_the_calibrated_estimate(mobilevlm_row):
     r = recommend(df, Budget(latency_ms=math.sqrt(calibrated * bound)), dev.name)  # the bound fits, the calibrated not
     assert not r.feasible and r.values["latency_ms"] == pytest.approx(calibrated)
     assert r.basis.startswith("calibrated on 7 published points")
+
+
+def test_a_bad_published_point_is_one_line_before_any_job(tmp_path, monkeypatch, capsys):
+    from .test_hostile import run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["device=snapdragon888_cpu", "device.measured.0.workload=boot"])
+    assert code == 2 and "measured[0]: workload must be one of encode, prefill, decode, got 'boot'" in err
+    assert not (tmp_path / "results" / "runs.jsonl").exists()

@@ -23,17 +23,19 @@ def test_mlp_program_computes_the_design_in_fp32_and_int8():
     torch.manual_seed(0)
     p, x = create_projector("mlp", 64, 96).eval(), torch.randn(1, 36, 64)
     cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, grid=(6, 6))
-    assert cols["exports"] == {"executorch": "ok"}
+    assert cols["exports"] == {"executorch": "ok", "executorch_fp32": "ok", "executorch_int8": "ok"}
     assert cols["xnnpack_rel_err"] < 1e-5  # the lowered fp32 program is the design
     assert 0 < cols["xnnpack_int8_rel_err"] < 0.05  # int8: close, not equal
     assert cols["xnnpack_outside"] == [] and cols["xnnpack_latency_ms"] > 0 and cols["xnnpack_int8_latency_ms"] > 0
     assert cols["xnnpack_int8_pte_mb"] < cols["xnnpack_pte_mb"] / 2  # int8 weights
 
 
-def test_an_int8_design_is_lowered_from_its_float_twin():
+def test_an_int8_design_is_lowered_from_its_float_twin_and_judged_by_its_int8_program():
     p, x = create_projector("mlp_int8", 64, 96), torch.randn(1, 36, 64)
     cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, precisions=("fp32",))
-    assert cols["exports"] == {"executorch": "ok"} and cols["xnnpack_rel_err"] < 0.05
+    assert cols["xnnpack_rel_err"] < 1e-5  # the fp32 program is the float twin
+    assert cols["exports"]["executorch"] == "int8: not tried (deploy.precisions=['fp32'])"  # its own precision
+    assert deploy.deploy_costs("", p, (x,), 1, 0.05, 1)["exports"]["executorch"] == "ok"
 
 
 class _NotExportable(nn.Module):
@@ -98,7 +100,7 @@ def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
             "deploy.runtime=executorch", "deploy.precisions=[fp32]")
     assert r.returncode == 0, r.stderr
     row = rows(tmp_path)[-1]  # every column it holds is described in results.COLUMNS
-    assert row["exports"] == {"executorch": "ok"} and row["encoder_exports"] == {"executorch": "ok"}
+    assert row["exports"] == row["encoder_exports"] == {"executorch": "ok", "executorch_fp32": "ok"}
     assert row["xnnpack_latency_ms"] > 0 and row["encoder_xnnpack_latency_ms"] > 0
     assert row["xnnpack_rel_err"] < 1e-4 and row["encoder_xnnpack_rel_err"] < 1e-4
     assert "xnnpack_int8_latency_ms" not in row
@@ -107,8 +109,12 @@ def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
 def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
     from projector_bench.report import _exports, _xnnpack_ms
 
-    r = pd.Series({"exports": {"executorch": "ok"}, "encoder_exports": {"executorch": "fp32: RuntimeError: no"},
+    r = pd.Series({"exports": {"executorch": "ok", "executorch_fp32": "ok"},
+                   "encoder_exports": {"executorch": "fp32: RuntimeError: no", "executorch_fp32": "fp32: RuntimeError: no"},
                    "xnnpack_latency_ms": 12.345, "xnnpack_int8_latency_ms": 4.5})
     assert _exports(r) == "executorch: ok; encoder executorch: fp32: RuntimeError: no"
+    r["xnnpack_outside"] = ["addmm", "native_layer_norm", "where.self", "clamp"]
+    assert _exports(r) == ("executorch: ok; 4 ops outside XNNPACK (addmm, native_layer_norm, where.self, …); "
+                           "encoder executorch: fp32: RuntimeError: no")
     assert _xnnpack_ms(r) == "12.35 / 4.50"
     assert _exports(pd.Series({"exports": math.nan})) == "" and _xnnpack_ms(pd.Series({})) == ""

@@ -10,7 +10,7 @@ from projector_bench.tasks.classify import write_image_folder
 from .conftest import in_process
 
 TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1",
-        "task=none", "quiet=true", "report=false"]
+        "task=none", "quiet=true", "report=false", "deploy.runtime=null"]  # lowering: tests/test_deploy.py
 SEARCH = ["+search=projector_space", "search.n_trials=1", "~search.objectives.accuracy"]  # costs only: task=none
 
 # (arguments, exit code, words the one error line must hold)
