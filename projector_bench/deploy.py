@@ -185,7 +185,11 @@ def _kernel_ms(make: Callable[[], nn.Module], inputs: tuple[Tensor, ...], thread
     """One kernel's time inside a program: (time of n + 1 chained kernels - time of 1) / n, which leaves out what
     a call costs once (the runtime copying inputs and outputs, layout conversions at the delegate's edges)."""
     one = _program_ms(_Chain(make, 1), inputs, threads, precision)
-    return max(_program_ms(_Chain(make, n + 1), inputs, threads, precision) - one, 1e-6) / n
+    diff = _program_ms(_Chain(make, n + 1), inputs, threads, precision) - one
+    if diff <= 0:  # noise larger than n kernels: not a throughput; the one-kernel program's time is an upper bound
+        log.warning("XNNPACK roof: %d chained kernels timed no slower than one (%.3f ms); using the one-kernel time", n + 1, one)
+        return one
+    return diff / n
 
 
 def calibrate_xnnpack(threads: int) -> Device:
