@@ -228,6 +228,16 @@ def test_reference_module_names_so_their_state_dicts_load():
     assert {"q_proj_1.weight", "k_proj_1.2.weight", "ln_v_1.weight", "clip_attn.in_proj_weight", "mlp.2.weight"} <= set(t.state_dict())
 
 
+def test_c_abstractor_resamples_its_position_table_as_timm_does_with_a_matmul():
+    from timm.layers import resample_abs_pos_embed
+
+    c = create_projector("c_abstractor", 16, 24, hidden=16)  # learned for 24x24
+    for grid in [(8, 8), (6, 10), (32, 32)]:
+        want = resample_abs_pos_embed(c.pos_emb, list(grid), [24, 24], num_prefix_tokens=0)
+        torch.testing.assert_close(c.position(grid), want, atol=1e-6, rtol=0)
+    assert set(c.state_dict()) == set(create_projector("c_abstractor", 16, 24, hidden=16).state_dict())
+
+
 def test_pixel_shuffle_folds_neighbours_in_internvls_order():
     from projector_bench.projectors.pixel_shuffle import pixel_shuffle
 

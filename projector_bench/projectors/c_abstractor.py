@@ -13,7 +13,9 @@ exactly 22,713,856 parameters, for 144 or 64 queries alike (the pool has none). 
 output (Honeybee's `num_query_tokens`); null (the default) pools `reduce`× per side instead — 24×24 → 12×12 =
 144 as Honeybee's default, and the same 4× on the accuracy proxy's 8×8 grid (4×4), as `ldpv2` does. The position embedding is
 learned for `pos_grid` (the reference's: CLIP-336's 24×24); on another grid it is resampled bicubically, as
-timm resamples a ViT's (`resample_abs_pos_embed`).
+timm resamples a ViT's (`resample_abs_pos_embed`), applied as the linear map that resampling is (a matrix per
+grid, built eagerly once), so the exported graph holds a matmul instead of antialiased bicubic upsampling, which
+torch.export's core opset and XNNPACK lack.
 """
 import math
 from functools import partial
@@ -46,6 +48,15 @@ class _GridPool(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, self.size)
 
 
+def resample_matrix(src: Grid, dst: Grid) -> Tensor:
+    """(dst cells, src cells) matrix `R` with `R @ table` equal to timm's `resample_abs_pos_embed(table, dst, src)`:
+    the resampling applied to each one-hot table."""
+    n = src[0] * src[1]
+    with torch.no_grad():
+        basis = torch.eye(n).reshape(1, n, n)  # column j: the table that is 1 in cell j
+        return resample_abs_pos_embed(basis, list(dst), list(src), num_prefix_tokens=0)[0]
+
+
 class CAbstractor(PoolsGrid):
 
     def __init__(self, in_dim: int, out_dim: int, num_queries: int | None = None, hidden: int | None = None, depth: int = 3,
@@ -69,12 +80,23 @@ class CAbstractor(PoolsGrid):
         pool = self._pool = _GridPool()
         self.net = nn.Sequential(stage(depth, in_dim, hidden), pool, stage(depth, hidden, hidden)) if depth else pool
         self.readout = silu_mlp(hidden if depth else in_dim, out_dim, mlp_depth)
+        self._resample: dict[Grid, Tensor] = {}  # per grid; depends on the grids only, so never stale, not in state
+
+    def position(self, grid: Grid) -> Tensor:
+        """The position table on `grid` (resampled from `pos_grid` when they differ)."""
+        assert self.pos_emb is not None
+        if grid == self.pos_grid:
+            return self.pos_emb
+        m = self._resample.get(grid)
+        if m is None:
+            if torch.compiler.is_exporting():  # tracing: no eager call built it; export what timm does
+                return resample_abs_pos_embed(self.pos_emb, list(grid), list(self.pos_grid), num_prefix_tokens=0)
+            m = self._resample[grid] = resample_matrix(self.pos_grid, grid)
+        return m.to(self.pos_emb) @ self.pos_emb
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         if self.pos_emb is not None:
-            pos = self.pos_emb if grid == self.pos_grid else resample_abs_pos_embed(
-                self.pos_emb, list(grid), list(self.pos_grid), num_prefix_tokens=0)
-            x = x + pos
+            x = x + self.position(grid)
         b, n, c = x.shape
         self._pool.size = self.pooled_grid(grid)
         x = self.net(x.transpose(1, 2).reshape(b, c, *grid))
