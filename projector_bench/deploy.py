@@ -81,8 +81,6 @@ def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
     model = _Call(float_twin(module) if _is_dynamic_int8(module) else module, **kwargs).eval()
-    with torch.no_grad():
-        model(*inputs)  # eagerly first: constants a module builds on its first call (c_abstractor's resampling) exist
     if precision == "int8":
         model = _quantize_int8(model, inputs)
     edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[XnnpackPartitioner()])

@@ -176,6 +176,9 @@ def append_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
     return table_path(results_dir)
 
 
+ID_COLUMNS = ("run_id", "sweep_id", "env_git_commit", "acc_code_version")
+
+
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
     """All rows of the table (empty frame if there is none yet); damaged lines are skipped with one warning."""
     path = table_path(results_dir)
@@ -188,4 +191,5 @@ def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
         log.warning("%s: skipped %d damaged line(s) (not a JSON row): line %s", path, len(bad), _lines(bad))
     if not good:
         return pd.DataFrame()
-    return pd.read_json(io.StringIO(b"\n".join(good).decode()), lines=True)
+    # ids and hashes stay strings: pandas would read a hex id such as "123456789e12" as a float
+    return pd.read_json(io.StringIO(b"\n".join(good).decode()), lines=True, dtype=dict.fromkeys(ID_COLUMNS, str))

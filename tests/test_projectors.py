@@ -228,14 +228,19 @@ def test_reference_module_names_so_their_state_dicts_load():
     assert {"q_proj_1.weight", "k_proj_1.2.weight", "ln_v_1.weight", "clip_attn.in_proj_weight", "mlp.2.weight"} <= set(t.state_dict())
 
 
-def test_c_abstractor_resamples_its_position_table_as_timm_does_with_a_matmul():
+def test_c_abstractor_exports_its_position_resampling_as_the_matrix_timm_resamples_with():
     from timm.layers import resample_abs_pos_embed
+    from projector_bench.projectors.c_abstractor import resample_matrix
 
-    c = create_projector("c_abstractor", 16, 24, hidden=16)  # learned for 24x24
-    for grid in [(8, 8), (6, 10), (32, 32)]:
-        want = resample_abs_pos_embed(c.pos_emb, list(grid), [24, 24], num_prefix_tokens=0)
-        torch.testing.assert_close(c.position(grid), want, atol=1e-6, rtol=0)
-    assert set(c.state_dict()) == set(create_projector("c_abstractor", 16, 24, hidden=16).state_dict())
+    table = torch.randn(1, 576, 5)  # learned for 24x24
+    for grid in [(8, 8), (6, 10), (7, 7), (32, 32)]:
+        want = resample_abs_pos_embed(table, list(grid), [24, 24], num_prefix_tokens=0)
+        torch.testing.assert_close(torch.from_numpy(resample_matrix((24, 24), grid)) @ table, want, atol=1e-5, rtol=0)
+    c = create_projector("c_abstractor", 16, 24, hidden=16).eval()
+    x = torch.randn(1, 64, 16)
+    exported = torch.export.export(c, (x,))  # no antialiased bicubic op in the graph
+    assert not any("upsample" in str(n.target) for n in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(x), c(x), atol=1e-5, rtol=1e-4)
 
 
 def test_pixel_shuffle_folds_neighbours_in_internvls_order():

@@ -108,3 +108,10 @@ def test_an_append_keeps_the_tables_permissions(tmp_path):
     table_path(tmp_path).chmod(0o640)
     append_row(tmp_path, {"projector": "ldp"})
     assert (table_path(tmp_path).stat().st_mode & 0o777) == 0o640
+
+
+def test_ids_that_look_like_numbers_are_read_back_as_the_strings_they_are(tmp_path):
+    append_rows(tmp_path, [{"run_id": "000000000123", "sweep_id": "123456789e12", "x": 1}, {"run_id": "abc", "x": 2}])
+    df = load_results(tmp_path)
+    assert list(df["run_id"]) == ["000000000123", "abc"] and df["sweep_id"].iloc[0] == "123456789e12"
+    assert df["sweep_id"].isna().iloc[1] and df["x"].tolist() == [1, 2]

@@ -13,13 +13,14 @@ exactly 22,713,856 parameters, for 144 or 64 queries alike (the pool has none). 
 output (Honeybee's `num_query_tokens`); null (the default) pools `reduce`× per side instead — 24×24 → 12×12 =
 144 as Honeybee's default, and the same 4× on the accuracy proxy's 8×8 grid (4×4), as `ldpv2` does. The position embedding is
 learned for `pos_grid` (the reference's: CLIP-336's 24×24); on another grid it is resampled bicubically, as
-timm resamples a ViT's (`resample_abs_pos_embed`), applied as the linear map that resampling is (a matrix per
-grid, built eagerly once), so the exported graph holds a matmul instead of antialiased bicubic upsampling, which
-torch.export's core opset and XNNPACK lack.
+timm resamples a ViT's (`resample_abs_pos_embed`); under torch.export, whose core opset lacks antialiased bicubic
+resampling, the same resampling is exported as the matrix it is (`resample_matrix`), so the design lowers to XNNPACK
+on any grid.
 """
 import math
-from functools import partial
+from functools import cache, partial
 
+import numpy as np
 import torch
 from timm.layers import LayerNorm2d, resample_abs_pos_embed
 from timm.models.regnet import RegStage
@@ -48,13 +49,29 @@ class _GridPool(nn.Module):
         return nn.functional.adaptive_avg_pool2d(x, self.size)
 
 
-def resample_matrix(src: Grid, dst: Grid) -> Tensor:
-    """(dst cells, src cells) matrix `R` with `R @ table` equal to timm's `resample_abs_pos_embed(table, dst, src)`:
-    the resampling applied to each one-hot table."""
-    n = src[0] * src[1]
-    with torch.no_grad():
-        basis = torch.eye(n).reshape(1, n, n)  # column j: the table that is 1 in cell j
-        return resample_abs_pos_embed(basis, list(dst), list(src), num_prefix_tokens=0)[0]
+def _cubic(x: float, a: float = -0.5) -> float:
+    x = abs(x)
+    return ((a + 2) * x - (a + 3)) * x * x + 1 if x < 1 else ((((x - 5) * x + 8) * x - 4) * a if x < 2 else 0.0)
+
+
+def _aa_bicubic_1d(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of torch's antialiased bicubic resampling (PIL's filter, a = -0.5) along one axis."""
+    scale = n_in / n_out
+    support, inv = (2.0 * scale, 1 / scale) if scale >= 1 else (2.0, 1.0)
+    w = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        js = range(max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in))
+        ws = np.array([_cubic((j - center + 0.5) * inv) for j in js])
+        w[i, js.start:js.stop] = ws / ws.sum()
+    return w
+
+
+@cache
+def resample_matrix(src: Grid, dst: Grid) -> np.ndarray:
+    """(dst cells, src cells) float32 matrix `R` with `R @ table` equal to timm's `resample_abs_pos_embed(table,
+    dst, src)` (antialiased bicubic, separable). Built in numpy: no op of it enters a traced graph."""
+    return np.kron(_aa_bicubic_1d(src[0], dst[0]), _aa_bicubic_1d(src[1], dst[1])).astype(np.float32)
 
 
 class CAbstractor(PoolsGrid):
@@ -80,19 +97,16 @@ class CAbstractor(PoolsGrid):
         pool = self._pool = _GridPool()
         self.net = nn.Sequential(stage(depth, in_dim, hidden), pool, stage(depth, hidden, hidden)) if depth else pool
         self.readout = silu_mlp(hidden if depth else in_dim, out_dim, mlp_depth)
-        self._resample: dict[Grid, Tensor] = {}  # per grid; depends on the grids only, so never stale, not in state
 
     def position(self, grid: Grid) -> Tensor:
-        """The position table on `grid` (resampled from `pos_grid` when they differ)."""
+        """The position table on `grid`, resampled from `pos_grid` when they differ: by timm in eager mode, by the
+        same resampling's matrix under torch.export (whose core opset has no antialiased bicubic)."""
         assert self.pos_emb is not None
         if grid == self.pos_grid:
             return self.pos_emb
-        m = self._resample.get(grid)
-        if m is None:
-            if torch.compiler.is_exporting():  # tracing: no eager call built it; export what timm does
-                return resample_abs_pos_embed(self.pos_emb, list(grid), list(self.pos_grid), num_prefix_tokens=0)
-            m = self._resample[grid] = resample_matrix(self.pos_grid, grid)
-        return m.to(self.pos_emb) @ self.pos_emb
+        if torch.compiler.is_exporting():
+            return torch.from_numpy(resample_matrix(self.pos_grid, grid)).to(self.pos_emb) @ self.pos_emb
+        return resample_abs_pos_embed(self.pos_emb, list(grid), list(self.pos_grid), num_prefix_tokens=0)
 
     def project(self, x: Tensor, grid: Grid | None) -> Tensor:
         if self.pos_emb is not None:
