@@ -38,6 +38,7 @@ RUNTIME = "executorch"
 INSTALL = "python -m projector_bench.deploy install"
 PINNED = ("executorch==1.5.1", "torchao==0.18.0")  # the pair that imports beside torch 2.14.1
 PRECISIONS = ("fp32", "int8")
+MATMULS = ("addmm", "mm", "bmm", "convolution", "linear")  # an `_outside` op of these: a matmul on reference kernels
 
 
 @cache
@@ -162,11 +163,6 @@ class _Fn(nn.Module):
         return self.fn(*x)
 
 
-def _program_ms(module: nn.Module, inputs: tuple[Tensor, ...], threads: int, precision: str = "fp32") -> float:
-    run = load(lower(module, inputs, precision), threads)
-    return measure_latency(lambda: run(inputs), threads=threads, min_run_time=0.3).median_ms
-
-
 class _Chain(nn.Module):
     """`n` fresh copies of `make()` applied one after another to the first input (the others passed along)."""
 
@@ -180,46 +176,68 @@ class _Chain(nn.Module):
         return x
 
 
-def _kernel_ms(make: Callable[[], nn.Module], inputs: tuple[Tensor, ...], threads: int, precision: str = "fp32",
-               n: int = 4) -> float:
-    """One kernel's time inside a program: (time of n + 1 chained kernels - time of 1) / n, which leaves out what
-    a call costs once (the runtime copying inputs and outputs, layout conversions at the delegate's edges)."""
-    one = _program_ms(_Chain(make, 1), inputs, threads, precision)
-    diff = _program_ms(_Chain(make, n + 1), inputs, threads, precision) - one
-    if diff <= 0:  # noise larger than n kernels: not a throughput; the one-kernel program's time is an upper bound
-        log.warning("XNNPACK roof: %d chained kernels timed no slower than one (%.3f ms); using the one-kernel time", n + 1, one)
-        return one
-    return diff / n
-
-
-def calibrate_xnnpack(threads: int) -> Device:
-    """This machine's roofs under ExecuTorch's XNNPACK backend (a minute or two): for each op kind, a kernel's
-    throughput inside a program (`_kernel_ms`), by the roofline's counting convention (2 per MAC; one op per
-    element for elementwise and reduction ops) on MobileVLM's shapes, as `roofline.calibrate_host` measures
-    eager's; DRAM bandwidth from a chain of streaming adds; the fixed cost of a kernel from a chain of tiny adds."""
+def _roof_kernels() -> dict[str, tuple[Callable[[], nn.Module], tuple[Tensor, ...], str, int, float]]:
+    """Per roof: (one kernel, its inputs, precision, chain length n, its work: FLOPs, or bytes for `bandwidth`)."""
     import torch.nn.functional as F
 
     x, t, q = torch.randn(1, 1024, 24, 24), torch.randn(576, 2048), torch.randn(1, 8, 576, 64)
     gemm = 2 * 576 * 2048 * 2048
     big = torch.randn(2**24)  # 64 MiB: a streaming add reads two and writes one
     lin = partial(nn.Linear, 2048, 2048, bias=False)
-    ms = {
-        "fp32": gemm / _kernel_ms(lin, (t,), threads), "int8": gemm / _kernel_ms(lin, (t,), threads, "int8"),
-        "conv": 2 * 1024 * 1024 * 576 / _kernel_ms(partial(nn.Conv2d, 1024, 1024, 1, bias=False), (x,), threads),
-        "depthwise_conv": 2 * 9 * 1024 * 576 / _kernel_ms(
-            partial(nn.Conv2d, 1024, 1024, 3, padding=1, groups=1024, bias=False), (x,), threads),
-        "attention": 4 * 8 * 576 * 576 * 64 / _kernel_ms(
-            lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), threads),
-        "elementwise": t.numel() / _kernel_ms(nn.GELU, (t,), threads, n=16),  # cheap kernels: a longer chain
-        "reduction": t.numel() / _kernel_ms(partial(nn.LayerNorm, 2048), (t,), threads, n=16),
-    }
-    gflops = {k: v / 1e6 for k, v in ms.items()}  # per ms -> GFLOP/s
     add = lambda: _Fn(torch.add)  # noqa: E731
-    bandwidth = 3 * big.numel() * 4 / _kernel_ms(add, (big, big), threads) / 1e6
-    overhead = _kernel_ms(add, (torch.ones(1), torch.ones(1)), threads, n=16) * 1e3
-    kinds = {k: gflops[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}
-    return Device("host_xnnpack", "host", {"fp32": gflops["fp32"], "fp16": gflops["fp32"], "int8": gflops["int8"]},
-                  bandwidth, 1.0, 1.0, overhead, kinds)
+    return {
+        "fp32": (lin, (t,), "fp32", 4, gemm), "int8": (lin, (t,), "int8", 4, gemm),
+        "conv": (partial(nn.Conv2d, 1024, 1024, 1, bias=False), (x,), "fp32", 4, 2 * 1024 * 1024 * 576),
+        "depthwise_conv": (partial(nn.Conv2d, 1024, 1024, 3, padding=1, groups=1024, bias=False), (x,), "fp32", 4,
+                           2 * 9 * 1024 * 576),
+        "attention": (lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), "fp32", 4, 4 * 8 * 576 * 576 * 64),
+        "elementwise": (nn.GELU, (t,), "fp32", 16, t.numel()),  # cheap kernels: a longer chain
+        "reduction": (partial(nn.LayerNorm, 2048), (t,), "fp32", 16, t.numel()),
+        "bandwidth": (add, (big, big), "fp32", 4, 3 * big.numel() * 4),
+        "overhead": (add, (torch.ones(1), torch.ones(1)), "fp32", 16, 0.0),  # its time is the roof
+    }
+
+
+def min_times(programs: dict[Any, tuple[Program, tuple[Tensor, ...]]], threads: int, rounds: int,
+              min_run_time: float = 0.3) -> dict[Any, float]:
+    """Each program's fastest median ms over `rounds` interleaved rounds (every program timed once per round), so
+    that programs compared with each other are timed under the same spells of a shared machine's load."""
+    runs = {k: (load(p, threads), inputs) for k, (p, inputs) in programs.items()}
+    best: dict[Any, float] = {}
+    for _ in range(rounds):
+        for k, (run, inputs) in runs.items():
+            ms = measure_latency(partial(run, inputs), threads=threads, min_run_time=min_run_time).median_ms
+            best[k] = min(ms, best.get(k, float("inf")))
+    return best
+
+
+def calibrate_xnnpack(threads: int, designs: dict[str, tuple[nn.Module, tuple[Tensor, ...]]] | None = None,
+                      rounds: int = 1) -> tuple[Device, dict[str, float]]:
+    """This machine's roofs under ExecuTorch's XNNPACK backend, and the fp32 programs of `designs` timed with them.
+
+    A roof is a kernel's throughput inside a program — (time of n + 1 chained kernels - time of 1) / n, which
+    leaves out what a call costs once — by the roofline's counting convention (2 per MAC; one op per element for
+    elementwise and reduction ops) on MobileVLM's shapes, as `roofline.calibrate_host` measures eager's; DRAM
+    bandwidth from a chain of streaming adds; the fixed cost of a kernel from a chain of tiny adds. Roof programs
+    and designs are timed in the same interleaved rounds, each at its fastest (`min_times`): estimates and the
+    times they are checked against see the machine alike."""
+    kernels = _roof_kernels()
+    programs = {(k, m): (lower(_Chain(make, m), inputs, precision), inputs)
+                for k, (make, inputs, precision, n, _) in kernels.items() for m in (1, n + 1)}
+    programs |= {(name, 0): (lower(module, inputs), inputs) for name, (module, inputs) in (designs or {}).items()}
+    ms = min_times(programs, threads, rounds)
+    kernel_ms: dict[str, float] = {}
+    for k, (_, _, _, n, _) in kernels.items():
+        one, diff = ms[k, 1], ms[k, n + 1] - ms[k, 1]
+        if diff <= 0:  # noise larger than n kernels: not a throughput; the one-kernel program's time is an upper bound
+            log.warning("XNNPACK roof %s: %d chained kernels timed no slower than one (%.3f ms); using the one-kernel time",
+                        k, n + 1, one)
+        kernel_ms[k] = diff / n if diff > 0 else one
+    rate = {k: work / kernel_ms[k] / 1e6 for k, (*_, work) in kernels.items()}  # per ms -> GFLOP/s (GB/s: bandwidth)
+    kinds = {k: rate[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}
+    host = Device("host_xnnpack", "host", {"fp32": rate["fp32"], "fp16": rate["fp32"], "int8": rate["int8"]},
+                  rate["bandwidth"], 1.0, 1.0, kernel_ms["overhead"] * 1e3, kinds)
+    return host, {name: ms[name, 0] for name in designs or {}}
 
 
 def install() -> int:

@@ -124,3 +124,31 @@ def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
                            "encoder executorch: fp32: RuntimeError: no")
     assert _xnnpack_ms(r) == "12.35 / 4.50"
     assert _exports(pd.Series({"exports": math.nan})) == "" and _xnnpack_ms(pd.Series({})) == ""
+
+
+def test_min_times_interleaves_the_programs_and_keeps_each_ones_fastest_round(monkeypatch):
+    calls, script = [], iter([5.0, 9.0, 3.0, 11.0, 4.0, 7.0])  # a, b per round
+    monkeypatch.setattr(deploy, "load", lambda program, threads: program)
+    monkeypatch.setattr(deploy, "measure_latency", lambda fn, **kw: (calls.append(fn()), deploy.Latency(next(script), 0, 1, 1))[1])
+    got = deploy.min_times({"a": (lambda i: "a", ()), "b": (lambda i: "b", ())}, threads=2, rounds=3)
+    assert calls == ["a", "b"] * 3  # one timing of each per round, the programs alternating
+    assert got == {"a": 3.0, "b": 7.0}
+
+
+def test_xnnpack_roofs_are_chained_kernel_differences_timed_with_the_designs(monkeypatch):
+    kernels = deploy._roof_kernels()
+    per_kernel = {k: 0.5 + i for i, k in enumerate(kernels)}  # ms of one kernel of each roof
+    monkeypatch.setattr(deploy, "lower", lambda module, inputs, precision="fp32": module)
+
+    def times(programs, threads, rounds):
+        assert rounds == 3 and ("mlp", 0) in programs  # the design is timed in the roofs' rounds
+        return {key: 2.0 + (len(m.steps) * per_kernel[key[0]] if key[1] else 40.0) for key, (m, _) in programs.items()}
+
+    monkeypatch.setattr(deploy, "min_times", times)
+    host, measured = deploy.calibrate_xnnpack(1, {"mlp": (create_projector("mlp", 8, 8), (torch.randn(1, 4, 8),))}, 3)
+    assert measured == {"mlp": 42.0}
+    gemm = 2 * 576 * 2048 * 2048  # the 2 ms a program costs once is left out of every roof
+    assert host.peak_gflops["fp32"] == pytest.approx(gemm / per_kernel["fp32"] / 1e6)
+    assert host.kind_gflops["reduction"] == pytest.approx(576 * 2048 / per_kernel["reduction"] / 1e6)
+    assert host.memory_gbps == pytest.approx(3 * 2**24 * 4 / per_kernel["bandwidth"] / 1e6)
+    assert host.op_overhead_us == pytest.approx(per_kernel["overhead"] * 1e3)
