@@ -91,9 +91,9 @@ def calibration_table(cals: dict[str, Calibration]) -> str:
         per_dtype = "".join(f", compute[{d}] {v:.3f}" for d, v in f.compute_dtype)
         lines.append(f"{name}: fitted compute {f.compute:.3f}{per_dtype}, memory {f.memory:.3f}, overhead {f.overhead_us:.2f} us "
                      f"(assumed {cal.assumed.compute:g} / {cal.assumed.memory:g} / {cal.assumed.overhead_us:g} us); {cal.basis}")
-        lines.append(f"  {'point':56s} {'measured ms':>12s} {'LOO est':>10s} {'error':>6s} {'bound est':>10s} {'error':>6s}")
+        lines.append(f"  {'point':68s} {'measured ms':>12s} {'LOO est':>10s} {'error':>6s} {'bound est':>10s} {'error':>6s}")
         for r in cal.results:
-            lines.append(f"  {r.point.label[:56]:56s} {r.point.ms:12.2f} {r.loo_ms:10.2f} {r.loo_error:6.0%} {r.bound_ms:10.2f} {r.bound_error:6.0%}")
+            lines.append(f"  {r.point.label[:68]:68s} {r.point.ms:12.2f} {r.loo_ms:10.2f} {r.loo_error:6.0%} {r.bound_ms:10.2f} {r.bound_error:6.0%}")
         ok = "met" if cal.median_loo <= LOO_TARGET else "MISSED"
         lines.append(f"  median over workloads: leave-one-out {cal.median_loo:.0%} (target <= {LOO_TARGET:.0%}: {ok}); "
                      f"bound {cal.median_bound:.0%}")

@@ -11,7 +11,7 @@ checked by leave-one-out:
     cal.fitted, cal.median_loo, cal.basis
 
 Every timing of one workload (two cases of the same doc, MobileVLM and MobileVLM_V2 encodes of the same
-CLIP, another source's decode speed) forms one group: in the fit every group weighs as much as one point,
+CLIP, another source's decode speed of the same LM) forms one group: in the fit every group weighs as much as one point,
 and leave-one-out leaves a whole group out, so a point is never predicted from another timing of the same
 workload (on Orin, llama.cpp's 65.6 tok/s and MobileVLM's 65.3 would predict each other at 1%). A dtype gets its own compute efficiency
 only when at least two groups exercise it; otherwise every dtype shares one (no device has such data yet).
@@ -69,7 +69,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        what = {"encode": f"CLIP+{self.projector}", "prefill": f"{self.tokens} tok", "decode": f"@{self.context}"}
+        what = {"encode": f"CLIP+{self.projector}", "prefill": f"{self.lm} {self.tokens} tok", "decode": f"{self.lm} @{self.context}"}
         return f"{self.workload} {what[self.workload]} [{self.case}]"
 
 
@@ -154,9 +154,9 @@ _NEEDS = {"encode": ("projector",), "prefill": ("tokens", "weight_bits"), "decod
 
 def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list[Point]:
     """`Point`s from a profile's `measured:` entries; a missing or bad field is a one-line `ConfigError`.
-    `ms` may be given as `tok_s` (prefill: tokens / s; decode: 1 / step); `group` defaults to the workload: two
-    sources' timings of one workload are one group, so that leave-one-out never predicts a point from another
-    measurement of the same thing."""
+    `ms` may be given as `tok_s` (prefill: tokens / s; decode: 1 / step); `group` defaults to the workload (for
+    prefill and decode, of its LM): two sources' timings of one workload are one group, so that leave-one-out never
+    predicts a point from another measurement of the same thing."""
     points = []
     for i, m in enumerate(measured):
         where = f"conf/device/{device}.yaml measured[{i}]"
@@ -173,7 +173,7 @@ def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list
         if not ms > 0 or m["dtype"] not in BYTES:
             raise ConfigError(f"{where}: ms must be positive and dtype one of {', '.join(BYTES)}")
         points.append(Point(workload, str(m["lm"]), ms, str(m["dtype"]), float(m.get("weight_bits") or 16), tokens,
-                            context, str(m.get("projector") or ""), str(m.get("group") or workload),
+                            context, str(m.get("projector") or ""), str(m.get("group") or (workload if workload == "encode" else f"{workload} {m['lm']}")),
                             str(m["source"]), str(m.get("case") or "")))
     return points
 

@@ -31,6 +31,7 @@ class LanguageModel:
     weight_bits: float = 16
     dtype: str = "fp16"
     prompt_tokens: int = 32
+    kv_heads: int = 0  # grouped-query attention: key/value heads (0 = `heads`, plain multi-head attention)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> LanguageModel:
@@ -41,14 +42,21 @@ class LanguageModel:
                 raise ConfigError(f"lm.{k} must be a positive integer, got {getattr(lm, k)!r}")
         if lm.hidden % lm.heads:
             raise ConfigError(f"lm.hidden={lm.hidden} is not a multiple of lm.heads={lm.heads}")
+        if not isinstance(lm.kv_heads, int) or lm.kv_heads < 0 or (lm.kv_heads and lm.heads % lm.kv_heads):
+            raise ConfigError(f"lm.kv_heads must be 0 (= heads) or divide lm.heads={lm.heads}, got {lm.kv_heads!r}")
         if not 0 < lm.weight_bits <= 32 or lm.prompt_tokens < 0:
             raise ConfigError(f"lm.weight_bits must be in (0, 32] and lm.prompt_tokens >= 0, got {lm.weight_bits}, {lm.prompt_tokens}")
         return lm
 
     @property
+    def kv_dim(self) -> int:
+        """Width of the keys (and of the values): `hidden` unless grouped-query attention shares them."""
+        return self.hidden // self.heads * (self.kv_heads or self.heads)
+
+    @property
     def params(self) -> int:
-        """Parameters: untied embedding and head, 4 attention and 3 MLP matrices and 2 norms per layer, final norm."""
-        per_layer = 4 * self.hidden**2 + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        """Parameters: untied embedding and head, Q/K/V/O and 3 MLP matrices and 2 norms per layer, final norm."""
+        per_layer = 2 * self.hidden**2 + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate + 2 * self.hidden
         return 2 * self.vocab * self.hidden + self.layers * per_layer + self.hidden
 
     def _weights(self, rows: int, cols: int) -> int:
@@ -63,10 +71,10 @@ class LanguageModel:
         act = ACT_BYTES * t * h
         # causal attention: position i attends to past + i + 1 keys; Q·Kᵀ and A·V are each h MACs per pair
         pairs = t * past + t * (t + 1) // 2
-        kv_bytes = 2 * ACT_BYTES * ctx * h  # K and V read back from the cache
+        kv_bytes = 2 * ACT_BYTES * ctx * self.kv_dim  # K and V read back from the cache
         return [
             Op("reduction", self.dtype, t * h, 2 * act, 2 * self.layers),  # the two RMSNorms
-            self._matmul(t, h, 3 * h),  # Q, K, V
+            self._matmul(t, h, h + 2 * self.kv_dim),  # Q, K, V
             Op("attention", self.dtype, 4 * pairs * h, kv_bytes + 2 * act, self.layers),
             self._matmul(t, h, h),  # O
             Op("elementwise", self.dtype, t * h, 3 * act, 2 * self.layers),  # the two residual adds

@@ -124,7 +124,8 @@ def test_a_device_with_points_is_calibrated_and_keeps_its_bound(name):
     assert all(math.isfinite(r.loo_ms) and r.loo_ms > 0 for r in cal.results)
     # the published runtimes are slower than the roofline bound on every point, and the fit is far closer
     assert all(r.bound_ms < r.point.ms for r in cal.results)
-    assert cal.median_bound > 0.5 and statistics.median(calibrate.relative_error(r.fitted_ms, r.point.ms) for r in cal.results) < 0.3
+    fitted = statistics.median(calibrate.relative_error(r.fitted_ms, r.point.ms) for r in cal.results)
+    assert cal.median_bound > 0.3 and fitted < 0.3 and fitted < cal.median_bound / 2
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,23 @@ def test_mobilellama_dimensions_give_its_published_size():
     assert lm("mobilellama_2.7b").params == pytest.approx(2.7e9, rel=0.01)
 
 
+@pytest.mark.parametrize("name, params", [("llama2_7b", 6_738_415_616), ("llama2_13b", 13_015_864_320),
+                                          ("llama2_70b", 68_976_648_192)])
+def test_llama2_dimensions_give_its_exact_parameter_count(name, params):
+    assert lm(name).params == params  # 70B: grouped-query attention, K and V are 8 heads of 128 wide
+
+
+def test_grouped_query_attention_shrinks_the_kv_projections_and_cache_only():
+    mha = lm("llama2_70b")
+    mha = LanguageModel.from_config(vars(mha) | {"kv_heads": 0})
+    gqa = lm("llama2_70b")
+    assert mha.params - gqa.params == mha.layers * 2 * gqa.hidden * (gqa.hidden - 1024)
+    attn = lambda m: next(o for o in m.decode_ops(1000) if o.kind == "attention")  # noqa: E731
+    assert attn(mha).flops == attn(gqa).flops and attn(mha).bytes > 7 * attn(gqa).bytes
+    with pytest.raises(ConfigError, match="lm.kv_heads must be 0 .* divide lm.heads=64, got 7"):
+        LanguageModel.from_config(vars(gqa) | {"kv_heads": 7})
+
+
 def test_prefill_is_two_flops_per_weight_per_token_plus_attention_and_decode_reads_every_weight():
     m = lm()
     body = m.params - 2 * m.vocab * m.hidden  # embeddings are looked up, not multiplied; the head runs once
