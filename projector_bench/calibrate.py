@@ -172,9 +172,9 @@ def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list
         ms = float(m["ms"]) if m.get("ms") is not None else 1e3 * (tokens if workload == "prefill" else 1) / float(m["tok_s"])
         if not ms > 0 or m["dtype"] not in BYTES:
             raise ConfigError(f"{where}: ms must be positive and dtype one of {', '.join(BYTES)}")
+        group = m.get("group") or (workload if workload == "encode" else f"{workload} {m['lm']}")  # encode: CLIP's, any LM
         points.append(Point(workload, str(m["lm"]), ms, str(m["dtype"]), float(m.get("weight_bits") or 16), tokens,
-                            context, str(m.get("projector") or ""), str(m.get("group") or (workload if workload == "encode" else f"{workload} {m['lm']}")),
-                            str(m["source"]), str(m.get("case") or "")))
+                            context, str(m.get("projector") or ""), str(group), str(m["source"]), str(m.get("case") or "")))
     return points
 
 

@@ -107,6 +107,14 @@ def test_every_measured_entry_has_a_source_and_what_the_fit_needs(name):
     assert all(p.ms > 0 for p in points) and len({p.group for p in points}) >= 3
 
 
+def test_timings_of_one_workload_share_a_group_and_each_lm_is_its_own_workload():
+    entry = {"workload": "decode", "context": 64, "weight_bits": 4.5, "dtype": "fp16", "source": SOURCE, "tok_s": 10.0}
+    points = load_points([entry | {"lm": "mobilellama_1.4b"}, entry | {"lm": "mobilellama_1.4b", "case": "another source"},
+                          entry | {"lm": "llama2_7b"}, {**entry, "workload": "encode", "projector": "ldp", "lm": "llama2_7b"},
+                          {**entry, "workload": "encode", "projector": "ldpv2", "lm": "mobilellama_1.4b"}], "orin")
+    assert [p.group for p in points] == ["decode mobilellama_1.4b"] * 2 + ["decode llama2_7b", "encode", "encode"]
+
+
 def test_a_bad_measured_entry_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"conf/device/phone.yaml measured\[0\]: prefill needs tokens, weight_bits"):
         load_points([{"workload": "prefill", "lm": "mobilellama_1.4b", "dtype": "int8", "source": SOURCE, "ms": 1.0}], "phone")

@@ -116,9 +116,8 @@ def test_llama2_dimensions_give_its_exact_parameter_count(name, params):
 
 
 def test_grouped_query_attention_shrinks_the_kv_projections_and_cache_only():
-    mha = lm("llama2_70b")
-    mha = LanguageModel.from_config(vars(mha) | {"kv_heads": 0})
     gqa = lm("llama2_70b")
+    mha = LanguageModel.from_config(vars(gqa) | {"kv_heads": 0})
     assert mha.params - gqa.params == mha.layers * 2 * gqa.hidden * (gqa.hidden - 1024)
     attn = lambda m: next(o for o in m.decode_ops(1000) if o.kind == "attention")  # noqa: E731
     assert attn(mha).flops == attn(gqa).flops and attn(mha).bytes > 7 * attn(gqa).bytes
