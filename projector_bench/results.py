@@ -72,7 +72,7 @@ COLUMNS = {
     "task": "", "accuracy": "mean over seeds, %", "accuracy_ci_low": "95% two-level bootstrap",
     "accuracy_ci_high": "", "accuracy_ci_method": "", "accuracy_by_seed": "", "accuracy_seed_std": "",
     "accuracy_by_type": "per question type", "accuracy_ci_by_type": "", "accuracy_note": "small test split",
-    "accuracy_warning": "under 30 test questions", "accuracy_time_s": "", "majority_baseline": "",
+    "accuracy_warning": "under 30 test questions; a compression ratio unlike the costed design's (runner.compression_warning)", "accuracy_time_s": "", "majority_baseline": "",
     "majority_by_type": "", "types_not_learned": "", "seeds": "", "lr": "the rate chosen on validation",
     "lr_grid": "mean validation loss per rate", "train_steps": "per seed", "best_step": "per seed",
     "converged": "every seed stopped on a plateau", "val_curves": "[step, loss, accuracy] per seed",

@@ -122,6 +122,20 @@ def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
     return {"device": device.name} | estimate_row(row, device, lm)
 
 
+def compression_warning(row: dict[str, Any]) -> str | None:
+    """Says when the accuracy model cut its grid by another ratio than the costed design did (1.5x apart or
+    more): a token *count* (`pool`'s grid, a resampler's latents) kept on the smaller accuracy grid is a milder
+    cut there, so the accuracy is not that of the compression the latency is priced at (docs/accuracy.md)."""
+    t_in, t_out, a_in, a_out = (row.get(k) for k in ("tokens_in", "tokens_out", "acc_tokens_in", "acc_tokens_out"))
+    if not (t_in and t_out and a_in and a_out):
+        return None
+    cost, acc = t_in / t_out, a_in / a_out
+    if max(cost, acc) / min(cost, acc) < 1.5:
+        return None
+    return (f"accuracy measured at {a_in} -> {a_out} tokens ({acc:.3g}x), costs at {t_in} -> {t_out} ({cost:.3g}x): "
+            "not this design's compression; give accuracy.projector the count of the same ratio (docs/accuracy.md)")
+
+
 def job_overrides() -> list[str]:
     """This Hydra job's own overrides (without `resume=`): what identifies a job of a multirun."""
     from hydra.core.hydra_config import HydraConfig
@@ -168,6 +182,8 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
             row |= estimates(cfg, row)
             if cfg.task.get("_target_"):
                 row |= evaluate_projector(cfg)
+                warnings = [row.get("accuracy_warning"), compression_warning(row)]
+                row["accuracy_warning"] = "; ".join(w for w in warnings if w) or None
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
         first = str(e).splitlines()[0] if str(e) else ""

@@ -220,6 +220,9 @@ def front_table(study: optuna.Study) -> str:
     import pandas as pd
 
     names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
-    rows = [{"trial": t.number, **dict(zip(names, t.values)), "overrides": " ".join(t.user_attrs.get("overrides", []))}
+    rows = [{"trial": t.number, **dict(zip(names, t.values)), "overrides": " ".join(t.user_attrs.get("overrides", [])),
+             "accuracy_warning": ((t.user_attrs.get("row") or {}).get("accuracy_warning") or "").split(": ")[0]}
             for t in sorted(study.best_trials, key=lambda t: t.number)]
+    if not any(r["accuracy_warning"] for r in rows):  # the column only when a front trial has a warning (its first clause)
+        rows = [{k: v for k, v in r.items() if k != "accuracy_warning"} for r in rows]
     return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}") if rows else "(no feasible trial)"

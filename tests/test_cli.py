@@ -176,6 +176,18 @@ def test_a_diverging_training_fails_its_row_and_keeps_its_costs(cli, tmp_path, m
         assert g["status"] == "failed" and g["error"].startswith("DivergedError: training diverged") and g["macs"] > 0
 
 
+def test_an_accuracy_taken_at_another_compression_than_the_costs_says_so(cli, tmp_path):
+    # 8x8 cost tokens, a 4x4 accuracy grid: `pool` to a fixed 2x2 cuts 16x there and 4x here; `ldp` 4x on both
+    for args in (["projector=pool", "projector.pool=[2,2]"], ["projector=ldp"]):
+        r = cli(tmp_path, *args, "shape.tokens=64", *ACC_TINY)
+        assert r.returncode == 0, r.stderr
+    pool, ldp = rows(tmp_path)
+    assert (pool["tokens_in"], pool["tokens_out"], pool["acc_tokens_in"], pool["acc_tokens_out"]) == (64, 4, 16, 4)
+    assert pool["accuracy_warning"].startswith("accuracy measured at 16 -> 4 tokens (4x), costs at 64 -> 4 (16x): "
+                                               "not this design's compression; give accuracy.projector")
+    assert (ldp["tokens_out"], ldp["acc_tokens_out"]) == (16, 4) and ldp["accuracy_warning"] is None
+
+
 @pytest.mark.slow
 def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and_budget(cli, tmp_path):
     r = cli(tmp_path, "-m", "projector=mlp,ldp", "device=snapdragon888_cpu")

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import TrialSeeded, fail_unstarted, record_rows, suggest
+from projector_bench.search import TrialSeeded, fail_unstarted, front_table, record_rows, suggest
 from projector_bench.studies import storage
 
 from .test_cli import ACC_TINY, TINY, rows
@@ -49,6 +49,21 @@ SPACE = OmegaConf.create({
     "projector.pool": {"choices": [[1, 1], [2, 2]], "if": {"projector": ["pool"]}},
     "accuracy.training.lr": {"low": 1e-4, "high": 1e-2, "log": True},
 })
+
+
+def test_the_front_table_shows_a_trials_accuracy_warning_only_when_one_has_it():
+    s = optuna.create_study(directions=["maximize", "minimize"])
+    s.set_metric_names(["accuracy", "est_ttft_ms"])
+    warned = {"accuracy_warning": "accuracy measured at 64 -> 16 tokens (4x), costs at 576 -> 16 (36x): not this design's"}
+    for values, overrides, row in (([99.6, 41.0], ["projector=pool", "++projector.pool=[4,4]"], warned),
+                                   ([99.7, 56.0], ["projector=ldp"], {"accuracy_warning": None})):
+        s.add_trial(optuna.trial.create_trial(values=values, user_attrs={"overrides": overrides, "row": row}))
+    lines = front_table(s).splitlines()
+    assert "accuracy_warning" in lines[0] and lines[1].rstrip().endswith("costs at 576 -> 16 (36x)")
+    assert "projector=ldp" in lines[2] and "tokens" not in lines[2]
+    clean = optuna.create_study(directions=["maximize", "minimize"])
+    clean.add_trial(optuna.trial.create_trial(values=[99.7, 56.0], user_attrs={"overrides": ["projector=ldp"], "row": {}}))
+    assert "accuracy_warning" not in front_table(clean)
 
 
 def test_the_space_becomes_overrides_and_conditions_hold():
