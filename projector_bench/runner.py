@@ -182,8 +182,8 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
             row |= estimates(cfg, row)
             if cfg.task.get("_target_"):
                 row |= evaluate_projector(cfg)
-                warnings = [row.get("accuracy_warning"), compression_warning(row)]
-                row["accuracy_warning"] = "; ".join(w for w in warnings if w) or None
+                said = [row.get("accuracy_warning"), compression_warning(row)]
+                row["accuracy_warning"] = "; ".join(w for w in said if w) or None
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
         first = str(e).splitlines()[0] if str(e) else ""
