@@ -133,7 +133,7 @@ def compression_warning(row: dict[str, Any]) -> str | None:
     if max(cost, acc) / min(cost, acc) < 1.5:
         return None
     return (f"accuracy measured at {a_in} -> {a_out} tokens ({acc:.3g}x), costs at {t_in} -> {t_out} ({cost:.3g}x): "
-            "not this design's compression; give accuracy.projector the count of the same ratio (docs/accuracy.md)")
+            "not the cut its costs are priced at (match them with accuracy.projector or a finer accuracy grid: docs/accuracy.md)")
 
 
 def job_overrides() -> list[str]:

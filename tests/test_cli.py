@@ -184,7 +184,7 @@ def test_an_accuracy_taken_at_another_compression_than_the_costs_says_so(cli, tm
     pool, ldp = rows(tmp_path)
     assert (pool["tokens_in"], pool["tokens_out"], pool["acc_tokens_in"], pool["acc_tokens_out"]) == (64, 4, 16, 4)
     assert pool["accuracy_warning"].startswith("accuracy measured at 16 -> 4 tokens (4x), costs at 64 -> 4 (16x): "
-                                               "not this design's compression; give accuracy.projector")
+                                               "not the cut its costs are priced at (match them with accuracy.projector")
     assert (ldp["tokens_out"], ldp["acc_tokens_out"]) == (16, 4) and ldp["accuracy_warning"] is None
 
 

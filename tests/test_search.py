@@ -54,7 +54,7 @@ SPACE = OmegaConf.create({
 def test_the_front_table_shows_a_trials_accuracy_warning_only_when_one_has_it():
     s = optuna.create_study(directions=["maximize", "minimize"])
     s.set_metric_names(["accuracy", "est_ttft_ms"])
-    warned = {"accuracy_warning": "accuracy measured at 64 -> 16 tokens (4x), costs at 576 -> 16 (36x): not this design's"}
+    warned = {"accuracy_warning": "accuracy measured at 64 -> 16 tokens (4x), costs at 576 -> 16 (36x): not the cut"}
     for values, overrides, row in (([99.6, 41.0], ["projector=pool", "++projector.pool=[4,4]"], warned),
                                    ([99.7, 56.0], ["projector=ldp"], {"accuracy_warning": None})):
         s.add_trial(optuna.trial.create_trial(values=values, user_attrs={"overrides": overrides, "row": row}))
