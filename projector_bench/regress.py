@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Callable, Iterable
@@ -177,6 +178,47 @@ def _load(path: Path) -> dict[str, Any]:
         raise SystemExit(f"error: {path} is not valid JSON ({e}); restore it from git (git checkout -- {path})") from None
 
 
+_LOG_HEAD = re.compile(r"^time: (?P<key>.+?); ratio = ")
+_LOG_ROW = re.compile(r"^\s+(?P<case>(?:projector|encoder)/\S+)\s+(?:nan|[\d.]+)\s+->\s+(?P<now>[\d.]+) \(IQR")
+
+
+def logged_pass(text: str) -> tuple[str, dict[str, float]]:
+    """(machine class, case -> first-pass median ratio) from the output of a `regress time` check, e.g. a hosted
+    CI's log; `ValueError` naming what is missing when `text` holds no such table."""
+    keys = [m["key"] for line in text.splitlines() if (m := _LOG_HEAD.match(line))]
+    if len(keys) != 1:
+        raise ValueError(f"{'no' if not keys else len(keys)} 'time: <machine class>; ratio = ...' header line(s) "
+                         "where one is needed: pass the output of one `python -m projector_bench.regress time` run")
+    rows = {m["case"]: float(m["now"]) for line in text.splitlines() if (m := _LOG_ROW.match(line))}
+    if not rows:
+        raise ValueError("no timed cases under its header: pass the whole output of `regress time`")
+    return keys[0], rows
+
+
+def append_logged(log: Path, baseline: Path) -> int:
+    """Add the pass a `regress time` check printed (`log`) to its machine class's baseline, for the cases that have
+    recorded passes (a case needs several occasions before it is compared, so new cases are left out)."""
+    try:
+        key, rows = logged_pass(log.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"error: {log} is not a `regress time` log: {e}", file=sys.stderr)
+        return 2
+    data = _load(baseline)
+    base = data.get("machines", {}).get(key)
+    if base is None:
+        print(f"error: {log} was timed on {key!r}, which {baseline} has no baseline for: record one there with "
+              "`regress time --update`", file=sys.stderr)
+        return 2
+    added = sorted(n for n in rows if n in base["history"])
+    for n in added:
+        base["history"][n].append(round(rows[n], 4))
+    _write(baseline, data)
+    skipped = sorted(set(rows) - set(added))
+    print(f"time: added one pass of {len(added)} cases from {log} to {key} in {baseline}"
+          + (f"; left out {len(skipped)} without recorded passes ({', '.join(skipped)})" if skipped else ""))
+    return 0
+
+
 def _write(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
@@ -264,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=RECORD_PASSES, help="passes --update times (time)")
     ap.add_argument("--append", action="store_true",
                     help="with --update: add the passes to this machine class's recorded ones (record on several occasions)")
+    ap.add_argument("--from-log", type=Path, metavar="LOG",
+                    help="with --update --append: add the pass a `regress time` check printed (a hosted CI's log, say) "
+                         "instead of timing here")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds per case (time)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of a ratio (0.10: 10%%)")
@@ -277,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.append and not args.update:
         print("error: --append adds passes to a recorded baseline: use it with --update", file=sys.stderr)
         return 2
+    if args.from_log and not (args.append and args.what == "time"):
+        print("error: --from-log adds a logged pass to a recorded baseline: use it as time --update --append --from-log LOG",
+              file=sys.stderr)
+        return 2
+    if args.from_log:
+        return append_logged(args.from_log, args.baseline)
     unknown = sorted(set(args.only or []) - set(case_names()))
     if unknown:
         print(f"error: unknown case {unknown[0]!r}; choose from: {', '.join(case_names())}", file=sys.stderr)

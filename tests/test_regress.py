@@ -65,6 +65,7 @@ def test_the_machine_class_names_cpu_threads_and_torch():
     (["time", "--only", "projector/nope"], "error: unknown case 'projector/nope'; choose from: projector/"),
     (["time", "--rounds", "1"], "error: --rounds must be >= 3"),
     (["time", "--append"], "error: --append adds passes to a recorded baseline: use it with --update"),
+    (["time", "--update", "--from-log", "ci.log"], "error: --from-log adds a logged pass to a recorded baseline"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     code = regress_main(args)  # `python -m projector_bench.regress` exits with what main returns
@@ -97,3 +98,35 @@ def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkey
     assert regress.run_time(True, 9, 1, 0.1, ["projector/a"], path, passes=1) == 0
     m = json.loads(path.read_text())["machines"][machine(1)]
     assert m["history"] == {"projector/a": [3.0], "projector/b": [2.0, 2.0, 2.0, 2.4]}
+
+
+def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_recorded_passes(tmp_path, monkeypatch, capsys):
+    """A hosted CI's runner cannot be timed again by hand: its printed `regress time` table is the pass to add."""
+    from projector_bench import regress
+    from projector_bench.measure import Paired
+
+    monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
+    draws = iter([1.0, 2.0, 1.1, 2.1, 1.06, 2.6, 9.9, 2.6])  # two recorded passes of a and b, a check of a, b, c, b again
+    monkeypatch.setattr(regress, "time_ratios", lambda selected, rounds, threads: {
+        n: Paired(next(draws), 0.0, {"wall": 1.0}, [1.0] * 9) for n in selected})
+    path = tmp_path / "baseline.json"
+    assert regress.run_time(True, 9, 1, 0.1, None, path, passes=2) == 0
+    monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b", "projector/c"]})
+    capsys.readouterr()
+    regress.run_time(False, 9, 1, 0.1, None, path)  # what CI prints: b is +26% (over 10%), c has no baseline
+    log = tmp_path / "ci.log"
+    log.write_text("pytest said things\n" + capsys.readouterr().out + "more\n")
+    before = path.read_text()
+    assert regress_main(["time", "--update", "--append", "--from-log", str(log), "--baseline", str(path)]) == 0
+    history = json.loads(path.read_text())["machines"][machine(1)]["history"]
+    assert history == {"projector/a": [1.0, 1.1, 1.06], "projector/b": [2.0, 2.1, 2.6]}  # c: one pass is no noise estimate
+    assert "left out 1 without recorded passes (projector/c)" in capsys.readouterr().out
+    # a log of another machine class, or no table at all: one line, exit 2, the baseline untouched
+    after = path.read_text()
+    assert after != before
+    for text, message in [(log.read_text().replace(machine(1), "Other CPU | 1 thread | torch 0"), "which"),
+                          ("golden: 41 designs match\n", "not a `regress time` log: no 'time: <machine class>")]:
+        log.write_text(text)
+        assert regress_main(["time", "--update", "--append", "--from-log", str(log), "--baseline", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and path.read_text() == after
