@@ -37,13 +37,13 @@ def cpu_id() -> str:
 PACKAGE = Path(__file__).resolve().parent
 
 
-def code_hash(*names: str, root: Path = PACKAGE) -> str:
-    """Hash of the source `names` (files or folders under `root`, the package by default) and of the torch and
-    timm versions: a cache entry keyed by it is not reused after that code or an upgrade changes it."""
+def code_hash(*names: str, root: Path = PACKAGE, pattern: str = "*.py") -> str:
+    """Hash of the source `names` (files, or folders' `pattern` files, under `root`, the package by default) and of
+    the torch and timm versions: a cache entry keyed by it is not reused after that code or an upgrade changes it."""
     h = hashlib.sha256(f"torch {torch.__version__} timm {version('timm')}".encode())
     for name in names:
         path = root / name
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        for f in sorted(path.rglob(pattern)) if path.is_dir() else [path]:
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from scipy.stats import binomtest
 
 from .encoders import Variant, create_encoder
-from .env import cpu_id
+from .env import code_hash, cpu_id
 from .measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
 from .projectors.base import token_grid
 from .runner import build_projector
@@ -101,6 +101,15 @@ def machine(threads: int) -> str:
     """The machine class a timing baseline is valid for: CPU model (with family/model/stepping numbers), threads,
     torch version."""
     return f"{cpu_id()} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
+
+
+TIMED_CODE = ("projectors", "_registry.py", "encoders.py", "measure.py", "util.py", "regress.py")  # what a case runs
+
+
+def timed_code() -> str:
+    """Hash of everything the timed cases run or are built from (`TIMED_CODE`, every config under `conf/`) and of
+    the torch and timm versions. A tree with the baseline's hash cannot have caused a slowdown: the machine did."""
+    return f"{code_hash(*TIMED_CODE)[:8]}{code_hash('.', root=config_dir(), pattern='*.yaml')[:8]}"
 
 
 def time_ratios(selected: dict[str, Case], rounds: int, threads: int) -> dict[str, Paired]:
@@ -179,11 +188,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 _LOG_HEAD = re.compile(r"^time: (?P<key>.+?); ratio = ")
+_LOG_CODE = re.compile(r"^time: timed code (\w+),")
 _LOG_ROW = re.compile(r"^\s+(?P<case>(?:projector|encoder)/\S+)\s+(?:nan|[\d.]+)\s+->\s+(?P<now>[\d.]+) \(IQR")
 
 
-def logged_pass(text: str) -> tuple[str, dict[str, float]]:
-    """(machine class, case -> first-pass median ratio) from the output of a `regress time` check, e.g. a hosted
+def logged_pass(text: str) -> tuple[str, dict[str, float], str | None]:
+    """(machine class, case -> first-pass median ratio, timed code when printed) from the output of a `regress time` check, e.g. a hosted
     CI's log; `ValueError` naming what is missing when `text` holds no such table."""
     keys = [m["key"] for line in text.splitlines() if (m := _LOG_HEAD.match(line))]
     if len(keys) != 1:
@@ -192,14 +202,15 @@ def logged_pass(text: str) -> tuple[str, dict[str, float]]:
     rows = {m["case"]: float(m["now"]) for line in text.splitlines() if (m := _LOG_ROW.match(line))}
     if not rows:
         raise ValueError("no timed cases under its header: pass the whole output of `regress time`")
-    return keys[0], rows
+    codes = [m[1] for line in text.splitlines() if (m := _LOG_CODE.match(line))]
+    return keys[0], rows, codes[0] if codes else None
 
 
 def append_logged(log: Path, baseline: Path) -> int:
     """Add the pass a `regress time` check printed (`log`) to its machine class's baseline, for the cases that have
     recorded passes (a case needs several occasions before it is compared, so new cases are left out)."""
     try:
-        key, rows = logged_pass(log.read_text())
+        key, rows, code = logged_pass(log.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         print(f"error: {log} is not a `regress time` log: {e}", file=sys.stderr)
         return 2
@@ -209,13 +220,18 @@ def append_logged(log: Path, baseline: Path) -> int:
         print(f"error: {log} was timed on {key!r}, which {baseline} has no baseline for: record one there with "
               "`regress time --update`", file=sys.stderr)
         return 2
+    if code is not None and code != base.get("code"):
+        print(f"error: {log} timed other code ({code}) than {baseline}'s ({base.get('code')}), so its slowdowns may be "
+              "that change's: add only a log of a run with the baseline's code", file=sys.stderr)
+        return 2
     added = sorted(n for n in rows if n in base["history"])
     for n in added:
         base["history"][n].append(round(rows[n], 4))
     _write(baseline, data)
     skipped = sorted(set(rows) - set(added))
     print(f"time: added one pass of {len(added)} cases from {log} to {key} in {baseline}"
-          + (f"; left out {len(skipped)} without recorded passes ({', '.join(skipped)})" if skipped else ""))
+          + (f"; left out {len(skipped)} without recorded passes ({', '.join(skipped)})" if skipped else "")
+          + ("; the log does not say which code it timed: make sure it was the baseline's" if code is None else ""))
     return 0
 
 
@@ -256,7 +272,7 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         for n in selected:
             history[n] = history.get(n, []) * append + [round(t[n].median, 4) for t in timed]
         data.setdefault("machines", {})[key] = {
-            "recorded": date.today().isoformat(), "rounds": rounds, "history": history,
+            "recorded": date.today().isoformat(), "rounds": rounds, "history": history, "code": timed_code(),
             "ms": old.get("ms", {}) | {n: {k: round(v, 3) for k, v in timed[-1][n].ms.items()} for n in selected}}
         _write(baseline, data)
         print(f"time: recorded {len(selected)} ratios ({passes} passes{', added to the earlier ones' if append and old else ''}) "
@@ -272,7 +288,10 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     ratios, noise = summary(base["history"])
     limit = limits(now, tolerance, noise)
     suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, limit)
+    code, same = timed_code(), base.get("code") == timed_code()
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
+    print(f"time: timed code {code}, the baseline's {base.get('code', 'not recorded')}"
+          f"{': the same, so a slowdown here is the machine, not this tree' if same else ''}")
     print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")
     over: dict[str, int] = {"wall": 0, "cpu": 0}
@@ -290,6 +309,11 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
               f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
     print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
           f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")
+    if confirmed and same:
+        print("time: slower than the baseline in two passes, with the baseline's own code (" +
+              "; ".join(f"{n}: {_second(second[n], ratios[n], limit[n])}" for n in confirmed) + "): noise of this "
+              "occasion, not failed. Save this output and add the occasion: regress time --update --append --from-log LOG")
+        return 0
     if confirmed:
         print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
               " slower than the baseline in two passes (" +

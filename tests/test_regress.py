@@ -130,3 +130,57 @@ def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_reco
         assert regress_main(["time", "--update", "--append", "--from-log", str(log), "--baseline", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1 and path.read_text() == after
+
+
+def test_a_confirmed_slowdown_fails_only_when_the_timed_code_is_not_the_baselines(tmp_path, monkeypatch, capsys):
+    """The same slowdown, confirmed by the sign test: a tree that changed the timed code (a projector, a config,
+    the timing code, torch or timm) fails; a tree with the baseline's code passes, saying it was the machine."""
+    from projector_bench import regress
+    from projector_bench.measure import Paired
+
+    monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
+    slow = {"projector/a": 1.0, "projector/b": 2.0}
+    monkeypatch.setattr(regress, "time_ratios", lambda selected, rounds, threads: {
+        n: Paired(slow[n], 0.0, {"wall": 1.0}, [slow[n]] * rounds) for n in selected})
+    path = tmp_path / "baseline.json"
+    assert regress.run_time(True, 9, 1, 0.1, None, path, passes=2) == 0
+    assert json.loads(path.read_text())["machines"][machine(1)]["code"] == regress.timed_code()
+    slow["projector/b"] = 2.5  # +25%, every round over its 10% limit
+    capsys.readouterr()
+    assert regress.run_time(False, 9, 1, 0.1, None, path) == 0
+    out = capsys.readouterr().out
+    assert "the same, so a slowdown here is the machine" in out and "projector/b: +25%, 18/18 rounds over" in out
+    assert "not failed" in out and "FAILED" not in out
+    monkeypatch.setattr(regress, "timed_code", lambda: "changed")
+    assert regress.run_time(False, 9, 1, 0.1, None, path) == 1
+    out = capsys.readouterr().out
+    assert "time: FAILED: projector/b +25%" in out and "the machine" not in out
+    # that run's log timed other code: it is not noise to add to the baseline
+    log = tmp_path / "ci.log"
+    log.write_text(out)
+    before = path.read_text()
+    assert regress_main(["time", "--update", "--append", "--from-log", str(log), "--baseline", str(path)]) == 2
+    assert "timed other code (changed)" in capsys.readouterr().err and path.read_text() == before
+
+
+def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_path, monkeypatch):
+    """Edits to what a case runs or is built from change `timed_code`; edits elsewhere (a report, the search) do not."""
+    import shutil
+
+    from projector_bench import env, regress, settings
+    pkg, conf = tmp_path / "projector_bench", tmp_path / "conf"
+    shutil.copytree(env.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(settings.config_dir(), conf)
+    monkeypatch.setattr(env, "PACKAGE", pkg)
+    monkeypatch.setattr(env.code_hash, "__kwdefaults__", {"root": pkg, "pattern": "*.py"})  # regress imported it by name
+    monkeypatch.setattr(regress, "config_dir", lambda: conf)
+    first = regress.timed_code()
+    (pkg / "report.py").write_text((pkg / "report.py").read_text() + "\n# a report change\n")
+    (pkg / "search.py").write_text((pkg / "search.py").read_text() + "\n# a search change\n")
+    assert regress.timed_code() == first
+    for edited in (pkg / "projectors" / "ldpv2.py", conf / "projector" / "ldpv2.yaml", pkg / "measure.py"):
+        text = edited.read_text()
+        edited.write_text(text + "\n# edited\n")
+        assert regress.timed_code() != first, edited
+        edited.write_text(text)
+    assert regress.timed_code() == first
