@@ -3,7 +3,8 @@
 `golden` compares parameters, MACs and output tokens of every shipped design and encoder exactly with
 `projector_bench/gate/golden.json`; `time` compares each forward's time, as a ratio to a reference GEMM timed
 alongside, with the baseline recorded for this machine class in `projector_bench/gate/baseline.json`, and
-fails only on a slowdown a sign test confirms. How and why: docs/regression.md.
+fails only on a slowdown a sign test confirms, on a tree whose timed code is not the baseline's (`timed_code`).
+How and why: docs/regression.md.
 """
 from __future__ import annotations
 
