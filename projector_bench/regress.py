@@ -279,13 +279,13 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         print(f"time: recorded {len(selected)} ratios ({passes} passes{', added to the earlier ones' if append and old else ''}) "
               f"for {key} in {baseline}")
         return 0
-    now = time_ratios(selected, rounds, threads)
     base = data.get("machines", {}).get(key)
-    if base is None:
+    if base is None:  # nothing to compare with: time nothing
         known = "; ".join(data.get("machines", {})) or "none"
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
+    now = time_ratios(selected, rounds, threads)
     ratios, noise = summary(base["history"])
     limit = limits(now, tolerance, noise)
     suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, limit)

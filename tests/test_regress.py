@@ -184,3 +184,15 @@ def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_pat
         assert regress.timed_code() != first, edited
         edited.write_text(text)
     assert regress.timed_code() == first
+
+
+def test_a_machine_class_without_a_baseline_is_said_and_not_timed(tmp_path, monkeypatch, capsys):
+    from projector_bench import regress
+
+    monkeypatch.setattr(regress, "cases", lambda only=None: {"projector/a": None})
+    monkeypatch.setattr(regress, "time_ratios", lambda *a: pytest.fail("timed with nothing to compare it with"))
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"machines": {"Other CPU | 1 thread | torch 0": {"history": {}}}}))
+    assert regress.run_time(False, 9, 1, 0.1, None, path) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"time: no baseline for this machine class ({machine(1)}); recorded classes: Other CPU")
