@@ -194,8 +194,8 @@ _LOG_ROW = re.compile(r"^\s+(?P<case>(?:projector|encoder)/\S+)\s+(?:nan|[\d.]+)
 
 
 def logged_pass(text: str) -> tuple[str, dict[str, float], str | None]:
-    """(machine class, case -> first-pass median ratio, timed code when printed) from the output of a `regress time` check, e.g. a hosted
-    CI's log; `ValueError` naming what is missing when `text` holds no such table."""
+    """(machine class, case -> first-pass median ratio, timed code if printed) from the output of a `regress time`
+    check, e.g. a hosted CI's log; `ValueError` naming what is missing when `text` holds no such table."""
     keys = [m["key"] for line in text.splitlines() if (m := _LOG_HEAD.match(line))]
     if len(keys) != 1:
         raise ValueError(f"{'no' if not keys else len(keys)} 'time: <machine class>; ratio = ...' header line(s) "
@@ -289,7 +289,8 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     ratios, noise = summary(base["history"])
     limit = limits(now, tolerance, noise)
     suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, limit)
-    code, same = timed_code(), base.get("code") == timed_code()
+    code = timed_code()
+    same = base.get("code") == code
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
     print(f"time: timed code {code}, the baseline's {base.get('code', 'not recorded')}"
           f"{': the same, so a slowdown here is the machine, not this tree' if same else ''}")
