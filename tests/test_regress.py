@@ -171,7 +171,6 @@ def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_pat
     pkg, conf = tmp_path / "projector_bench", tmp_path / "conf"
     shutil.copytree(env.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(settings.config_dir(), conf)
-    monkeypatch.setattr(env, "PACKAGE", pkg)
     monkeypatch.setattr(env.code_hash, "__kwdefaults__", {"root": pkg, "pattern": "*.py"})  # regress imported it by name
     monkeypatch.setattr(regress, "config_dir", lambda: conf)
     first = regress.timed_code()
