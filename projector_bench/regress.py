@@ -159,14 +159,16 @@ class Verdict(NamedTuple):
     second: dict[str, Paired]
 
 
-def confirmed_regressions(now: dict[str, Paired], base: dict[str, float], selected: dict[str, Case], rounds: int,
-                          threads: int, limit: dict[str, float]) -> Verdict:
+def confirmed_regressions(now: dict[str, Paired], base: dict[str, float], rounds: int, threads: int,
+                          limit: dict[str, float]) -> Verdict:
     """Cases whose median ratio is over their limit in `now` (suspects), and those of them that a second pass of
     twice the rounds confirms: so many of its rounds over the limit (which puts its median over it too) that
     this run's noise is an unlikely cause (`sign_test`). A burst of load rarely lands twice on one case, nor on
-    most of its rounds; a real slowdown does."""
+    most of its rounds; a real slowdown does. The second pass times freshly built suspects (the caller still
+    holds the first ones, so their memory is new): one built int8 model can stay a few % slower or faster for
+    as long as it lives, which a second pass of the same one would confirm rather than re-draw."""
     suspects = regressions({n: p.median for n, p in now.items()}, base, limit)
-    again = time_ratios({n: selected[n] for n in suspects}, 2 * rounds, threads) if suspects else {}
+    again = time_ratios(cases(list(suspects)), 2 * rounds, threads) if suspects else {}
     return Verdict(suspects, {n: p.median / base[n] for n, p in again.items()
                               if sign_test(p, base[n] * (1 + limit[n]))}, again)
 
@@ -261,13 +263,17 @@ def run_golden(update: bool) -> int:
 def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: list[str] | None,
              baseline: Path = BASELINE, passes: int = RECORD_PASSES, append: bool = False) -> int:
     """Check (or with `update`, record) this machine class's ratios in `baseline`; 0 when none regressed.
-    Recording times `passes` passes of the selected cases, which replace theirs, or with `append` join them
-    (passes taken on other occasions widen the noise estimate to what those occasions saw)."""
+    Recording times `passes` passes, each of freshly built cases, which replace theirs, or with `append` join
+    them (passes taken on other occasions widen the noise estimate to what those occasions saw)."""
     key = machine(threads)
     data = _load(baseline)
-    selected = cases(only)
-    if update:  # several passes: the median is the baseline, their spread the case's noise
-        timed = [time_ratios(selected, rounds, threads) for _ in range(passes)]
+    if update:  # several passes, each of freshly built cases: the median is the baseline, their spread the noise
+        timed: list[dict[str, Paired]] = []
+        held: dict[str, Case] = {}
+        for _ in range(passes):  # the last pass's cases are held while the next ones are built: new memory
+            held = cases(only)
+            timed.append(time_ratios(held, rounds, threads))
+        selected = held
         old = data.get("machines", {}).get(key, {})
         history = dict(old.get("history", {}))  # cases not timed now keep theirs
         for n in selected:
@@ -285,10 +291,11 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
               f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
         return 0
+    selected = cases(only)  # held until the second pass has built its own
     now = time_ratios(selected, rounds, threads)
     ratios, noise = summary(base["history"])
     limit = limits(now, tolerance, noise)
-    suspects, confirmed, second = confirmed_regressions(now, ratios, selected, rounds, threads, limit)
+    suspects, confirmed, second = confirmed_regressions(now, ratios, rounds, threads, limit)
     code = timed_code()
     same = base.get("code") == code
     print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")

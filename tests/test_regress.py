@@ -195,3 +195,35 @@ def test_a_machine_class_without_a_baseline_is_said_and_not_timed(tmp_path, monk
     assert regress.run_time(False, 9, 1, 0.1, None, path) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"time: no baseline for this machine class ({machine(1)}); recorded classes: Other CPU")
+
+
+def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_path, monkeypatch, capsys):
+    """One built int8 model can stay slower for as long as it lives (docs/results/2026-11-29-gate-false-failure.md):
+    every recorded pass builds its cases anew, and the second pass times newly built suspects, not the first's."""
+    from projector_bench import regress
+    from projector_bench.measure import Paired
+
+    built: list[tuple[str, ...]] = []
+
+    def cases(only=None):
+        names = tuple(only or ["projector/a", "projector/b"])
+        built.append(names)
+        return {n: (n, len(built)) for n in names}  # a case tagged with the build it came from
+
+    slow = {"projector/a": 1.0, "projector/b": 2.0}
+    timed_builds: list[set[int]] = []
+
+    def time_ratios(selected, rounds, threads):
+        timed_builds.append({b for _, b in selected.values()})
+        return {n: Paired(slow[n], 0.0, {"wall": 1.0}, [slow[n]] * rounds) for n in selected}
+
+    monkeypatch.setattr(regress, "cases", cases)
+    monkeypatch.setattr(regress, "time_ratios", time_ratios)
+    path = tmp_path / "baseline.json"
+    assert regress.run_time(True, 9, 1, 0.1, None, path, passes=3) == 0
+    assert len(built) == 3 and timed_builds == [{1}, {2}, {3}]
+    built.clear(), timed_builds.clear()
+    slow["projector/b"] = 2.5  # a suspect, confirmed by its second pass
+    monkeypatch.setattr(regress, "timed_code", lambda: "changed")
+    assert regress.run_time(False, 9, 1, 0.1, None, path) == 1
+    assert built == [("projector/a", "projector/b"), ("projector/b",)] and timed_builds == [{1}, {2}]
