@@ -197,8 +197,8 @@ def test_a_machine_class_without_a_baseline_is_said_and_not_timed(tmp_path, monk
     assert out.startswith(f"time: no baseline for this machine class ({machine(1)}); recorded classes: Other CPU")
 
 
-def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_path, monkeypatch, capsys):
-    """One built int8 model can stay slower for as long as it lives (docs/results/2026-11-29-gate-false-failure.md):
+def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_path, monkeypatch):
+    """One built int8 model can stay slower for as long as it lives (docs/results/2026-12-05-gate-new-cases.md):
     every recorded pass builds its cases anew, and the second pass times newly built suspects, not the first's."""
     from projector_bench import regress
     from projector_bench.measure import Paired
@@ -222,7 +222,8 @@ def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_pat
     path = tmp_path / "baseline.json"
     assert regress.run_time(True, 9, 1, 0.1, None, path, passes=3) == 0
     assert len(built) == 3 and timed_builds == [{1}, {2}, {3}]
-    built.clear(), timed_builds.clear()
+    built.clear()
+    timed_builds.clear()
     slow["projector/b"] = 2.5  # a suspect, confirmed by its second pass
     monkeypatch.setattr(regress, "timed_code", lambda: "changed")
     assert regress.run_time(False, 9, 1, 0.1, None, path) == 1
