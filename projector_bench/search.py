@@ -34,6 +34,12 @@ class TrialFailed(Exception):
     """The job recorded a failed row; its error is the trial's `error` attribute."""
 
 
+class TrialSkipped(Exception):
+    """The trial drew the design another worker is measuring. It ends FAIL without an `error`: not counted, no
+    row, and ignored by TPE, which reads COMPLETE, PRUNED and RUNNING trials. A PRUNED trial without intermediate
+    values would join TPE's worse group and steer the search away from the design being measured."""
+
+
 def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
     """Sample `space` into Hydra overrides. A parameter is `{choices: [...]}` or `{low, high[, step, log]}`;
     `if: {key: [values]}` samples it only when an earlier parameter took one of those values."""
@@ -76,7 +82,7 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
                 if t.number != trial.number and t.user_attrs.get("overrides") == overrides]
         if same and skipped[0] < MAX_SKIPS:  # another worker measures this design: sample another (not counted)
             skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period)
-            raise optuna.TrialPruned(f"the design of running trial {same[0]}")
+            raise TrialSkipped(f"skipped, not counted: running trial {same[0]} measures this design")
         skipped[0] = 0
         job = compose("config", overrides=base_overrides + overrides)
         row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides},
@@ -211,7 +217,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         optuna.storages.fail_stale_trials(study)  # and a run that has no trial left to do starts none
     if _counted(study) < s.n_trials:
         study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
-                       catch=(TrialFailed,))  # skipped duplicates are not counted: `record_and_stop` ends it
+                       catch=(TrialFailed, TrialSkipped))  # skipped duplicates are not counted: `record_and_stop` ends it
     return study
 
 

@@ -11,11 +11,14 @@ import time
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import TrialSeeded, fail_unstarted, front_table, record_rows, suggest
+from projector_bench.search import (TrialFailed, TrialSeeded, TrialSkipped, _counted, _objective, fail_unstarted, front_table,
+                                    record_rows, suggest)
+from projector_bench.settings import config_dir
 from projector_bench.studies import storage
 
 from .test_cli import ACC_TINY, TINY, rows
@@ -114,6 +117,22 @@ def test_a_trials_row_is_recorded_once_and_only_when_optuna_has_finished_the_tri
     assert record_rows(s.trials, tmp_path) == 2  # the next run's start: what the table lacks
     assert record_rows(s.trials, tmp_path) == 0  # a worker that catches up later writes nothing twice
     assert sorted(load_results(tmp_path)["trial"]) == [0, 1, 3]
+
+
+def test_a_design_another_worker_is_measuring_is_skipped_uncounted_and_unseen_by_tpe():
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", ["+search=projector_space"])
+    s = optuna.create_study(directions=["maximize", "minimize"])
+    s.enqueue_trial({"projector": "linear"})
+    measuring = s.ask()  # another worker's trial, still running
+    measuring.set_user_attr("overrides", suggest(measuring, cfg.search.space))
+    s.enqueue_trial({"projector": "linear"})
+    s.optimize(_objective(cfg, []), n_trials=1, catch=(TrialFailed, TrialSkipped))  # the job would need Hydra: never reached
+    skipped = s.trials[1]
+    assert skipped.state == optuna.trial.TrialState.FAIL and "error" not in skipped.user_attrs
+    assert _counted(s) == 0 and record_rows(s.trials, tempfile.mkdtemp()) == 0
+    # TPE reads COMPLETE, PRUNED and (constant liar) RUNNING trials only: the skip does not count against the design
+    assert skipped not in s.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
 
 
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried_not_left_running(tmp_path):
