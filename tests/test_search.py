@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import (TrialFailed, TrialSeeded, TrialSkipped, _counted, _objective, fail_unstarted, front_table,
-                                    record_rows, suggest)
+from projector_bench.search import (TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
+                                    front_table, record_rows, suggest)
 from projector_bench.settings import config_dir
 from projector_bench.studies import storage
 
@@ -42,8 +42,8 @@ def study(tmp_path, name="projector_space"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/optuna.db")
 
 
-def finished(s):
-    return [t for t in s.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)]
+def finished(s):  # what the search counts: completed, or failed by the job (not a skipped duplicate, not a dead worker's)
+    return [t for t in s.trials if _finished(t)]
 
 
 SPACE = OmegaConf.create({
