@@ -123,16 +123,17 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
     """Train `model` until its validation loss stops improving; return its best checkpoint and the run.
 
     AdamW, linear warm-up over `t.warmup_steps`, then a constant rate. Every `t.eval_every` steps the
-    validation loss is measured; `t.patience` evaluations without a gain over the last gain of both
-    `t.min_delta` (relative) and `t.min_delta_abs` (absolute, default 0) make a plateau. The first plateau
-    divides the rate by 10 (`t.lr_drops` times), the next one ends the run (`converged`) once `t.min_steps`
-    are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored.
+    validation loss is measured; evaluations without a gain over the last gain of both `t.min_delta`
+    (relative) and `t.min_delta_abs` (absolute, default 0) make a plateau: `t.drop_patience` of them (default
+    `t.patience`) divide the rate by 10 (`t.lr_drops` times), then `t.patience` end the run (`converged`) once
+    `t.min_steps` are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
     warm = max(1, int(t.warmup_steps))
     best = {"loss": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict()), "accuracy": math.nan}
     curve: list[list[float]] = []
     drops, stale, step, converged, ref = int(t.lr_drops), 0, 0, False, math.inf
+    drop_patience = t.get("drop_patience") or t.patience  # a drop cannot be undone: it may wait longer than the stop
     scale, start = 1.0, time.perf_counter()
     model.train()
     with tqdm(total=int(t.max_steps), desc=f"train {label} lr={lr:g}", disable=quiet, leave=False) as bar:
@@ -166,7 +167,7 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
                 ref, stale = val_loss, 0
                 continue
             stale += 1
-            if stale < t.patience:
+            if stale < (drop_patience if drops else t.patience):
                 continue
             if drops:
                 drops, stale, scale = drops - 1, 0, scale * 0.1

@@ -78,6 +78,7 @@ RULES: dict[str, tuple[Rule, str]] = {
 for _group in ("accuracy.training", "accuracy.encoder_training"):
     for _k in ("batch_size", "min_steps", "max_steps", "eval_every", "patience"):
         RULES[f"{_group}.{_k}"] = (_pos_int, "a positive integer")
+    RULES[f"{_group}.drop_patience"] = (_opt(_pos_int), "a positive integer or null (null: the same as patience)")
     RULES[f"{_group}.warmup_steps"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
     RULES[f"{_group}.lr_drops"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
     RULES[f"{_group}.min_delta"] = (lambda v: _num(v) and v >= 0, "a non-negative number")

@@ -99,6 +99,18 @@ def test_a_loss_that_keeps_halving_near_zero_is_a_plateau_only_with_an_absolute_
     assert run["converged"] is converged and (run["steps"] < 200) is converged
 
 
+@pytest.mark.parametrize("drop_patience,steps", [(None, 1 + 2 + 2), (4, 1 + 4 + 2)])
+def test_the_rate_drop_waits_drop_patience_evaluations_and_the_stop_waits_patience(drop_patience, steps):
+    """A flat validation loss: the first evaluation sets the reference, then `drop_patience` (default
+    `patience`) stale evaluations drop the rate and `patience` more stop the run."""
+    model = torch.nn.Linear(1, 1)
+    t = OmegaConf.create({"warmup_steps": 1, "min_steps": 1, "max_steps": 100, "eval_every": 1, "patience": 2,
+                          "drop_patience": drop_patience, "min_delta": 0.01, "lr_drops": 1})
+    run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (1.0, 50.0),
+                  acc._batches(torch.arange(8), 4, seed=0), t, 1e-3, "flat", True)
+    assert run["converged"] and run["steps"] == steps
+
+
 def test_divergence_is_an_error_naming_the_fix(tmp_path):
     with pytest.raises(acc.DivergedError, match="training diverged: loss is nan .* lower accuracy.training.lr"):
         acc.evaluate_projector(cfg_for(tmp_path, "accuracy.training.lr=1e30"))

@@ -37,6 +37,7 @@ CASES = [
     (["accuracy.val_fraction=1.5"], 2, "accuracy.val_fraction=1.5 is not valid"),
     (["accuracy.training.lr=-1"], 2, "accuracy.training.lr=-1 is not valid"),
     (["accuracy.training.max_steps=0"], 2, "accuracy.training.max_steps=0 is not valid"),
+    (["accuracy.training.drop_patience=0"], 2, "accuracy.training.drop_patience=0 is not valid"),
     (["shape.tokens=15", "projector=ldp"], 1, "ldp needs a square token grid but got 15 tokens"),
     (["-m", "projector=linear,pool", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
     (["-m", "projector=ldp,mlp", "seed=x"], 2, "seed='x' is not valid"),
