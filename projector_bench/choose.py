@@ -110,6 +110,9 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
                 nxt, low = ranked.iloc[1], best.get("accuracy_ci_low")
                 ci = "" if missing(low) else f" ({'within' if nxt.accuracy >= low else 'outside'} {best.label}'s 95% interval)"
                 reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}%{ci} at {cost(nxt)}"
+            warned = best.get("accuracy_warning")
+            if isinstance(warned, str) and warned:  # a pick on too few questions, or at another cut, says so
+                reason += f"; {best.label}'s accuracy warns: {warned.split(': ')[0]}"
         else:
             best = fits.sort_values(budget.latency_col).iloc[0]
             reason = f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} ({cost(best)}); no accuracy was measured (task=none)"

@@ -179,6 +179,13 @@ def test_the_most_accurate_design_within_budget_is_recommended_with_a_reason():
     assert recommend(table(), Budget(params=10e6, memory_mb=50), "phone").design == "mlp"
 
 
+def test_a_pick_whose_accuracy_carries_a_warning_says_so():
+    warned = table(accuracy_warning=[None, "only 12 test questions: this accuracy and its interval mean little; give", None])
+    r = recommend(warned, Budget(latency_ms=2000), "phone")
+    assert r.design == "ldp" and r.reason.endswith("; ldp's accuracy warns: only 12 test questions")
+    assert "warns" not in recommend(warned, Budget(), "phone").reason  # mlp's row has none
+
+
 def test_an_impossible_budget_says_so_and_names_the_closest_design():
     r = recommend(table(), Budget(latency_ms=100), "phone")
     assert not r.feasible and r.design == "pool" and "no design fits" in r.reason and "9.00× over the latency_ms limit" in r.reason
