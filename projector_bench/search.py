@@ -27,7 +27,7 @@ from .studies import storage
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-MAX_SKIPS = 3  # a worker skips at most this many designs in a row that another worker is measuring
+MAX_SKIPS = 3  # a worker skips at most this many designs in a row that a trial has measured or is measuring
 
 
 class TrialFailed(Exception):
@@ -71,18 +71,22 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
     limits = budget.limits()
     columns = budget.columns()  # the same values a report's budget bounds
 
-    skipped = [0]  # trials skipped in a row as duplicates of running ones
+    skipped = [0]  # trials skipped in a row as duplicates of running or finished ones
 
     def objective(trial: optuna.Trial) -> list[float]:
         if beat := _heartbeats(trial.study):  # a first heartbeat before `overrides` marks the trial started
             beat.record_heartbeat(trial._trial_id)  # (Optuna's heartbeat thread records one too, asynchronously)
         overrides = suggest(trial, cfg.search.space)
         trial.set_user_attr("overrides", overrides)
-        same = [t.number for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                if t.number != trial.number and t.user_attrs.get("overrides") == overrides]
-        if same and skipped[0] < MAX_SKIPS:  # another worker measures this design: sample another (not counted)
-            skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period)
-            raise TrialSkipped(f"skipped, not counted: running trial {same[0]} measures this design")
+        State = optuna.trial.TrialState
+        same = [t for t in trial.study.get_trials(deepcopy=False, states=(State.RUNNING, State.COMPLETE, State.FAIL))
+                if t.number != trial.number and t.user_attrs.get("overrides") == overrides
+                and (t.state == State.RUNNING or _finished(t))]
+        if same and skipped[0] < MAX_SKIPS:  # measured or being measured (TPE repeats its best): sample another, uncounted
+            skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period;
+            running = same[0].state == State.RUNNING  # and a small space runs out of new designs)
+            raise TrialSkipped(f"skipped, not counted: {'running' if running else 'finished'} trial {same[0].number} "
+                               f"{'measures' if running else 'measured'} this design")
         skipped[0] = 0
         job = compose("config", overrides=base_overrides + overrides)
         row = run(job, extra={"sweep_id": cfg.search.name, "trial": trial.number, "trial_overrides": overrides},

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
 from projector_bench.results import load_results
-from projector_bench.search import (TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
+from projector_bench.search import (MAX_SKIPS, TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
                                     front_table, record_rows, suggest)
 from projector_bench.settings import config_dir
 from projector_bench.studies import storage
@@ -131,6 +131,26 @@ def test_a_design_another_worker_is_measuring_is_skipped_uncounted_and_unseen_by
     skipped = s.trials[1]  # FAIL, not PRUNED: TPE reads COMPLETE, PRUNED and RUNNING trials, so it ignores the skip
     assert skipped.state == optuna.trial.TrialState.FAIL and "error" not in skipped.user_attrs
     assert _counted(s) == 0 and record_rows(s.trials, tmp_path) == 0
+
+
+def test_a_design_a_finished_trial_measured_is_skipped_a_bounded_number_of_times(tmp_path):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", ["+search=projector_space"])
+    s = optuna.create_study(directions=["maximize", "minimize"])
+    s.enqueue_trial({"projector": "linear"})
+    done = s.ask()  # TPE draws its best again and again: a repeat would only re-read the cache
+    done.set_user_attr("overrides", suggest(done, cfg.search.space))
+    s.tell(done, [99.0, 1.0])
+    for _ in range(MAX_SKIPS):
+        s.enqueue_trial({"projector": "linear"})
+    objective = _objective(cfg, [])  # one worker: its skips in a row are counted across its trials
+    s.optimize(objective, n_trials=MAX_SKIPS, catch=(TrialFailed, TrialSkipped))
+    assert all(t.state == optuna.trial.TrialState.FAIL and "error" not in t.user_attrs for t in s.trials[1:])
+    assert _counted(s) == 1 and record_rows(s.trials[1:], tmp_path) == 0
+    s.enqueue_trial({"projector": "linear"})  # a fourth draw in a row is measured: a small space runs out of designs
+    with pytest.raises(Exception) as e:  # (the job needs Hydra's config here: reaching it is what this checks)
+        s.optimize(objective, n_trials=1)
+    assert not isinstance(e.value, TrialSkipped) and "GlobalHydra" in str(e.value)
 
 
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried_not_left_running(tmp_path):
