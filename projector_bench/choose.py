@@ -107,8 +107,9 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
             reason = (f"{best.label} is the most accurate of the {len(fits)} designs within {budget.describe()}: "
                       f"{best.accuracy:.1f}% ({cost(best)})")
             if len(ranked) > 1:
-                nxt, low = ranked.iloc[1], best.get("accuracy_ci_low")
-                ci = "" if missing(low) else f" ({'within' if nxt.accuracy >= low else 'outside'} {best.label}'s 95% interval)"
+                nxt, t = ranked.iloc[1], tie(best, ranked.iloc[1])
+                ci = "" if t is None else (f" ({'tied with' if t[0] else 'below'} {best.label}: a gap of "
+                                           f"{best.accuracy - nxt.accuracy:.1f} against ±{t[1]:.1f}, the 95% interval of the difference)")
                 reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}%{ci} at {cost(nxt)}"
             warned = best.get("accuracy_warning")
             if isinstance(warned, str) and warned:  # a pick on too few questions, or at another cut, says so
@@ -131,10 +132,23 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
 
 
+def tie(best: pd.Series, other: pd.Series) -> tuple[bool, float] | None:
+    """Whether `other` (the less accurate) is tied with `best`, and the half-width of their difference's 95%
+    interval: the two rows' intervals taken as independent estimates (best's lower and other's upper half-widths
+    added in quadrature). Tied when the gap is within it. Designs scored on the same test questions are
+    positively correlated, so this errs towards a tie. None when either interval is missing."""
+    vals = [best.get("accuracy"), best.get("accuracy_ci_low"), other.get("accuracy"), other.get("accuracy_ci_high")]
+    if any(missing(v) for v in vals):
+        return None
+    a, lo, b, hi = map(float, vals)
+    half = math.hypot(a - lo, hi - b)
+    return a - b <= half, half
+
+
 def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[dict[str, Any]]:
     """Per output budget of the `conf/at_budget/` rows (their `token_budget`; other rows are left out): the
-    designs by accuracy, which keeps the most, and which are tied with it (their mean within its 95%
-    interval). Empty when no row has a budget (any sweep but `+sweep=token_budget`)."""
+    designs by accuracy, which keeps the most, and which are tied with it (`tie`: the gap within the
+    95% interval of the difference). Empty when no row has a budget (any sweep but `+sweep=token_budget`)."""
     need = {"token_budget", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "projector"}
     if not need <= set(df.columns):
         return []
@@ -151,10 +165,10 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
         if len(g) < 2:
             verdict = f"{int(tokens)} tokens: only {best.label} ({best.accuracy:.1f}%)"
         else:
-            ties = [r["label"] for _, r in g.iloc[1:].iterrows() if r["accuracy"] >= best["accuracy_ci_low"]]
+            ties = [r["label"] for _, r in g.iloc[1:].iterrows() if (tie(best, r) or (False,))[0]]
             verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}% "
                        f"[{best.accuracy_ci_low:.1f}, {best.accuracy_ci_high:.1f}]; "
-                       + (f"within its 95% interval: {', '.join(ties)}" if ties else "every other design is below its 95% interval"))
+                       + (f"tied with it: {', '.join(ties)}" if ties else "every other design is below it"))
         out.append({"tokens": int(tokens), "rows": rows, "verdict": verdict})
     return out
 

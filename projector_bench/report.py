@@ -61,7 +61,7 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 {% if budgets %}
 <h2>Token budgets</h2>
 <p>Per output budget (tokens at the cost shape), the design that keeps the most accuracy, and those tied with it
-(their mean within its 95% interval).</p>
+(the gap within the 95% interval of the difference, from the two intervals as independent estimates).</p>
 <ul id="budget-verdicts">{% for b in budgets %}<li>{{ b.verdict }}</li>{% endfor %}</ul>
 <table id="budgets">
 <tr><th>budget (tokens)</th><th>design</th><th>accuracy [95% CI]</th><th>accuracy-grid tokens</th><th>{{ latency_col }}</th></tr>

@@ -165,15 +165,17 @@ def test_pareto_front_by_hand():
 def table(**cols) -> pd.DataFrame:
     base = {"projector": ["mlp", "ldp", "pool"], "status": ["ok"] * 3, "encoder": ["none"] * 3,
             "est_ttft_ms": [3000.0, 1500.0, 900.0], "params": [6.3e6, 18.9e6, 6.3e6], "peak_mem_mb": [35.0, 92.0, 35.0],
-            "accuracy": [70.7, 51.9, 51.0], "accuracy_ci_low": [68.7, 49.7, 48.8]}
+            "accuracy": [70.7, 51.9, 51.0], "accuracy_ci_low": [68.7, 49.7, 48.8], "accuracy_ci_high": [72.7, 54.1, 53.2]}
     return pd.DataFrame(base | cols).assign(design_params=lambda d: d.params, design_mem_mb=lambda d: d.peak_mem_mb)
 
 
 def test_the_most_accurate_design_within_budget_is_recommended_with_a_reason():
     r = recommend(table(), Budget(latency_ms=2000), "phone")
     assert r.feasible and r.design == "ldp" and "most accurate" in r.reason and "ttft ≤ 2000 ms" in r.reason
-    assert "the next, pool, scores 51.0% (within ldp's 95% interval)" in r.reason
-    assert recommend(table(), Budget(), "phone").design == "mlp"
+    # the gap 0.9 against hypot(51.9 - 49.7, 53.2 - 51.0) = 3.1: a tie; mlp's 18.8 over ldp against 3.0 is not
+    assert "the next, pool, scores 51.0% (tied with ldp: a gap of 0.9 against ±3.1, the 95% interval of the difference)" in r.reason
+    top = recommend(table(), Budget(), "phone")
+    assert top.design == "mlp" and "the next, ldp, scores 51.9% (below mlp: a gap of 18.8 against ±3.0" in top.reason
     no_ci = recommend(table(accuracy_ci_low=[math.nan] * 3), Budget(latency_ms=2000), "phone").reason
     assert "the next, pool, scores 51.0% at" in no_ci  # no interval recorded: no claim about one
     assert recommend(table(), Budget(params=10e6, memory_mb=50), "phone").design == "mlp"
