@@ -84,11 +84,27 @@ def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32"
     model = _Call(float_twin(module) if _is_dynamic_int8(module) else module, **kwargs).eval()
     if precision == "int8":
         model = _quantize_int8(model, inputs)
-    edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[XnnpackPartitioner()])
-    names = (getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes if n.op == "call_function")
-    outside = sorted({n.removeprefix("aten.").removesuffix(".default") for n in names
-                      if n not in ("executorch_call_delegate", "getitem")})
-    return Program(edge.to_executorch().buffer, tuple(outside))
+    try:
+        edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[XnnpackPartitioner()])
+        names = (getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes if n.op == "call_function")
+        outside = sorted({n.removeprefix("aten.").removesuffix(".default") for n in names
+                          if n not in ("executorch_call_delegate", "getitem")})
+        return Program(edge.to_executorch().buffer, tuple(outside))
+    finally:  # memos without a bound, keyed by graph nodes and modules: else each lowering's graphs and
+        release_lowered_graphs()  # weights stay alive (0.5 GB a job in a multirun)
+
+
+def release_lowered_graphs() -> None:
+    """Empty the unbounded memos that hold every lowered graph and its weights: ExecuTorch's `is_same_node`
+    (keyed by fx nodes), the `assert_and_get_unique_device` of torchao and torch.ao (keyed by the int8 path's
+    modules), and FakeTensorMode's dispatch cache (whose keys hold the lowered delegate modules)."""
+    from executorch.exir.backend.utils import is_same_node
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.ao.quantization.fx.utils import assert_and_get_unique_device
+    from torchao.utils import _assert_and_get_unique_device
+
+    for memo in (is_same_node, assert_and_get_unique_device, _assert_and_get_unique_device, FakeTensorMode):
+        memo.cache_clear()
 
 
 def _is_dynamic_int8(module: nn.Module) -> bool:

@@ -35,6 +35,22 @@ def test_mlp_program_computes_the_design_in_fp32_and_int8():
     assert cols["xnnpack_int8_pte_mb"] < cols["xnnpack_pte_mb"] / 2  # int8 weights
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_lowered_design_is_not_kept_alive_by_the_toolchains_memos(precision):
+    """ExecuTorch (`is_same_node`) and torch.ao / torchao (`assert_and_get_unique_device`) memoize on graph nodes
+    and modules without a bound: before `lower` emptied them, a multirun's process kept every job's lowered
+    graphs and weights (its RSS grew about 0.25 GB a job on `+sweep=token_budget`)."""
+    import gc
+    import weakref
+
+    p, x = create_projector("mlp", 64, 96).eval(), torch.randn(1, 36, 64)
+    weight = weakref.ref(next(p.parameters()))
+    deploy.lower(p, (x,), precision)
+    del p
+    gc.collect()
+    assert weight() is None, "a toolchain memo still holds the lowered design's weights: see deploy.release_lowered_graphs"
+
+
 def test_an_int8_design_is_lowered_from_its_float_twin_and_judged_by_its_int8_program():
     p, x = create_projector("mlp_int8", 64, 96), torch.randn(1, 36, 64)
     cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, precisions=("fp32",))
