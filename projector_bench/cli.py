@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -136,8 +137,13 @@ def report_main(argv: list[str]) -> Path:
                         {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)}, folder)
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # `kill` ends a run as Ctrl-C does: else its training workers live on, orphaned
+
+
 def main() -> None:
-    """Console entry point: Hydra runs and sweeps, or `report`."""
+    """Console entry point: Hydra runs and sweeps, or `report`. SIGTERM is handled as Ctrl-C."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         if sys.argv[1:2] == ["report"]:
             print(f"report: {report_main(sys.argv[2:])}")

@@ -220,9 +220,21 @@ def test_report_errors_are_one_line(cli, tmp_path, args, message):
     assert "Traceback" not in r.stderr and len(rows(tmp_path)) == 1
 
 
+def _ppid(pid: int) -> int | None:
+    """The parent of a live process (None when it is gone or a zombie), from /proc."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return None if state == "Z" else int(ppid)
+
+
 @pytest.mark.slow
-def test_ctrl_c_while_workers_train_is_one_line_and_exit_130(tmp_path):
-    """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, sig):
+    """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them.
+    `kill` (SIGTERM) reaches the parent alone: it is handled as Ctrl-C, so the workers do not live on, orphaned."""
     import glob
     import signal
     import time
@@ -239,8 +251,12 @@ def test_ctrl_c_while_workers_train_is_one_line_and_exit_130(tmp_path):
     while not glob.glob(f"{tmp_path}/results/cache/features/*.pt") and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(15)  # the workers have started and are training
-    p.send_signal(signal.SIGINT)
+    workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.pid]
+    assert len(workers) >= 2, "the training workers had not started"
+    p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)
+    time.sleep(1)
+    assert [w for w in workers if _ppid(w) is not None] == [], "training workers outlived their parent"
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # Hydra's log lines
     assert p.returncode == 130 and lines == ["interrupted: the rows recorded so far are kept; run the same command "
                                              "again to go on"], err
