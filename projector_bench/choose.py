@@ -165,7 +165,7 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
         if len(g) < 2:
             verdict = f"{int(tokens)} tokens: only {best.label} ({best.accuracy:.1f}%)"
         else:
-            ties = [r["label"] for _, r in g.iloc[1:].iterrows() if (tie(best, r) or (False,))[0]]
+            ties = [r["label"] for _, r in g.iloc[1:].iterrows() if (t := tie(best, r)) is not None and t[0]]
             verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}% "
                        f"[{best.accuracy_ci_low:.1f}, {best.accuracy_ci_high:.1f}]; "
                        + (f"tied with it: {', '.join(ties)}" if ties else "every other design is below it"))

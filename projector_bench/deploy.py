@@ -91,7 +91,7 @@ def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32"
                           if n not in ("executorch_call_delegate", "getitem")})
         return Program(edge.to_executorch().buffer, tuple(outside))
     finally:  # memos without a bound, keyed by graph nodes and modules: else each lowering's graphs and
-        release_lowered_graphs()  # weights stay alive (0.5 GB a job in a multirun)
+        release_lowered_graphs()  # weights stay alive (about 0.25 GB a job on +sweep=token_budget)
 
 
 def release_lowered_graphs() -> None:
