@@ -37,9 +37,9 @@ def test_mlp_program_computes_the_design_in_fp32_and_int8():
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_a_lowered_design_is_not_kept_alive_by_the_toolchains_memos(precision):
-    """ExecuTorch (`is_same_node`) and torch.ao / torchao (`assert_and_get_unique_device`) memoize on graph nodes
-    and modules without a bound: before `lower` emptied them, a multirun's process kept every job's lowered
-    graphs and weights (its RSS grew about 0.25 GB a job on `+sweep=token_budget`)."""
+    """ExecuTorch (`is_same_node`), torch.ao / torchao (`assert_and_get_unique_device`) and FakeTensorMode (its
+    dispatch cache) memoize on graph nodes and modules without a bound: before `lower` emptied them, a multirun's
+    process kept every job's lowered graphs and weights (its RSS grew about 0.25 GB a job on `+sweep=token_budget`)."""
     import gc
     import weakref
 

@@ -200,13 +200,17 @@ def test_two_workers_share_one_study_and_record_each_trial_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path, sig):
+    """SIGKILL may leave a trial RUNNING with no heartbeat (failed and retried by the next run); SIGTERM is
+    handled as Ctrl-C: Optuna fails the interrupted trial at once, without an `error`, so it is not counted."""
     p = search(tmp_path, "search.n_trials=3", wait=False)
     deadline = time.time() + 600
     while len(rows(tmp_path)) < 1 and time.time() < deadline:
         time.sleep(0.2)
-    p.send_signal(signal.SIGKILL)  # mid-run: a trial may be left RUNNING with no heartbeat
+    p.send_signal(getattr(signal, sig))  # mid-run
     p.wait()
+    assert p.returncode == (-signal.SIGKILL if sig == "SIGKILL" else 130)
     before = {g["trial"] for g in rows(tmp_path)}
     time.sleep(11)  # past the grace period: the dead trial is failed (and retried) by the next run
     r = search(tmp_path, "search.n_trials=3")
