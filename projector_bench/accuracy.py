@@ -416,10 +416,18 @@ def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int,
     return run | {"cached": hit, "seed": seed}
 
 
+def _exit_with(parent: int) -> None:  # a killed parent (SIGKILL, the OOM killer) cannot end its workers
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _worker_init() -> None:
-    """A training worker ignores Ctrl-C (its parent ends it) and gives tqdm a thread lock: tqdm's default
-    multiprocessing lock is a semaphore that a terminated worker leaves behind (a warning at exit)."""
+    """A training worker ignores Ctrl-C (its parent ends it), exits within a second of its parent's death
+    (else a parent killed with SIGKILL leaves it training, orphaned) and gives tqdm a thread lock: tqdm's
+    default multiprocessing lock is a semaphore that a terminated worker leaves behind (a warning at exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True, name="exit-with-parent").start()
     tqdm.set_lock(threading.RLock())
 
 

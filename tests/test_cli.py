@@ -230,13 +230,9 @@ def _ppid(pid: int) -> int | None:
     return None if state == "Z" else int(ppid)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, sig):
-    """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them.
-    `kill` (SIGTERM) reaches the parent alone: it is handled as Ctrl-C, so the workers do not live on, orphaned."""
+def _training(tmp_path) -> tuple[subprocess.Popen, list[int]]:
+    """A job whose two training workers train (far from done), and their pids."""
     import glob
-    import signal
     import time
 
     keys = {a.split("=")[0] for a in ACC_TINY}
@@ -253,6 +249,18 @@ def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, s
     time.sleep(15)  # the workers have started and are training
     workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == p.pid]
     assert len(workers) >= 2, "the training workers had not started"
+    return p, workers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, sig):
+    """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them.
+    `kill` (SIGTERM) reaches the parent alone: it is handled as Ctrl-C, so the workers do not live on, orphaned."""
+    import signal
+    import time
+
+    p, workers = _training(tmp_path)
     p.send_signal(getattr(signal, sig))
     _, err = p.communicate(timeout=120)
     time.sleep(1)
@@ -261,3 +269,17 @@ def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, s
     assert p.returncode == 130 and lines == ["interrupted: the rows recorded so far are kept; run the same command "
                                              "again to go on"], err
     assert rows(tmp_path) == []  # the job had not finished: no row, and no torn one
+
+
+@pytest.mark.slow
+def test_kill_9_while_workers_train_leaves_no_worker_training(tmp_path):
+    """SIGKILL cannot be handled: the training workers see their parent gone and exit within seconds, instead
+    of training on, orphaned, for minutes (and holding the parent's output pipes open)."""
+    import signal
+
+    p, workers = _training(tmp_path)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=30)  # returns once no orphan holds the pipes
+    assert p.returncode == -signal.SIGKILL
+    assert [w for w in workers if _ppid(w) is not None] == [], "training workers outlived their parent"
+    assert rows(tmp_path) == []
