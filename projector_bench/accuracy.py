@@ -10,6 +10,7 @@ versions, so edited code retrains.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import multiprocessing as mp
@@ -390,8 +391,12 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
     return _Setup(task, feats, grid, source, train, val, question_slots(task), name, kwargs, int8, base_key)
 
 
-def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int, lr: float, threads: int) -> dict[str, Any]:
-    """Train (or load from the cache in `models`) the model of setup `s` for one seed and learning rate; the
+def _model_path(s: _Setup, models: Path, seed: int, lr: float) -> Path:
+    return models / f"{s.name}-{_key(*s.base_key, seed, lr)}.pt"
+
+
+def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, lr: float, threads: int) -> dict[str, Any]:
+    """Train (or load from the cache file `path`) the model of setup `s` for one seed and learning rate; the
     returned run has `cached` and, if it diverged, `error`. Runs in a worker process or in this one."""
 
     def make() -> dict[str, Any]:
@@ -410,7 +415,7 @@ def _train_model(s: _Setup, t: DictConfig, models: Path, quiet: bool, seed: int,
 
     try:
         with torch_threads(threads):
-            run, hit = _cached(models / f"{s.name}-{_key(*s.base_key, seed, lr)}.pt", make)
+            run, hit = _cached(path, make)
     except DivergedError as e:
         return {"error": str(e), "seed": seed, "lr": lr}
     return run | {"cached": hit, "seed": seed}
@@ -431,26 +436,51 @@ def _worker_init() -> None:
     tqdm.set_lock(threading.RLock())
 
 
+_POOL: dict[int, Any] = {}  # this process's training pool by size: kept from job to job (a multirun, a search)
+
+
+def _pool(workers: int) -> Any:
+    """The training pool of `workers` processes, started once: a start costs about 3 s (each worker imports
+    torch), a tenth of a small design's training."""
+    if workers not in _POOL:
+        close_pool()
+        _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker_init)
+    return _POOL[workers]
+
+
+def close_pool() -> None:
+    """End the training pool's workers, if it has any (also at exit)."""
+    while _POOL:
+        pool = _POOL.popitem()[1]
+        pool.terminate()
+        pool.join()
+
+
+atexit.register(close_pool)
+
+
 def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[tuple[int, float]],
                workers: int) -> list[dict[str, Any]]:
     """`_train_model` for every (seed, lr): in `workers` processes of one thread each when workers > 1 (these
     small models use a core each better than two cores together: 1.6× the throughput measured on 2 cores).
-    A worker gets the setup itself (task, features), so it neither rebuilds nor re-reads them."""
+    A worker gets the setup itself (task, features), so it neither rebuilds nor re-reads them. Models already
+    in the cache are loaded here: an int8 design, whose float twin was just trained, starts no worker."""
     threads = torch.get_num_threads()
-    if workers <= 1 or len(jobs) == 1:
-        return [_train_model(s, t, models, quiet, seed, lr, threads) for seed, lr in jobs]
+    paths = {j: _model_path(s, models, *j) for j in jobs}
+    todo = [j for j in jobs if not paths[j].exists()]
+    if workers <= 1 or len(jobs) == 1 or not todo:  # else a worker trains each model, one thread each, as cold
+        return [_train_model(s, t, paths[j], quiet, *j, threads) for j in jobs]
     per = max(1, threads // workers)
     # Workers ignore Ctrl-C: the parent gets it and ends them, so it prints one line, not a traceback per worker.
-    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), _worker_init)
-    pending: list[Any] = []
+    pool = _pool(workers)
+    pending: dict[tuple[int, float], Any] = {}
     try:
-        pending = [pool.apply_async(_train_model, (s, t, models, quiet, seed, lr, per)) for seed, lr in jobs]
-        return [p.get() for p in pending]
-    except KeyboardInterrupt:
-        pass
-    finally:
-        pool.terminate()
-        pool.join()
+        pending = {j: pool.apply_async(_train_model, (s, t, paths[j], quiet, *j, per)) for j in todo}
+        return [pending[j].get() if j in pending else _train_model(s, t, paths[j], quiet, *j, threads) for j in jobs]
+    except BaseException as e:  # the pool's other jobs would train on for nothing: end them
+        close_pool()
+        if not isinstance(e, KeyboardInterrupt):
+            raise
     del pending, pool  # free the pool's semaphores now (its objects form cycles), and raise a fresh
     gc.collect()       # KeyboardInterrupt whose traceback holds no pool: else the resource tracker warns at exit
     raise KeyboardInterrupt

@@ -248,6 +248,17 @@ def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
     assert again["acc_cached"] and again["accuracy_by_seed"] == r["accuracy_by_seed"] and again["lr"] == r["lr"]
 
 
+def test_the_training_pool_is_kept_from_design_to_design_and_not_started_for_cached_models(tmp_path):
+    acc.close_pool()
+    acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2"))
+    pids = sorted(w.pid for w in acc._POOL[2]._pool)
+    ldp = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2", "projector=ldp"))
+    assert not ldp["acc_cached"] and sorted(w.pid for w in acc._POOL[2]._pool) == pids  # the same workers trained it
+    acc.close_pool()
+    q = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2", "projector=mlp_int8"))
+    assert q["acc_cached"] and acc._POOL == {}  # loaded here: no worker started to read four files
+
+
 def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_design():
     import pandas as pd
 
