@@ -441,7 +441,7 @@ _POOL: dict[int, Any] = {}  # this process's training pool by size: kept from jo
 
 def _pool(workers: int) -> Any:
     """The training pool of `workers` processes, started once: a start costs about 3 s (each worker imports
-    torch), a tenth of a small design's training."""
+    torch and the package)."""
     if workers not in _POOL:
         close_pool()
         _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker_init)
