@@ -54,6 +54,10 @@ SMALL_TEST = 200  # fewer test questions than this: the row says its interval is
 TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 
 
+class WorkerDiedError(RuntimeError):
+    """A training worker was killed (the out-of-memory killer, a `kill`) while it trained a model."""
+
+
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss."""
 
@@ -459,6 +463,18 @@ def close_pool() -> None:
 atexit.register(close_pool)
 
 
+def _result(r: Any, procs: list[Any], name: str) -> dict[str, Any]:
+    """The result of the pool's task `r`, or WorkerDiedError as soon as one of the workers `procs` has died."""
+    while not r.ready():
+        r.wait(1.0)
+        if dead := [p.exitcode for p in procs if p.exitcode is not None]:
+            how = f"killed by {signal.Signals(-dead[0]).name}" if dead[0] < 0 else f"exit code {dead[0]}"
+            raise WorkerDiedError(f"a training worker died ({how}{': out of memory?' if dead[0] == -signal.SIGKILL else ''}) "
+                                  f"while {name} trained; its finished models are cached: run the same command again "
+                                  "to go on, with accuracy.workers=1 if memory is short")
+    return r.get()
+
+
 def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[tuple[int, float]],
                workers: int) -> list[dict[str, Any]]:
     """`_train_model` for every (seed, lr): in `workers` processes of one thread each when workers > 1 (these
@@ -473,10 +489,12 @@ def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[t
     per = max(1, threads // workers)
     # Workers ignore Ctrl-C: the parent gets it and ends them, so it prints one line, not a traceback per worker.
     pool = _pool(workers)
+    procs = list(pool._pool)  # its workers: a Pool replaces one that dies, but its task never ends (get() waits forever)
     pending: dict[tuple[int, float], Any] = {}
     try:
         pending = {j: pool.apply_async(_train_model, (s, t, paths[j], quiet, *j, per)) for j in todo}
-        return [pending[j].get() if j in pending else _train_model(s, t, paths[j], quiet, *j, threads) for j in jobs]
+        return [_result(pending[j], procs, s.name) if j in pending else _train_model(s, t, paths[j], quiet, *j, threads)
+                for j in jobs]
     except BaseException as e:  # the pool's other jobs would train on for nothing: end them
         close_pool()
         if not isinstance(e, KeyboardInterrupt):

@@ -259,6 +259,40 @@ def test_the_training_pool_is_kept_from_design_to_design_and_not_started_for_cac
     assert q["acc_cached"] and acc._POOL == {}  # loaded here: no worker started to read four files
 
 
+def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_instead_of_hanging(tmp_path):
+    """The out-of-memory killer ends a worker with SIGKILL: multiprocessing.Pool starts another, but the task it
+    had never completes, so waiting for it hung the run for ever. Now the job raises within seconds."""
+    import os
+    import signal
+    import threading
+    import time
+
+    acc.close_pool()
+    cfg = cfg_for(tmp_path, "accuracy.workers=2", "accuracy.training.min_steps=100000", "accuracy.training.max_steps=100000")
+    out: dict = {}
+    job = threading.Thread(target=_catch, args=(out, cfg), daemon=True)
+    job.start()
+    try:
+        deadline = time.time() + 120
+        while 2 not in acc._POOL and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(8)  # both workers have their model and train it (for 100000 steps)
+        os.kill(acc._POOL[2]._pool[0].pid, signal.SIGKILL)
+        job.join(60)
+        assert not job.is_alive(), "the job still waits for the dead worker's model"
+        assert isinstance(out["error"], acc.WorkerDiedError) and "killed by SIGKILL: out of memory?" in str(out["error"])
+        assert acc._POOL == {}  # the other worker, whose model nobody will read, was ended
+    finally:
+        acc.close_pool()
+
+
+def _catch(out: dict, cfg) -> None:
+    try:
+        out["row"] = acc.evaluate_projector(cfg)
+    except Exception as e:
+        out["error"] = e
+
+
 def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_design():
     import pandas as pd
 
