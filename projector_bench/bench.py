@@ -184,7 +184,7 @@ def _accuracy_targets(df) -> list[tuple[str, float, float, str, bool]]:
 
 
 def _digits() -> list[tuple[str, float, float, str, bool]]:
-    """Cold `task=digits projector=mlp`, without the ExecuTorch lowering as the sweep's target: the issue's 3 min 19 s
+    """Cold `task=digits projector=mlp`, without the ExecuTorch lowering, as the sweep's target is: the issue's 3 min 19 s
     were measured before the lowering existed, and a Quick start install (no `deploy install`) does not lower."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
