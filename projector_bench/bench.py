@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
+    ap.add_argument("--digits-only", action="store_true",
+                    help="only the digits targets: cold `task=digits projector=mlp` (about 2 minutes on a quiet host)")
     ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
     ap.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
     ap.add_argument("--calibration-only", action="store_true",
@@ -256,15 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     verdicts: dict = {}
     xnn: dict = {}
     outside: dict = {}
-    if not args.accuracy_only and not args.deploy_only:
+    accuracy_only = args.accuracy_only or args.digits_only
+    if not accuracy_only and not args.deploy_only:
         results, roofline = _speed_targets(x, args.rounds)
         results += _calibration_targets(cals)
-    if not args.accuracy_only:
+    if not accuracy_only:
         deployed, verdicts, xnn, outside = deploy_targets(x, args.rounds)
         results += deployed
     if args.deploy_only:
         args.skip_sweep = True
-    if not args.skip_sweep:
+    if args.digits_only:
+        results += _digits()
+    elif not args.skip_sweep:
         if not args.accuracy_only:
             with tempfile.TemporaryDirectory() as tmp:
                 wall = _sweep(tmp, "task=none", "deploy.runtime=null")
