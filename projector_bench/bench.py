@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
     ap.add_argument("--digits-only", action="store_true",
-                    help="only the digits targets: cold `task=digits projector=mlp` (about 2 minutes on a quiet host)")
+                    help="only the digits targets: a cold `task=digits projector=mlp` (minutes)")
     ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
     ap.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
     ap.add_argument("--calibration-only", action="store_true",
