@@ -258,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     verdicts: dict = {}
     xnn: dict = {}
     outside: dict = {}
-    accuracy_only = args.accuracy_only or args.digits_only
-    if not accuracy_only and not args.deploy_only:
+    skip_costs = args.accuracy_only or args.digits_only  # the speed and deploy targets
+    if not skip_costs and not args.deploy_only:
         results, roofline = _speed_targets(x, args.rounds)
         results += _calibration_targets(cals)
-    if not accuracy_only:
+    if not skip_costs:
         deployed, verdicts, xnn, outside = deploy_targets(x, args.rounds)
         results += deployed
     if args.deploy_only:
