@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -61,6 +62,7 @@ class Device:
     eff_compute_dtype: Mapping[str, float] = field(default_factory=dict)  # fitted per-dtype fractions (else eff_compute)
     basis: str = ""  # "calibrated on ..." when fitted; see `estimate_basis`
     bound: Device | None = None  # a calibrated device's uncalibrated twin
+    roofs: Mapping[str, str] = field(default_factory=dict)  # how the host's GEMM roofs were measured (host only)
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
         """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
@@ -83,14 +85,51 @@ class Device:
         return self.basis or "roofline bound (assumed efficiencies; no published points for this device)"
 
 
-def _seconds(fn, min_run_time: float = 0.3) -> float:
-    """Median seconds of `fn()`, timed as `latency_ms` is (`measure.measure_latency`)."""
-    return measure_latency(fn, threads=torch.get_num_threads(), min_run_time=min_run_time).median_ms / 1e3
+SLOW_CALL_S = 0.25  # one call this long is timed once, not repeated (`_seconds`)
+GEMM_SIZES = (128, 256, 512, 1024, 2048)  # square GEMMs, smallest first; a size whose call would exceed SLOW_CALL_S is skipped
 
 
-def _gemm_gflops(n: int, dtype: torch.dtype) -> float:
+class Timed(NamedTuple):
+    """A calibration kernel's median seconds per call, and how many calls that median is of."""
+
+    seconds: float
+    calls: int
+
+
+def _seconds(fn: Callable[[], Any], min_run_time: float = 0.3) -> Timed:
+    """Seconds per call of `fn()`, bounded in time rather than in repetitions: a first call is timed, and a call
+    slower than `SLOW_CALL_S` is that one measurement (a kernel far slower than the others costs one call, not
+    a warm-up and a timed block of them); a faster one is timed as `latency_ms` is (`measure.measure_latency`)."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fn()
+        once = time.perf_counter() - t0
+    if once > SLOW_CALL_S:
+        return Timed(once, 1)
+    lat = measure_latency(fn, threads=torch.get_num_threads(), min_run_time=min_run_time, warmup=1)
+    return Timed(lat.median_ms / 1e3, lat.runs)
+
+
+def _gemm_seconds(n: int, dtype: torch.dtype) -> Timed:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / _seconds(lambda: a @ b) / 1e9
+    return _seconds(lambda: a @ b)
+
+
+def _gemm(dtype: torch.dtype) -> tuple[float, int, int]:
+    """(best GFLOP/s, the size it was reached at, calls timed) of square `dtype` GEMMs, sizes in `GEMM_SIZES`
+    order, stopping before a size whose one call would take longer than `SLOW_CALL_S` (predicted from the last
+    size's time by n³): a dtype without a fast kernel here is measured small, and once."""
+    best, at, calls, last = 0.0, 0, 0, None
+    torch.ones(32, 32, dtype=dtype) @ torch.ones(32, 32, dtype=dtype)  # the dtype's first call sets its kernels up
+    for n in GEMM_SIZES:
+        if last is not None and last[1] * (n / last[0]) ** 3 > SLOW_CALL_S:
+            break
+        t = _gemm_seconds(n, dtype)
+        calls += t.calls
+        if (rate := 2 * n**3 / t.seconds / 1e9) > best:
+            best, at = rate, n
+        last = (n, t.seconds)
+    return best, at, calls
 
 
 def _kind_gflops() -> dict[str, float]:
@@ -103,32 +142,39 @@ def _kind_gflops() -> dict[str, float]:
     t = torch.randn(576, 2048)
     q = k = v = torch.randn(1, 8, 576, 64)
     return {
-        "conv": 2 * 1024 * 1024 * 576 / _seconds(lambda: F.conv2d(x, pw)) / 1e9,
-        "depthwise_conv": 2 * 9 * 1024 * 576 / _seconds(lambda: F.conv2d(x, dw, padding=1, groups=1024)) / 1e9,
-        "attention": 4 * 8 * 576 * 576 * 64 / _seconds(lambda: F.scaled_dot_product_attention(q, k, v)) / 1e9,
-        "elementwise": t.numel() / _seconds(lambda: F.gelu(t)) / 1e9,
-        "reduction": t.numel() / _seconds(lambda: F.layer_norm(t, (2048,))) / 1e9,
+        "conv": 2 * 1024 * 1024 * 576 / _seconds(lambda: F.conv2d(x, pw)).seconds / 1e9,
+        "depthwise_conv": 2 * 9 * 1024 * 576 / _seconds(lambda: F.conv2d(x, dw, padding=1, groups=1024)).seconds / 1e9,
+        "attention": 4 * 8 * 576 * 576 * 64 / _seconds(lambda: F.scaled_dot_product_attention(q, k, v)).seconds / 1e9,
+        "elementwise": t.numel() / _seconds(lambda: F.gelu(t)).seconds / 1e9,
+        "reduction": t.numel() / _seconds(lambda: F.layer_norm(t, (2048,))).seconds / 1e9,
     }
 
 
 def calibrate_host(threads: int) -> Device:
-    """Measure this machine's roofs with `threads` threads (about 8 s): the best fp32 and bf16 GEMM
-    throughput of two sizes, an int8 dynamically quantized Linear, DRAM bandwidth (a 256 MiB copy), the
-    fixed cost of one tiny op, and the achievable throughput of one kernel of each other op kind."""
+    """Measure this machine's roofs with `threads` threads, bounded in time on any CPU: the best fp32 and bf16
+    GEMM throughput over `GEMM_SIZES` (a dtype with no fast kernel here is measured small and once, and its roof
+    is then the fp32 one: a deployment would run such ops in fp32), an int8 dynamically quantized Linear, DRAM
+    bandwidth (a 256 MiB copy), the fixed cost of one tiny op, and the achievable throughput of one kernel of
+    each other op kind. `Device.roofs` says how each GEMM roof was measured."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
     with torch_threads(threads):
         with torch.inference_mode():
-            fp32 = max(_gemm_gflops(n, torch.float32) for n in (1024, 2048))
-            fp16 = max(_gemm_gflops(n, torch.bfloat16) for n in (1024, 2048))
+            fp32, fp32_n, fp32_calls = _gemm(torch.float32)
+            bf16, bf16_n, bf16_calls = _gemm(torch.bfloat16)
             q, x = QLinear(2048, 2048), torch.randn(576, 2048)
-            int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)) / 1e9
+            int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)).seconds / 1e9
             src, dst = torch.empty(2**26), torch.empty(2**26)  # 256 MiB each
-            bandwidth = 2 * src.numel() * src.element_size() / _seconds(lambda: dst.copy_(src)) / 1e9
+            bandwidth = 2 * src.numel() * src.element_size() / _seconds(lambda: dst.copy_(src)).seconds / 1e9
             one = torch.ones(1)
-            overhead = _seconds(lambda: torch.add(one, one)) * 1e6
+            overhead = _seconds(lambda: torch.add(one, one)).seconds * 1e6
             kinds = _kind_gflops()
-    return Device("host", "host", {"fp32": fp32, "fp16": max(fp16, fp32), "int8": int8}, bandwidth, 1.0, 1.0, overhead, kinds)
+    roofs = {"fp32": f"fp32 GEMM {fp32:.1f} GFLOP/s at n={fp32_n} ({fp32_calls} calls)",
+             "fp16": f"bf16 GEMM {bf16:.1f} GFLOP/s at n={bf16_n} ({bf16_calls} call{'s' * (bf16_calls > 1)})"
+                     + (f", {fp32 / bf16:.0f}x slower than fp32: no fast bf16 kernel here, priced at the fp32 roof"
+                        if bf16 < fp32 else "")}
+    return Device("host", "host", {"fp32": fp32, "fp16": max(bf16, fp32), "int8": int8}, bandwidth, 1.0, 1.0, overhead,
+                  kinds, roofs=roofs)
 
 
 def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:

@@ -1,5 +1,6 @@
 """Per-op traces against hand counts and fvcore, device profiles as data, the LM's ops, the budget's choice."""
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -7,7 +8,7 @@ import torch
 import yaml
 from torch import nn
 
-from projector_bench import create_projector, list_projectors
+from projector_bench import create_projector, list_projectors, roofline
 from projector_bench.settings import config_dir, group_choices
 from projector_bench.budget import Budget
 from projector_bench.choose import add_estimates, pareto_mask, recommend
@@ -102,6 +103,32 @@ def test_host_calibration_measures_every_roof():
     assert host.kind == "host" and 1 < host.peak_gflops["fp32"] < 5000 and 0.5 < host.memory_gbps < 2000
     assert host.peak_gflops["fp16"] >= host.peak_gflops["fp32"] and 0.01 < host.op_overhead_us < 1000
     assert set(host.kind_gflops) == {"conv", "depthwise_conv", "attention", "elementwise", "reduction"}
+    assert set(host.roofs) == {"fp32", "fp16"} and host.roofs["fp32"].startswith("fp32 GEMM ")
+
+
+def test_a_kernel_slower_than_the_bound_is_timed_once():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(roofline.SLOW_CALL_S * 1.2)
+
+    t = roofline._seconds(slow)
+    assert t.calls == 1 and len(calls) == 1 and t.seconds >= roofline.SLOW_CALL_S
+
+
+def test_gemm_sizes_stop_before_a_call_would_be_slow(monkeypatch):
+    """A dtype whose GEMM is 200x slower than fp32 here (bf16 on a CPU without bf16 instructions) is measured at
+    the sizes whose one call stays under the bound, not at 2048 (a minute a call on such a CPU)."""
+    sizes = []
+
+    def fake(n, dtype):
+        sizes.append(n)
+        return roofline.Timed(2 * n**3 / 0.3e9, 1)  # 0.3 GFLOP/s
+
+    monkeypatch.setattr(roofline, "_gemm_seconds", fake)
+    rate, at, calls = roofline._gemm(torch.bfloat16)
+    assert sizes == [128, 256] and at in (128, 256) and rate == pytest.approx(0.3) and calls == 2
 
 
 def test_mobilellama_dimensions_give_its_published_size():
