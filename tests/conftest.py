@@ -1,5 +1,7 @@
 """Shared fixtures: a seeded torch, a temporary host cache for the whole session (no test reads or writes the
-user's ~/.cache/projector_bench; host roofs fixed), and the command line run in this process (`in_process`)."""
+user's ~/.cache/projector_bench; host roofs fixed), the command line run in this process (`in_process`), and
+the `extra` marker: a test of an optional extra skips, with the reason, when the extra is absent, unless the
+extra is named in $PROJECTOR_BENCH_REQUIRE_EXTRAS (CI installs it and sets that), where its absence fails."""
 import json
 import logging
 import os
@@ -18,13 +20,27 @@ from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 
+REQUIRE_EXTRAS = "PROJECTOR_BENCH_REQUIRE_EXTRAS"  # comma-separated extras whose absence fails their tests
+EXTRAS = {"deploy": lambda: __import__("projector_bench.deploy", fromlist=["unavailable"]).unavailable()}  # why not, or None
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("extra"):
+        name = mark.args[0]
+        why = EXTRAS[name]()
+        if why is None:
+            continue
+        if name in os.environ.get(REQUIRE_EXTRAS, "").split(","):
+            pytest.fail(f"the {name} extra is required here (${REQUIRE_EXTRAS}) but missing: {why}", pytrace=False)
+        pytest.skip(f"the {name} extra is not installed: {why}")
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 
 
-# The host's roofs the tests' jobs price their estimates with: fixed, so that no job spends the 8 s a
+# The host's roofs the tests' jobs price their estimates with: fixed, so that no job spends the seconds a
 # calibration takes (the tests of jobs check rows, not the estimator; test_roofline measures the real roofs).
 HOST = Device("host", "host", {"fp32": 60.0, "fp16": 60.0, "int8": 120.0}, 10.0, 1.0, 1.0, 5.0,
               {"conv": 30.0, "depthwise_conv": 5.0, "attention": 20.0, "elementwise": 2.0, "reduction": 2.0})

@@ -20,10 +20,12 @@ from projector_bench.projectors.int8 import Int8Projector
 from .test_cli import cli, rows  # noqa: F401 (cli: the command line in this process, a fixture)
 
 
+@pytest.mark.extra("deploy")
 def test_executorch_is_installed_with_xnnpack():
     assert deploy.unavailable() is None, "install the deploy extra: python -m projector_bench.deploy install"
 
 
+@pytest.mark.extra("deploy")
 def test_mlp_program_computes_the_design_in_fp32_and_int8():
     torch.manual_seed(0)
     p, x = create_projector("mlp", 64, 96).eval(), torch.randn(1, 36, 64)
@@ -35,6 +37,7 @@ def test_mlp_program_computes_the_design_in_fp32_and_int8():
     assert cols["xnnpack_int8_pte_mb"] < cols["xnnpack_pte_mb"] / 2  # int8 weights
 
 
+@pytest.mark.extra("deploy")
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_a_lowered_design_is_not_kept_alive_by_the_toolchains_memos(precision):
     """ExecuTorch (`is_same_node`), torch.ao / torchao (`assert_and_get_unique_device`) and FakeTensorMode (its
@@ -51,6 +54,7 @@ def test_a_lowered_design_is_not_kept_alive_by_the_toolchains_memos(precision):
     assert weight() is None, "a toolchain memo still holds the lowered design's weights: see deploy.release_lowered_graphs"
 
 
+@pytest.mark.extra("deploy")
 def test_an_int8_design_is_lowered_from_its_float_twin_and_judged_by_its_int8_program():
     p, x = create_projector("mlp_int8", 64, 96), torch.randn(1, 36, 64)
     cols = deploy.deploy_costs("", p, (x,), threads=1, min_run_time=0.05, warmup=1, precisions=("fp32",))
@@ -64,6 +68,7 @@ class _NotExportable(nn.Module):
         return x * float(x.sum().item() > 0)  # data-dependent Python: torch.export cannot trace it
 
 
+@pytest.mark.extra("deploy")
 def test_a_design_that_does_not_lower_gets_its_first_error_not_an_exception():
     cols = deploy.deploy_costs("", _NotExportable(), (torch.randn(4, 8),), threads=1, min_run_time=0.05, warmup=1)
     verdict = cols["exports"]["executorch"]
@@ -123,6 +128,7 @@ def _exports(name: str) -> dict[str, str]:
                                grid=(8, 8))["exports"]
 
 
+@pytest.mark.extra("deploy")
 @pytest.mark.slow
 def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
     x = torch.randn(1, 64, 32)
@@ -146,6 +152,7 @@ def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
     assert set(failed) <= {"qwen_vl_adapter", "tokenpacker", "tokenpacker_int8"}, failed  # nn.MultiheadAttention's addmm
 
 
+@pytest.mark.extra("deploy")
 @pytest.mark.slow
 def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
     r = cli(tmp_path, "projector=ldpv2", "encoder=mobilevit_xxs", "encoder.weights=random", "encoder.img_size=64",
