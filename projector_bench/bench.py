@@ -198,7 +198,7 @@ def _digits() -> list[tuple[str, float, float, str, bool]]:
         row = load_results(tmp).iloc[-1]
     return [("task=digits projector=mlp accuracy (%)", row.accuracy, 0.0, ">= 95", row.accuracy >= 95),
             ("task=digits projector=mlp wall, cold (s)", wall, 0.0, "<= 120", wall <= 120),
-            ("  its load ratio (reference GEMM / best here)", row.load_ratio, 0.0, "info", True)]
+            ("  its load ratio (its load_basis says why)", row.load_ratio, 0.0, "info", True)]
 
 
 def _paired_targets(x: Tensor, rounds: int) -> list[tuple[str, float, float, str, bool]]:

@@ -261,7 +261,7 @@ def _paired_rounds(case: Callable[[], Any], ref: Callable[[], Any], rounds: int,
 
 
 REFERENCE_SHAPE = (576, 1024, 2048)  # the GEMM of a linear projector at MobileVLM's shape (CLIP 24x24 -> 2048)
-LOAD_LIMIT = 1.25  # a reference kernel this much slower than its best time here: the machine was loaded
+LOAD_LIMIT = 1.25  # latencies inflated this much or more by other work on the machine: the row gets a load_warning
 
 
 def reference_kernel() -> Callable[[], Any]:
@@ -272,11 +272,33 @@ def reference_kernel() -> Callable[[], Any]:
     return lambda: a @ b
 
 
-def load_check(threads: int, best_ms: float | None) -> dict[str, Any]:
-    """Time the reference kernel now and compare it with `best_ms`, the fastest this machine has timed it at
-    this thread count: `reference_ms`, `load_ratio` and, above `LOAD_LIMIT`, a `load_warning` for the row."""
-    ms = measure_latency(reference_kernel(), threads, min_run_time=0.2, warmup=1).median_ms
-    ratio = ms / min(ms, best_ms or math.inf)
-    warning = (f"timed on a loaded machine: the reference GEMM took {ratio:.2f}x its best time here, so latencies are "
-               "inflated; re-run when the machine is quiet" if ratio > LOAD_LIMIT else None)
-    return {"reference_ms": ms, "load_ratio": ratio, "load_warning": warning}
+class Best(NamedTuple):
+    """The fastest this machine has timed the reference kernel at a thread count, over how many probes, since when."""
+
+    ms: float
+    probes: int
+    since: str
+
+
+def load_check(threads: int, best: Best | None) -> dict[str, Any]:
+    """Time the reference kernel now and judge how much other work on the machine inflates latencies, by two
+    signals: the share of the wall time its threads got a core (process CPU time / (wall × threads)): other
+    processes or the hypervisor holding the cores, seen from the first probe on, with no history; and its time
+    against `best`, the fastest seen here (contention that slows a running core: a busy sibling thread, shared
+    caches). `load_ratio` is the larger, `load_basis` says both, above `LOAD_LIMIT` the row gets a `load_warning`."""
+    fn = reference_kernel()
+    with torch_threads(threads), torch.inference_mode():
+        fn()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        ms = measure_latency(fn, threads, min_run_time=0.2, warmup=0).median_ms
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    share = min(1.0, cpu / (wall * threads))
+    held = 1 / max(share, 1e-3)
+    slower = ms / min(ms, best.ms) if best else 1.0
+    ratio = max(held, slower)
+    basis = (f"its threads had a core {share:.0%} of the time ({held:.2f}x); "
+             + (f"{slower:.2f}x the best of {best.probes} probes here since {best.since}" if best
+                else "the first probe at this thread count here (no best time yet)"))
+    warning = (f"timed on a loaded machine: latencies inflated about {ratio:.2f}x ({basis}); re-run when the machine is quiet"
+               if ratio > LOAD_LIMIT else None)
+    return {"reference_ms": ms, "load_ratio": ratio, "load_cpu_share": share, "load_basis": basis, "load_warning": warning}

@@ -58,8 +58,10 @@ COLUMNS = {
     "e2e_encoder": "the timm encoder synthetic tokens stand for (its ops: encoder_ops)",
     "grid": "token grid h x w", "tokens_in": "", "tokens_out": "", "in_dim": "", "out_dim": "", "batch": "",
     # load check (measure.load_check)
-    "reference_ms": "the reference GEMM now", "load_ratio": "its time / its best time here",
-    "load_warning": "set when load_ratio > measure.LOAD_LIMIT",
+    "reference_ms": "the reference GEMM now",
+    "load_ratio": "how much other work inflated latencies: the larger of 1 / load_cpu_share and reference_ms / the best here",
+    "load_cpu_share": "share of the wall time the reference GEMM's threads had a core (1: no other work held them)",
+    "load_basis": "how load_ratio was decided, in words", "load_warning": "set when load_ratio > measure.LOAD_LIMIT",
     # estimates on `device` (roofline.estimate_row)
     "device": "device profile", "est_encoder_ms": "", "est_projector_ms": "", "est_prefill_ms": "",
     "est_vision_ms": "encoder + projector", "est_ttft_ms": "vision + LM prefill", "est_decode_tok_s": "",

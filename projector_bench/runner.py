@@ -20,7 +20,7 @@ from .encoders import Variant, create_encoder
 from .env import code_hash, cpu_model, environment
 from .errors import ConfigError
 from .lm import LanguageModel
-from .measure import count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
+from .measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
 from .results import append_row, load_results
 from .roofline import device_from_config, estimate_row, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
@@ -99,14 +99,20 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _load(threads: int) -> dict[str, Any]:
-    """`load_check` against the best reference time this machine has recorded (kept in the host cache)."""
+    """`load_check` against the fastest reference time this machine has recorded at `threads` (the host cache
+    keeps it with its count of probes and the date of the first)."""
     path = host_cache() / "reference_kernel.json"
     key = f"{cpu_model()}|{threads}|{code_hash('measure.py')}"
     saved = read_json_cache(path)
-    best = saved.get(key) if isinstance(saved.get(key), (int, float)) else None
+    entry = saved.get(key)
+    try:
+        best = Best(**entry) if isinstance(entry, dict) else None
+    except TypeError:
+        best = None
     out = load_check(threads, best)
-    if best is None or out["reference_ms"] < best:
-        write_json_cache(path, saved | {key: out["reference_ms"]})
+    ms = out["reference_ms"] if best is None else min(best.ms, out["reference_ms"])
+    since = best.since if best else datetime.now(timezone.utc).date().isoformat()
+    write_json_cache(path, saved | {key: Best(ms, (best.probes if best else 0) + 1, since)._asdict()})
     if out["load_warning"]:
         log.warning(out["load_warning"])
     return out
