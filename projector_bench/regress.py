@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -27,6 +27,7 @@ from scipy.stats import binomtest
 
 from .encoders import Variant, create_encoder
 from .env import code_hash, cpu_id
+from .errors import ConfigError
 from .measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
 from .projectors.base import token_grid
 from .runner import build_projector
@@ -183,11 +184,105 @@ def summary(history: dict[str, list[float]]) -> tuple[dict[str, float], dict[str
     return ratios, {n: max(abs(r / ratios[n] - 1) for r in h) for n, h in history.items()}
 
 
-def _load(path: Path) -> dict[str, Any]:
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def _kind(value: Any) -> str:
+    """`value`'s type and a short excerpt, for a message about a misshapen file: "a list ([])", "an int (5)"."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} ({json.dumps(value)[:40]})"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def golden_problem(data: Any) -> str | None:
+    """What keeps `data` from being a golden table (case -> field -> integer), or None."""
+    if not isinstance(data, dict):
+        return f"it holds {_kind(data)}, not a mapping of case -> facts"
+    for name, facts in data.items():
+        if not isinstance(facts, dict):
+            return f"its entry {name!r} is {_kind(facts)}, not a mapping of field -> count"
+        if bad := next((k for k, v in facts.items() if type(v) is not int), None):
+            return f"its entry {name!r} has {bad}={facts[bad]!r}, not an integer"
+    return None
+
+
+def baseline_problem(data: Any) -> str | None:
+    """What keeps `data` from being a timing baseline (`machines`: class -> {`history`: case -> recorded ratios,
+    `ms`: case -> clock -> ms, ...}) that `run_time` and `append_logged` can read, or None."""
+    if not isinstance(data, dict):
+        return f"it holds {_kind(data)}, not a mapping with 'machines'"
+    machines = data.get("machines", {})
+    if not isinstance(machines, dict):
+        return f"its 'machines' is {_kind(machines)}, not a mapping of machine class -> baseline"
+    for key, m in machines.items():
+        if not isinstance(m, dict) or not isinstance(m.get("history"), dict):
+            what = _kind(m) if not isinstance(m, dict) else "a mapping without a 'history' mapping"
+            return f"machine class {key!r} is {what}, not a mapping with a 'history' of case -> ratios"
+        for n, h in m["history"].items():  # a median of none, or a ratio of 0, is no baseline
+            if not isinstance(h, list) or not h or not all(_number(r) and r > 0 for r in h):
+                return (f"machine class {key!r}: the history of {n!r} is {json.dumps(h)[:40]}, "
+                        "not a list of positive ratios")
+        ms = m.get("ms", {})
+        if not isinstance(ms, dict):
+            return f"machine class {key!r}: its 'ms' is {_kind(ms)}, not a mapping of case -> times"
+        for n, t in ms.items():
+            if not isinstance(t, dict) or not all(_number(v) for v in t.values()):
+                return f"machine class {key!r}: the 'ms' of {n!r} is {_kind(t)}, not a mapping of clock -> ms"
+    return None
+
+
+def _fix(path: Path) -> str:
+    """How to get a good gate file back: the committed ones from git, another baseline by recording it again."""
+    if path.resolve() in (GOLDEN, BASELINE):
+        return f"restore it from git (git checkout -- {path})"
+    return ("give the path of a recorded baseline, or record one there with "
+            f"python -m projector_bench.regress time --update --baseline {path}")
+
+
+def _load(path: Path, problem: Callable[[Any], str | None], what: str, missing_ok: bool = False) -> dict[str, Any]:
+    """The gate file at `path` (`what`: "golden table" or "timing baseline"), checked by `problem`; empty when
+    it does not exist and `missing_ok`. `ConfigError` naming the file, the fault and the fix otherwise."""
+    if not path.exists():
+        if missing_ok:
+            return {}
+        raise ConfigError(f"{path} does not exist: {_fix(path)}")
     try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}); restore it from git (git checkout -- {path})") from None
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror or e}); {_fix(path)}") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not text
+        raise ConfigError(f"{path} is not valid JSON ({e}); {_fix(path)}") from None
+    if (wrong := problem(data)) is not None:
+        raise ConfigError(f"{path} is not a {what}: {wrong}; {_fix(path)}")
+    return data
+
+
+def _load_golden() -> dict[str, Any]:
+    return _load(GOLDEN, golden_problem, "golden table")
+
+
+def _load_baseline(path: Path, missing_ok: bool = False) -> dict[str, Any]:
+    return _load(path, baseline_problem, "timing baseline", missing_ok)
+
+
+def check_gate_files(what: str, update: bool, baseline: Path, from_log: Path | None = None) -> None:
+    """`ConfigError` for a gate file the command would read or write but cannot, found before any work runs:
+    a misshapen file is never rewritten, and a mistyped baseline path does not pass the gate by comparing nothing."""
+    if what in ("golden", "all") and not update:  # `golden --update` writes the table from scratch
+        _load_golden()
+    if what not in ("time", "all"):
+        return
+    if update and from_log is None and not baseline.parent.is_dir():  # else minutes of timing are lost at the end
+        raise ConfigError(f"--baseline {baseline}: the folder {baseline.parent} does not exist; create it, or give a "
+                          "path in an existing folder")
+    _load_baseline(baseline, missing_ok=update and from_log is None)  # recording may start a file; a log adds to one
 
 
 _LOG_HEAD = re.compile(r"^time: (?P<key>.+?); ratio = ")
@@ -217,7 +312,7 @@ def append_logged(log: Path, baseline: Path) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         print(f"error: {log} is not a `regress time` log: {e}", file=sys.stderr)
         return 2
-    data = _load(baseline)
+    data = _load_baseline(baseline)
     base = data.get("machines", {}).get(key)
     if base is None:
         print(f"error: {log} was timed on {key!r}, which {baseline} has no baseline for: record one there with "
@@ -244,12 +339,13 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 def run_golden(update: bool) -> int:
     """Check (or with `update`, rewrite) the golden table; 0 when it holds."""
+    want = {} if update else _load_golden()  # read before measuring: a broken table is found before any work
     got = {n: c.facts() for n, c in cases().items()}
     if update:
         _write(GOLDEN, got)
         print(f"golden: wrote {len(got)} designs and encoders to {GOLDEN.relative_to(Path.cwd()) if GOLDEN.is_relative_to(Path.cwd()) else GOLDEN}")
         return 0
-    diff = compare_golden(got, _load(GOLDEN))
+    diff = compare_golden(got, want)
     for line in diff:
         print(f"golden: {line}")
     if diff:
@@ -266,7 +362,7 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     Recording times `passes` passes, each of freshly built cases, which replace theirs, or with `append` join
     them (passes taken on other occasions widen the noise estimate to what those occasions saw)."""
     key = machine(threads)
-    data = _load(baseline)
+    data = _load_baseline(baseline, missing_ok=update)
     if update:  # several passes, each of freshly built cases: the median is the baseline, their spread the noise
         timed: list[dict[str, Paired]] = []
         held: dict[str, Case] = {}
@@ -332,8 +428,17 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`golden`, `time` or `all` (both); `--update` records instead of checking."""
-    ap = argparse.ArgumentParser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
+    """`golden`, `time` or `all` (both); `--update` records instead of checking. Bad input (arguments, a gate file
+    missing or misshapen) is one `error:` line and exit 2, before any work runs."""
+    try:
+        return _main(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
+    ap = _Parser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("golden", "time", "all"), nargs="?", default="all")
     ap.add_argument("--update", action="store_true", help="record the golden table / this machine's timing baseline")
     ap.add_argument("--passes", type=int, default=RECORD_PASSES, help="passes --update times (time)")
@@ -350,21 +455,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="timing baseline file (default: the committed one); e.g. one --update wrote from the base branch")
     args = ap.parse_args(argv)
     if args.rounds < 3 or args.threads < 1 or args.passes < 1 or not 0 < args.tolerance < 1:
-        print("error: --rounds must be >= 3, --threads >= 1, --passes >= 1 and 0 < --tolerance < 1", file=sys.stderr)
-        return 2
+        raise ConfigError("--rounds must be >= 3, --threads >= 1, --passes >= 1 and 0 < --tolerance < 1")
     if args.append and not args.update:
-        print("error: --append adds passes to a recorded baseline: use it with --update", file=sys.stderr)
-        return 2
+        raise ConfigError("--append adds passes to a recorded baseline: use it with --update")
     if args.from_log and not (args.append and args.what == "time"):
-        print("error: --from-log adds a logged pass to a recorded baseline: use it as time --update --append --from-log LOG",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("--from-log adds a logged pass to a recorded baseline: use it as "
+                          "time --update --append --from-log LOG")
+    check_gate_files(args.what, args.update, args.baseline, args.from_log)
     if args.from_log:
         return append_logged(args.from_log, args.baseline)
     unknown = sorted(set(args.only or []) - set(case_names()))
     if unknown:
-        print(f"error: unknown case {unknown[0]!r}; choose from: {', '.join(case_names())}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown case {unknown[0]!r}; choose from: {', '.join(case_names())}")
     status = 0
     if args.what in ("golden", "all"):
         status |= run_golden(args.update)

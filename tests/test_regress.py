@@ -228,3 +228,84 @@ def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_pat
     monkeypatch.setattr(regress, "timed_code", lambda: "changed")
     assert regress.run_time(False, 9, 1, 0.1, None, path) == 1
     assert built == [("projector/a", "projector/b"), ("projector/b",)] and timed_builds == [{1}, {2}]
+
+
+def _refuse_work(*_a, **_k):
+    raise AssertionError("the gate started timing or measuring before it had checked its input")
+
+
+# (arguments, a gate file's content or None, exit code, words the one error line must hold); {file} is a gate file
+# in tmp_path holding the content (a dict or list: its JSON; bytes: as is), {dir} a folder that does not exist
+GATE_CASES = [
+    (["time", "--baseline", "{dir}/base.json"], None, 2, "{dir}/base.json does not exist"),
+    (["all", "--baseline", "{dir}/base.json"], None, 2, "{dir}/base.json does not exist"),
+    (["time", "--update", "--baseline", "{dir}/base.json"], None, 2, "the folder {dir} does not exist"),
+    (["time", "--update", "--append", "--from-log", "{file}", "--baseline", "{dir}/base.json"], b"time: x\n", 2,
+     "{dir}/base.json does not exist"),
+    (["time", "--baseline", "{file}"], [], 2, "is not a timing baseline: it holds a list"),
+    (["time", "--update", "--baseline", "{file}"], [], 2, "is not a timing baseline: it holds a list"),
+    (["time", "--baseline", "{file}"], {"machines": []}, 2, "its 'machines' is a list"),
+    (["time", "--baseline", "{file}"], {"machines": {"m": 5}}, 2, "machine class 'm' is an int"),
+    (["time", "--baseline", "{file}"], {"machines": {"m": {"history": {"projector/a": []}}}}, 2,
+     "'projector/a' is [], not a list of positive ratios"),
+    (["time", "--baseline", "{file}"], {"machines": {"m": {"history": {}, "ms": {"projector/a": 3}}}}, 2,
+     "'ms' of 'projector/a' is an int"),
+    (["time", "--baseline", "{file}"], b"\xff\xfe", 2, "is not valid JSON"),
+    (["time", "--baseline", "{file}"], b"{", 2, "is not valid JSON"),
+    (["golden"], [], 2, "is not a golden table: it holds a list"),
+    (["all"], {"projector/mlp": 5}, 2, "its entry 'projector/mlp' is an int (5), not a mapping"),
+    (["golden"], {"projector/mlp": {"params": "6"}}, 2, "'projector/mlp' has params='6', not an integer"),
+    (["bogus"], None, 2, "invalid choice: 'bogus'"),
+    (["time", "--rounds", "abc"], None, 2, "argument --rounds: invalid int value: 'abc'"),
+    (["time", "--frobnicate"], None, 2, "unrecognized arguments: --frobnicate"),
+]
+
+
+@pytest.mark.parametrize("args,content,code,words", GATE_CASES, ids=[c[3] for c in GATE_CASES])
+def test_a_missing_or_misshapen_gate_file_is_one_line_exit_2_and_nothing_is_rewritten(
+        args, content, code, words, tmp_path, monkeypatch, capsys):
+    from projector_bench import regress
+
+    monkeypatch.setattr(regress, "cases", _refuse_work)
+    monkeypatch.setattr(regress, "time_ratios", _refuse_work)
+    gate = tmp_path / "gate.json"
+    if content is not None:
+        gate.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+        if "--baseline" not in args and "--from-log" not in args:  # a golden table's case: the file is the golden one
+            monkeypatch.setattr(regress, "GOLDEN", gate)
+    fill = {"{file}": str(gate), "{dir}": str(tmp_path / "nonexistent")}
+    for k, v in fill.items():
+        args, words = [a.replace(k, v) for a in args], words.replace(k, v)
+    before = {p: p.read_bytes() for p in (regress.GOLDEN, regress.BASELINE, gate) if p.exists()}
+    got = regress_main(args)
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in out + err
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "nonexistent").exists()
+
+
+def test_a_broken_gate_file_names_git_as_the_fix_and_a_mistyped_baseline_the_path_to_give(tmp_path, monkeypatch, capsys):
+    from projector_bench import regress
+
+    monkeypatch.setattr(regress, "cases", _refuse_work)
+    golden = tmp_path / "golden.json"
+    golden.write_text("[]")
+    monkeypatch.setattr(regress, "GOLDEN", golden)
+    assert regress_main(["golden"]) == 2
+    assert f"restore it from git (git checkout -- {golden})" in capsys.readouterr().err
+    assert regress_main(["time", "--baseline", str(tmp_path / "base.json")]) == 2
+    assert f"record one there with python -m projector_bench.regress time --update --baseline {tmp_path}" \
+        in capsys.readouterr().err
+
+
+def test_a_mistyped_baseline_path_fails_the_gate_from_the_command_line(tmp_path):
+    """The exit code CI sees: `python -m projector_bench.regress` itself, not only `main`."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "projector_bench.regress", "time", "--baseline", str(tmp_path / "base.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and "does not exist" in r.stderr
