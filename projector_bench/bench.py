@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import NoReturn
 
 import torch
 import yaml
@@ -25,6 +27,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, deploy, list_projectors
 from .calibrate import Calibration, calibrate_config
+from .errors import ConfigError
 from .measure import REFERENCE_SHAPE, measure_latency, paired
 from .results import load_results
 from .roofline import calibrate_host, trace_ops
@@ -157,12 +160,35 @@ def deploy_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float
     return out, verdicts, roofline, outside
 
 
+class ChildFailed(RuntimeError):
+    """A `python -m projector_bench` run that a target started failed: the message quotes the child's own error."""
+
+
+def _child_error(stderr: str) -> str:
+    """What a failed child said: its last `error:` line (the house's one line), else its last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln.removeprefix("error:").strip() for ln in lines if ln.startswith("error:")]
+    return errors[-1] if errors else lines[-1] if lines else "nothing on stderr"
+
+
+def _run_child(args: list[str]) -> None:
+    """`python -m projector_bench ARGS`, its output captured; `ChildFailed` with the command and the child's own
+    error when it exits non-zero (its whole output is the user's to see by running the command alone)."""
+    r = subprocess.run([sys.executable, "-m", "projector_bench", *args], capture_output=True, text=True,
+                       errors="replace")
+    if r.returncode != 0:
+        shown = " ".join(a for a in args if not a.startswith(("results_dir=", "hydra.")))  # its temporary folders
+        how = f"exited {r.returncode}" if r.returncode > 0 else f"was killed by signal {-r.returncode}"
+        raise ChildFailed(f"`python -m projector_bench {shown}` {how}: {_child_error(r.stderr)}; run that command "
+                          "alone to see its whole output")
+
+
 def _sweep(results_dir: str, *overrides: str) -> float:
     """Wall time of `+sweep=ldp_vs_mlp` (the targets' sweeps leave out the ExecuTorch lowering, `deploy.runtime=null`:
     they time the costs and the accuracy, as their targets were set; deploy_targets times the lowering)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "projector_bench", "+sweep=ldp_vs_mlp", "quiet=true", f"results_dir={results_dir}",
-                    f"hydra.sweep.dir={results_dir}/hydra", *overrides], check=True, capture_output=True)
+    _run_child(["+sweep=ldp_vs_mlp", "quiet=true", f"results_dir={results_dir}", f"hydra.sweep.dir={results_dir}/hydra",
+                *overrides])
     return time.perf_counter() - t0
 
 
@@ -191,9 +217,8 @@ def _digits() -> list[tuple[str, float, float, str, bool]]:
     were measured before the lowering existed, and a Quick start install (no `deploy install`) does not lower."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "projector_bench", "task=digits", "projector=mlp", "quiet=true",
-                        "deploy.runtime=null", f"results_dir={tmp}", f"hydra.run.dir={tmp}/hydra"], check=True,
-                       capture_output=True)
+        _run_child(["task=digits", "projector=mlp", "quiet=true", "deploy.runtime=null", f"results_dir={tmp}",
+                    f"hydra.run.dir={tmp}/hydra"])
         wall = time.perf_counter() - t0
         row = load_results(tmp).iloc[-1]
     return [("task=digits projector=mlp accuracy (%)", row.accuracy, 0.0, ">= 95", row.accuracy >= 95),
@@ -238,19 +263,91 @@ def _speed_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float
     return results, roofline
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every target; print one line each; non-zero exit if one is missed."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--skip-sweep", action="store_true", help="skip the end-to-end sweeps (and the accuracy targets)")
-    ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy targets: the cold sweep and digits")
-    ap.add_argument("--digits-only", action="store_true",
-                    help="only the digits targets: a cold `task=digits projector=mlp` (minutes)")
-    ap.add_argument("--seeds", type=int, default=None, help="accuracy.seeds for the sweep (default: the config's)")
-    ap.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
-    ap.add_argument("--calibration-only", action="store_true",
-                    help="only the target devices' calibration on published points (a few seconds)")
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`, refused with a message saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: give an integer >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not valid: give an integer >= {low}")
+        return value
+
+    return parse
+
+
+NO_SWEEP = ("--skip-sweep", "--digits-only", "--deploy-only", "--calibration-only")  # modes that run no sweep
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, checked whole before any target runs; `ConfigError` naming the bad argument."""
+    ap = _Parser(prog="python -m projector_bench.bench", description=__doc__.splitlines()[0])
+    # a median and quartiles of per-round ratios, each round in alternating order, need a few rounds (as regress)
+    ap.add_argument("--rounds", type=_at_least(3), default=15, help="interleaved rounds of the paired ratios (>= 3)")
+    ap.add_argument("--seeds", type=_at_least(1), default=None,
+                    help="accuracy.seeds for the sweep (default: the config's)")
+    modes = ap.add_mutually_exclusive_group()  # each picks which targets run: two of them would run none or guess
+    modes.add_argument("--skip-sweep", action="store_true",
+                       help="skip the end-to-end sweeps (and the accuracy targets)")
+    modes.add_argument("--accuracy-only", action="store_true",
+                       help="only the accuracy targets: the cold sweep and digits")
+    modes.add_argument("--digits-only", action="store_true",
+                       help="only the digits targets: a cold `task=digits projector=mlp` (minutes)")
+    modes.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
+    modes.add_argument("--calibration-only", action="store_true",
+                       help="only the target devices' calibration on published points (a few seconds)")
     args = ap.parse_args(argv)
+    chosen = [m for m in NO_SWEEP if getattr(args, m[2:].replace("-", "_"))]
+    if args.seeds is not None and chosen:  # else the seeds asked for would be silently ignored
+        raise ConfigError(f"--seeds sets the sweep's accuracy.seeds, but {chosen[0]} runs no sweep; drop one of them")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every target; print one line each; non-zero exit if one is missed. Bad arguments are one `error:` line
+    and exit 2 before any target runs; a failed child run ends the targets with one `error:` line and exit 1."""
+    try:
+        args = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(args)
+
+
+def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float, str, bool]]) -> None:
+    """The sweeps' and the digits job's targets, appended to `results` as each is measured (so that the ones
+    measured before a child run fails are still printed)."""
+    if args.digits_only:
+        results += _digits()
+        return
+    if not args.accuracy_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = _sweep(tmp, "task=none", "deploy.runtime=null")
+            results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
+    with tempfile.TemporaryDirectory() as tmp:
+        wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds is not None else []))
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
+        results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
+        df = load_results(tmp).set_index("projector")
+        load = df["load_ratio"].astype(float)  # a shared host's other tenants slow every step: read walls with it
+        results.append((f"  its load ratio, median of {len(load)} jobs (max {load.max():.2f})", load.median(), 0.0,
+                        "info", True))
+        results += _accuracy_targets(df)
+        print(accuracy_table(df.reset_index()))
+    results += _digits()
+
+
+def run(args: argparse.Namespace) -> int:
+    """The targets `args` picks (`parse_args`), printed; 0 when every one is met."""
     torch.manual_seed(0)
     cals = calibrations()
     if args.calibration_only:
@@ -269,28 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     if not skip_costs:
         deployed, verdicts, xnn, outside = deploy_targets(x, args.rounds)
         results += deployed
-    if args.deploy_only:
-        args.skip_sweep = True
-    if args.digits_only:
-        results += _digits()
-    elif not args.skip_sweep:
-        if not args.accuracy_only:
-            with tempfile.TemporaryDirectory() as tmp:
-                wall = _sweep(tmp, "task=none", "deploy.runtime=null")
-                results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
-        with tempfile.TemporaryDirectory() as tmp:
-            wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds else []))
-            rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
-            results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
-            df = load_results(tmp).set_index("projector")
-            load = df["load_ratio"].astype(float)  # a shared host's other tenants slow every step: read walls with it
-            results.append((f"  its load ratio, median of {len(load)} jobs (max {load.max():.2f})", load.median(), 0.0,
-                            "info", True))
-            results += _accuracy_targets(df)
-            print(accuracy_table(df.reset_index()))
-        results += _digits()
-
+    failed = None
+    if not (args.skip_sweep or args.deploy_only):
+        try:
+            _end_to_end(args, results)
+        except ChildFailed as e:  # the targets measured so far are printed, then the child's error
+            failed = e
     print(f"threads={torch.get_num_threads()} rounds={args.rounds} torch={torch.__version__}")
     for name, value, iqr, target, ok in results:
         print(f"{name:40s} {value:8.3f}  (IQR {iqr:.3f})  target {target:8s} {'ok' if ok else 'MISSED'}")
@@ -302,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         print("roofline on host vs XNNPACK fp32, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in xnn.items()))
         if outside:
             print("not modelled (matmuls on ExecuTorch's reference kernels): " + "; ".join(f"{n} {', '.join(o)}" for n, o in outside.items()))
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0 if all(r[-1] for r in results) else 1
 
 

@@ -17,3 +17,49 @@ def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypa
     assert bench.main(["--digits-only"]) == (0 if accuracy >= 95 else 1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task=digits projector=mlp accuracy (%)")]
     assert len(lines) == 1 and lines[0].endswith("ok" if accuracy >= 95 else "MISSED")
+
+
+def _refuse_work(*_a, **_k):
+    raise AssertionError("bench started a target before it had checked its arguments")
+
+
+# (arguments, words the one error line must hold): each refused before any target runs, exit 2
+BAD_ARGS = [
+    (["--rounds", "0"], "argument --rounds: 0 is not valid: give an integer >= 3"),
+    (["--rounds", "abc"], "argument --rounds: 'abc' is not valid: give an integer >= 3"),
+    (["--deploy-only", "--rounds", "2"], "argument --rounds: 2 is not valid: give an integer >= 3"),
+    (["--accuracy-only", "--seeds", "-1"], "argument --seeds: -1 is not valid: give an integer >= 1"),
+    (["--seeds", "0"], "argument --seeds: 0 is not valid: give an integer >= 1"),
+    (["--accuracy-only", "--digits-only"], "argument --digits-only: not allowed with argument --accuracy-only"),
+    (["--accuracy-only", "--skip-sweep"], "argument --skip-sweep: not allowed with argument --accuracy-only"),
+    (["--digits-only", "--seeds", "2"], "--seeds sets the sweep's accuracy.seeds, but --digits-only runs no sweep"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_are_one_line_and_exit_2_before_any_target(monkeypatch, capsys, args, words):
+    for name in ("calibrations", "_speed_targets", "deploy_targets", "_sweep", "_digits", "_calibration_targets"):
+        monkeypatch.setattr(bench, name, _refuse_work)
+    code = bench.main(args)
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in out + err and out == ""  # no target ran, nothing was printed as measured
+
+
+def test_a_failed_child_run_is_one_line_with_its_own_error_and_exit_1(monkeypatch, capsys):
+    """The cold sweep's child `python -m projector_bench` refuses its input (here an override bench would never
+    pass, added on the way): bench's one error line carries the child's own, not a CalledProcessError."""
+    real = bench._run_child
+    monkeypatch.setattr(bench, "calibrations", lambda: {})
+    monkeypatch.setattr(bench, "_run_child", lambda args: real([*args, "accuracy.seeds=-1"]))
+    monkeypatch.setattr(bench, "_digits", _refuse_work)  # after a failed sweep, nothing else runs
+    code = bench.main(["--accuracy-only"])
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1, err
+    assert len(errors) == 1 and "+sweep=ldp_vs_mlp" in errors[0] and "exited 2" in errors[0], err
+    assert "accuracy.seeds=-1 is not valid" in errors[0], err
+    assert "Traceback" not in out + err
