@@ -15,6 +15,7 @@ A `<design>_int8` design is lowered from its float twin.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import subprocess
@@ -23,12 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from .errors import ConfigError
 from .measure import Latency, _Call, float_twin, measure_latency
 from .roofline import Device
 
@@ -258,24 +260,56 @@ def calibrate_xnnpack(threads: int, designs: dict[str, tuple[nn.Module, tuple[Te
 
 def install() -> int:
     """Install the deploy extra into this Python: executorch and torchao without their dependency lists, then
-    the pure-Python packages they import (one command; pip's resolver alone stalls on executorch's pins)."""
-    from importlib.metadata import requires
+    the pure-Python packages they import (one command; pip's resolver alone stalls on executorch's pins).
+    0 when ExecuTorch with XNNPACK then loads; else one `error:` line (pip's own output is above it) and 1."""
+    from importlib.metadata import PackageNotFoundError, requires
 
     # the `deploy` extra of pyproject.toml: what executorch and torchao import (their own metadata also pins
     # coremltools, the Apple backend's converter, which XNNPACK does not use)
-    extra = [r.split(";")[0].strip() for r in requires("projector_bench") or [] if re.search(r"extra\s*==\s*['\"]deploy['\"]", r)]
+    try:
+        wanted = requires("projector_bench") or []
+    except PackageNotFoundError:
+        wanted = []
+    extra = [r.split(";")[0].strip() for r in wanted if re.search(r"extra\s*==\s*['\"]deploy['\"]", r)]
+    if not extra:  # pip with no requirement fails, and the installed metadata is where the extra's list lives
+        print("error: the installed projector_bench lists no `deploy` extra: install the package first "
+              "(pip install -e . in its checkout), then run this again", file=sys.stderr)
+        return 1
     pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
     for cmd in (pip + ["--no-deps", *PINNED], pip + extra):
         print("+", " ".join(cmd[2:]), flush=True)
         if (rc := subprocess.call(cmd)) != 0:
-            return rc
+            print(f"error: pip failed (exit {rc}) installing {' '.join(a for a in cmd[4:] if not a.startswith('-'))}; "
+                  "its output above says why", file=sys.stderr)
+            return 1
     unavailable.cache_clear()
-    why = unavailable()
-    print(why or "ExecuTorch with XNNPACK: ok")
-    return 1 if why else 0
+    if why := unavailable():
+        print(f"error: installed, but ExecuTorch with XNNPACK still does not load: {why}", file=sys.stderr)
+        return 1
+    print("ExecuTorch with XNNPACK: ok")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`install`: the deploy extra into this Python. Bad arguments are one `error:` line and exit 2."""
+    ap = _Parser(prog="python -m projector_bench.deploy",
+                 description="The optional deploy extra: ExecuTorch with its XNNPACK backend (docs/deploy.md).")
+    ap.add_argument("command", choices=("install",),
+                    help="install: add ExecuTorch and torchao (the deploy extra) to this Python")
+    try:
+        ap.parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return install()
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["install"]:
-        sys.exit(f"usage: {INSTALL}")
-    raise SystemExit(install())
+    raise SystemExit(main())
