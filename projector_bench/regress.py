@@ -253,6 +253,8 @@ def _load(path: Path, problem: Callable[[Any], str | None], what: str, missing_o
         if missing_ok:
             return {}
         raise ConfigError(f"{path} does not exist: {_fix(path)}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give the path of a {what} file")
     try:
         data = json.loads(path.read_bytes())
     except OSError as e:

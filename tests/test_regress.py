@@ -235,7 +235,8 @@ def _refuse_work(*_a, **_k):
 
 
 # (arguments, a gate file's content or None, exit code, words the one error line must hold); {file} is a gate file
-# in tmp_path holding the content (a dict or list: its JSON; bytes: as is), {dir} a folder that does not exist
+# in tmp_path holding the content (a dict or list: its JSON; bytes: as is), {dir} a folder that does not exist,
+# {tmp} tmp_path
 GATE_CASES = [
     (["time", "--baseline", "{dir}/base.json"], None, 2, "{dir}/base.json does not exist"),
     (["all", "--baseline", "{dir}/base.json"], None, 2, "{dir}/base.json does not exist"),
@@ -251,6 +252,7 @@ GATE_CASES = [
     (["time", "--baseline", "{file}"], {"machines": {"m": {"history": {}, "ms": {"projector/a": 3}}}}, 2,
      "'ms' of 'projector/a' is an int"),
     (["time", "--baseline", "{file}"], b"\xff\xfe", 2, "is not valid JSON"),
+    (["time", "--update", "--baseline", "{tmp}"], None, 2, "is a folder: give the path of a timing baseline file"),
     (["time", "--baseline", "{file}"], b"{", 2, "is not valid JSON"),
     (["golden"], [], 2, "is not a golden table: it holds a list"),
     (["all"], {"projector/mlp": 5}, 2, "its entry 'projector/mlp' is an int (5), not a mapping"),
@@ -273,7 +275,7 @@ def test_a_missing_or_misshapen_gate_file_is_one_line_exit_2_and_nothing_is_rewr
         gate.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
         if "--baseline" not in args and "--from-log" not in args:  # a golden table's case: the file is the golden one
             monkeypatch.setattr(regress, "GOLDEN", gate)
-    fill = {"{file}": str(gate), "{dir}": str(tmp_path / "nonexistent")}
+    fill = {"{file}": str(gate), "{dir}": str(tmp_path / "nonexistent"), "{tmp}": str(tmp_path)}
     for k, v in fill.items():
         args, words = [a.replace(k, v) for a in args], words.replace(k, v)
     before = {p: p.read_bytes() for p in (regress.GOLDEN, regress.BASELINE, gate) if p.exists()}
@@ -295,6 +297,9 @@ def test_a_broken_gate_file_names_git_as_the_fix_and_a_mistyped_baseline_the_pat
     monkeypatch.setattr(regress, "GOLDEN", golden)
     assert regress_main(["golden"]) == 2
     assert f"restore it from git (git checkout -- {golden})" in capsys.readouterr().err
+    golden.unlink()
+    assert regress_main(["golden"]) == 2
+    assert f"{golden} does not exist: restore it from git" in capsys.readouterr().err
     assert regress_main(["time", "--baseline", str(tmp_path / "base.json")]) == 2
     assert f"record one there with python -m projector_bench.regress time --update --baseline {tmp_path}" \
         in capsys.readouterr().err
