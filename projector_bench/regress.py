@@ -242,6 +242,8 @@ def _fix(path: Path) -> str:
     """How to get a good gate file back: the committed ones from git, another baseline by recording it again."""
     if path.resolve() in (GOLDEN, BASELINE):
         return f"restore it from git (git checkout -- {path})"
+    if not path.parent.is_dir():
+        return "give the path of a recorded baseline"
     return ("give the path of a recorded baseline, or record one there with "
             f"python -m projector_bench.regress time --update --baseline {path}")
 
