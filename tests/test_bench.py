@@ -63,3 +63,18 @@ def test_a_failed_child_run_is_one_line_with_its_own_error_and_exit_1(monkeypatc
     assert len(errors) == 1 and "+sweep=ldp_vs_mlp" in errors[0] and "exited 2" in errors[0], err
     assert "accuracy.seeds=-1 is not valid" in errors[0], err
     assert "Traceback" not in out + err
+
+
+def test_the_targets_measured_before_a_failed_child_are_still_printed(monkeypatch, capsys):
+    def failed_sweep(*_a):
+        raise bench.ChildFailed("`python -m projector_bench +sweep=ldp_vs_mlp` exited 1: 1 of 2 jobs failed")
+
+    monkeypatch.setattr(bench, "calibrations", lambda: {})
+    monkeypatch.setattr(bench, "_speed_targets", lambda x, rounds: ([("ldp time / official", 1.0, 0.0, "<= 1.05", True)], {}))
+    monkeypatch.setattr(bench, "deploy_targets", lambda x, rounds: ([], {}, {}, {}))
+    monkeypatch.setattr(bench, "_sweep", failed_sweep)
+    monkeypatch.setattr(bench, "_digits", _refuse_work)
+    assert bench.main([]) == 1
+    out, err = capsys.readouterr()
+    assert any(line.startswith("ldp time / official") and line.endswith("ok") for line in out.splitlines())
+    assert err.splitlines() == ["error: `python -m projector_bench +sweep=ldp_vs_mlp` exited 1: 1 of 2 jobs failed"]

@@ -288,7 +288,7 @@ def test_a_missing_or_misshapen_gate_file_is_one_line_exit_2_and_nothing_is_rewr
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "nonexistent").exists()
 
 
-def test_a_broken_gate_file_names_git_as_the_fix_and_a_mistyped_baseline_the_path_to_give(tmp_path, monkeypatch, capsys):
+def test_a_broken_gate_file_names_git_as_the_fix_and_a_mistyped_baseline_the_path(tmp_path, monkeypatch, capsys):
     from projector_bench import regress
 
     monkeypatch.setattr(regress, "cases", _refuse_work)
@@ -310,7 +310,7 @@ def test_a_mistyped_baseline_path_fails_the_gate_from_the_command_line(tmp_path)
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "projector_bench.regress", "time", "--baseline", str(tmp_path / "base.json")],
-                       capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "projector_bench.regress", "time", "--baseline", str(tmp_path / "base.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stdout + r.stderr and "does not exist" in r.stderr
