@@ -40,8 +40,10 @@ def check_group_choices(args: list[str]) -> None:
     """Fail fast, in one line, on a config-group option that has no file in `conf/<group>/`."""
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
-    except HydraException:
-        return  # Hydra reports malformed overrides itself
+    except HydraException as e:  # Hydra's own report is several lines, without `error:`
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See ")]
+        raise ConfigError(f"{'; '.join(lines[:2])} (the override grammar: "
+                          "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
     for o in overrides:
         group = o.key_or_group
         if group not in GROUPS or o.is_delete():
@@ -61,6 +63,9 @@ def _main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if not multirun:  # a multirun's jobs are all checked by PrintSweepTable before the first one
         try:
+            if cfg.get("resume") and not cfg.get("search"):
+                raise ConfigError(f"resume={cfg.resume} goes on with a multirun: add -m (or the +sweep= it ran with) to "
+                                  "the command it ran with")
             validate(cfg)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -122,7 +127,7 @@ def report_main(argv: list[str]) -> Path:
             cfg = compose("config", overrides=overrides)
         except HydraException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
-    validate(cfg)
+    validate(cfg, jobs=False)
     src = Path(args.results or cfg.results_dir)
     folder = src.parent if src.suffix == ".jsonl" else src
     df = load_results(folder)
@@ -152,6 +157,10 @@ def main() -> None:
         _main()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # Hydra's own files before any job (its run folder, say, in a read-only results folder)
+        print(f"error: {e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; make it writable or "
+              "set results_dir=<another folder>", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # rows are written whole (atomic rename): an interrupted job leaves none half-written
         print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""Where a measurement was taken: versions, threads, CPU, git commit; and the hash of the code a cached
-value depends on. A leaf: it imports nothing from the package."""
+"""Where a measurement was taken: versions, threads, CPU, git commit, the cores and memory this process may use;
+and the hash of the code a cached value depends on. A leaf: it imports nothing from the package."""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +32,47 @@ def cpu_id() -> str:
     often report one generic name ("Intel(R) Xeon(R) Processor") for several microarchitectures."""
     nums = [f"{k} {_cpuinfo()[k]}" for k in ("cpu family", "model", "stepping") if k in _cpuinfo()]
     return f"{cpu_model()} ({', '.join(nums)})" if nums else cpu_model()
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the machine's available memory, or less where a container's
+    memory limit (cgroup v2 or v1) leaves less; None where neither can be read (not Linux)."""
+    free = [_meminfo("MemAvailable")]
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, cur = _read_int(limit), _read_int(used)
+        if lim is not None and cur is not None and lim < 2**60:  # v1 states "no limit" as a huge number
+            free.append(max(0, lim - cur))
+    known = [f for f in free if f is not None]
+    return min(known) if known else None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity on Linux (containers and `taskset` set it), else all."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 PACKAGE = Path(__file__).resolve().parent

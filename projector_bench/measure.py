@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from torch.ao.nn.quantized import dynamic as nnqd
 # running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils.benchmark import Timer
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .util import torch_threads
@@ -193,6 +196,37 @@ def peak_memory_mb(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> float:
             p.requires_grad_(False)
     peak = sum(dev["Total"] for dev in tracker.get_tracker_snapshot("peak").values())
     return (peak + _packed_bytes(module)) / 2**20
+
+
+class _LivePeak(TorchDispatchMode):
+    """Follows the bytes of every tensor an op makes until it is freed, and keeps the peak of their sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor) and t._base is None:  # a view shares its base's storage
+                n = t.untyped_storage().nbytes()
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, n)
+        return out
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+
+def meta_footprint(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> tuple[int, int]:
+    """(weight bytes, peak activation bytes) of one inference forward of a module built on the meta device: what
+    a real forward would need, known before any memory is allocated (a config check of a huge design)."""
+    weights = sum(p.numel() * p.element_size() for p in module.parameters()) + sum(b.nbytes for b in module.buffers())
+    live = _LivePeak()
+    with torch.inference_mode(), live:
+        module(*inputs, **kwargs)
+    return weights, live.peak + sum(x.nbytes for x in inputs)
 
 
 @dataclass(frozen=True)

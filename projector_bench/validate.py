@@ -6,11 +6,13 @@ is one `ConfigError` line that names the key, the value and the fix.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ._registry import create_projector
@@ -18,6 +20,7 @@ from .budget import DEPLOY_RUNTIMES, Budget
 from .calibrate import load_points
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
+from .projectors.base import token_grid
 from .util import accuracy_projector_kwargs, projector_kwargs
 
 Rule = Callable[[Any], bool]
@@ -45,7 +48,7 @@ def _opt(rule: Rule) -> Rule:
 
 # key: (rule, what the value must be)
 RULES: dict[str, tuple[Rule, str]] = {
-    "seed": (lambda v: _int(v) and v >= 0, "a non-negative integer"),
+    "seed": (lambda v: _int(v) and 0 <= v < 2**63, "a non-negative integer below 2**63 (torch's seed range)"),
     "device.threads": (_opt(_pos_int), "a positive integer or null (all cores)"),
     "device.min_run_time": (_pos_num, "a positive number of seconds"),
     "device.warmup": (lambda v: _int(v) and v >= 0, "a non-negative integer"),
@@ -118,9 +121,120 @@ def _check_grid(cfg: DictConfig) -> None:
     if side < 2:
         raise ConfigError(f"encoder.img_size={e.img_size} gives a {side}x{side} token grid at stage {e.stage} of {e.name} "
                           f"(stride {reduction}); use encoder.img_size >= {2 * reduction}")
-    proj = create_projector(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim,
-                            **projector_kwargs(cfg.projector))
+    proj = _build(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim, projector_kwargs(cfg.projector))
     _check_tokens(proj, cfg.projector.name, side, "encoder.img_size")
+
+
+def _build(name: str, in_dim: int, out_dim: int, kwargs: dict[str, Any]) -> Any:
+    """The projector `name` built on the meta device (shapes only: no memory, whatever its size), or a one-line
+    error for a key its constructor does not take."""
+    try:
+        with torch.device("meta"):
+            return create_projector(name, in_dim, out_dim, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"projector {name}: {str(e).splitlines()[0]}; its keys are those of conf/projector/{name}.yaml "
+                          "(remove the key, or add it to the design)") from None
+
+
+def _check_projector(cfg: DictConfig) -> None:
+    """The projector takes its config's keys (also without an encoder, whose check builds it too)."""
+    if cfg.encoder.get("name") is None:
+        _build(cfg.projector.name, cfg.projector.in_dim or cfg.shape.in_dim, cfg.projector.out_dim,
+               projector_kwargs(cfg.projector))
+
+
+def _check_shape_grid(cfg: DictConfig) -> None:
+    grid = cfg.shape.get("grid")
+    if cfg.encoder.get("name") is None and grid is not None:
+        try:
+            token_grid(cfg.shape.tokens, OmegaConf.to_container(grid) if OmegaConf.is_config(grid) else grid, "shape")
+        except ConfigError as e:
+            raise ConfigError(f"shape.grid={grid!r} is not valid: {e}") from None
+
+
+def _check_steps(cfg: DictConfig) -> None:
+    for group in ("accuracy.training", "accuracy.standin"):
+        node = OmegaConf.select(cfg, group)
+        if node is not None and node.min_steps > node.max_steps:
+            raise ConfigError(f"{group}.min_steps={node.min_steps} is above {group}.max_steps={node.max_steps}: a run "
+                              "would end before it may stop; raise max_steps or lower min_steps")
+
+
+def _check_results_dir(cfg: DictConfig) -> None:
+    """`results_dir` is a folder this process can write (its mode too: root writes through a read-only mode), or
+    one it can create."""
+    path = Path(cfg.results_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"results_dir={cfg.results_dir} is a file, not a folder: nothing could be recorded; "
+                          "set results_dir=<a folder>")
+    here = next(p for p in (path, *path.parents) if p.exists())
+    if not here.stat().st_mode & 0o222 or not os.access(here, os.W_OK):
+        raise ConfigError(f"results_dir={cfg.results_dir}: {here} is read-only, so no row could be recorded; make it "
+                          "writable or set results_dir=<another folder>")
+
+
+def _check_deployable(cfg: DictConfig) -> None:
+    """`budget.deployable` keeps designs that ran on a runtime: the jobs must lower to it, and it must be here."""
+    want = cfg.budget.get("deployable")
+    if want is None:
+        return
+    if cfg.deploy.get("runtime") != want:
+        raise ConfigError(f"budget.deployable={want} keeps designs that ran on {want}, but deploy.runtime="
+                          f"{cfg.deploy.get('runtime')} lowers none there: set deploy.runtime={want} or drop budget.deployable")
+    from .deploy import unavailable
+
+    if (why := unavailable()) is not None:
+        raise ConfigError(f"budget.deployable={want} keeps designs that ran on {want}, but {why}; or drop budget.deployable")
+
+
+GB = 1e9
+WEIGHT_COPIES = 2.0             # a job's eager measurements hold about twice the weights (tracing, memory tracking)
+WEIGHT_COPIES_PER_LOWERING = 3.0  # ... and each precision lowered to a runtime three more (export, program, its load)
+
+
+def job_memory(cfg: DictConfig) -> dict[str, tuple[float, str]]:
+    """What a job will allocate, in bytes, by its larger parts, each with the key that sizes it: the projector's and
+    the encoder's weights (times the copies the measurements make) and their forwards' activations, from builds
+    on the meta device (nothing is allocated)."""
+    from .measure import meta_footprint
+
+    lowered = len(cfg.deploy.precisions) if cfg.deploy.get("runtime") else 0
+    copies = WEIGHT_COPIES + WEIGHT_COPIES_PER_LOWERING * lowered
+    parts: dict[str, tuple[float, str]] = {}
+    batch, e, pc = cfg.shape.batch, cfg.encoder, cfg.projector
+    with torch.device("meta"):
+        if e.get("name") is None:
+            tokens, grid = torch.empty(batch, cfg.shape.tokens, cfg.shape.in_dim), None
+        else:
+            enc = TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
+            images = torch.empty(batch, 3, e.img_size, e.img_size)
+            w, act = meta_footprint(enc, images)
+            parts["encoder"] = (w * copies + 3 * act, f"encoder {e.name} at encoder.img_size={e.img_size}")
+            tokens, grid = enc(images)
+        proj = _build(pc.name, pc.in_dim or tokens.shape[-1], pc.out_dim, projector_kwargs(pc))
+        w, act = meta_footprint(proj, tokens, grid=grid if getattr(proj, "needs_grid", False) else None)
+    parts["projector"] = (w * copies + 3 * act, f"projector {pc.name} ({w / 4e9:.2f} G parameters at "
+                                                 f"{tokens.shape[-1]} -> projector.out_dim={pc.out_dim})")
+    return parts
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    """Refuse a job that cannot fit in the memory this machine (or container) has free, naming what sizes it: the
+    out-of-memory killer would end it with no row and no message."""
+    from .env import available_memory
+
+    free = available_memory()
+    if free is None:
+        return
+    try:
+        parts = job_memory(cfg)
+    except ConfigError:
+        return  # a grid the design cannot take: the job fails with its own message
+    need = sum(v for v, _ in parts.values())
+    if need > free:
+        _, what = max(parts.values())
+        raise ConfigError(f"the job needs about {need / GB:.1f} GB, mostly for the {what}, but {free / GB:.1f} GB is free "
+                          "here (machine or container): make it smaller or run where there is more memory")
 
 
 def _check_tokens(proj: Any, name: str, side: int, knob: str) -> None:
@@ -137,7 +251,7 @@ def _check_accuracy_grid(cfg: DictConfig) -> None:
         return
     reduction, channels = _encoder_shape(a.name, a.stage, Variant.from_config(a))
     side = img // reduction
-    proj = create_projector(cfg.projector.name, channels, cfg.accuracy.training.width, **accuracy_projector_kwargs(cfg))
+    proj = _build(cfg.projector.name, channels, cfg.accuracy.training.width, accuracy_projector_kwargs(cfg))
     try:
         _check_tokens(proj, cfg.projector.name, side, "task.img_size")
     except ConfigError as e:
@@ -158,9 +272,20 @@ def _check_search(cfg: DictConfig) -> None:
                           "create it or give another path")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one `ConfigError` for the first problem in a composed config (run, multirun job, search, report)."""
+def validate(cfg: DictConfig, jobs: bool = True) -> None:
+    """Raise one `ConfigError` for the first problem in a composed config (run, multirun job, search, report);
+    `jobs=False` (a report of recorded rows) skips what only measuring needs."""
     _check_rules(cfg)
+    if "accuracy" in cfg:
+        _check_steps(cfg)
+    if jobs:
+        _check_results_dir(cfg)
+        if "deploy" in cfg and "budget" in cfg:
+            _check_deployable(cfg)
+    if "shape" in cfg and "encoder" in cfg:
+        _check_shape_grid(cfg)
+        if "projector" in cfg:
+            _check_projector(cfg)
     Budget.from_config(cfg.budget)  # budget.latency: one of the latency columns
     if cfg.get("device") and cfg.device.get("measured"):  # published points: checked before any job, not at its end
         load_points(OmegaConf.to_container(cfg.device.measured, resolve=True), cfg.device.get("name", ""))
@@ -168,6 +293,8 @@ def validate(cfg: DictConfig) -> None:
         _check_grid(cfg)
     if "accuracy" in cfg and "projector" in cfg:
         _check_accuracy_grid(cfg)
+    if jobs and "deploy" in cfg and "shape" in cfg and "projector" in cfg:
+        _check_memory(cfg)
     if cfg.get("search"):
         _check_search(cfg)
 

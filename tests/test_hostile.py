@@ -58,6 +58,19 @@ CASES = [
     (["report", "{empty}"], 2, "no results in"),
     (["report", "{dir_table}"], 2, "runs.jsonl is a directory, not a results table"),
     (["projector=linear", "results_dir={dir_table}"], 1, "runs.jsonl is a directory: the row was not recorded"),
+    # caught before any job: what used to fail inside it (exit 1, the key unnamed), or after it, or not at all
+    (["shape.grid=[3,5]"], 2, "shape.grid=[3, 5] is not valid: shape: grid 3x5 holds 15 tokens but the input has 16"),
+    (["seed=123456789012345678901"], 2, "seed=123456789012345678901 is not valid: it must be a non-negative integer below 2**63"),
+    (["+projector.bogus=3"], 2, "projector mlp: mlp() got an unexpected keyword argument 'bogus'"),
+    (["projector=["], 2, "the override grammar"),
+    (["results_dir={a_file}"], 2, "is a file, not a folder"),
+    (["results_dir={read_only}"], 2, "is read-only, so no row could be recorded"),
+    (["accuracy.training.min_steps=100", "accuracy.training.max_steps=10"], 2, "min_steps=100 is above"),
+    (["resume=abc"], 2, "resume=abc goes on with a multirun: add -m"),
+    (["budget.deployable=executorch"], 2, "but deploy.runtime=None lowers none there"),
+    (["projector.out_dim=200000"], 2, "mostly for the projector mlp (40.00 G parameters"),
+    (["encoder=mobilevit_xs", "encoder.img_size=16384"], 2, "mostly for the encoder mobilevit_xs at encoder.img_size=16384"),
+    (["task=image_folder", "task.root={loop}"], 1, "twice"),
 ]
 
 
@@ -86,8 +99,13 @@ def test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, 
     write_image_folder(tmp_path / "one", classes=1, per_class=2, size=8)
     (tmp_path / "empty").mkdir()
     (tmp_path / "dir_table" / "runs.jsonl").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    loop = write_image_folder(tmp_path / "loop", classes=2, per_class=4, size=8)
+    (loop / "class_0" / "up").symlink_to("..")  # every image again, mislabelled, round the loop
     fill = {"{one_class}": str(tmp_path / "one"), "{empty}": str(tmp_path / "empty"), "{results}": str(table.parent),
-            "{dir_table}": str(tmp_path / "dir_table")}
+            "{dir_table}": str(tmp_path / "dir_table"), "{a_file}": str(tmp_path / "a_file"),
+            "{read_only}": str(tmp_path / "read_only"), "{loop}": str(loop)}
     for k, v in fill.items():
         args = [a.replace(k, v) for a in args]
     before = table.read_bytes()

@@ -56,6 +56,33 @@ def test_image_folder_reads_generated_pngs(tmp_path):
     assert d.images.shape == (15, 3, 32, 32) and d.num_answers == 3 and sorted(np.bincount(d.answers.numpy())) == [5, 5, 5]
 
 
+def test_a_16_bit_greyscale_folder_keeps_its_pixels(tmp_path):
+    """PIL's convert("RGB") clips 16-bit greyscale to 255: such a folder must load as its images, not as white ones."""
+    import numpy as np
+    from PIL import Image
+
+    for k in range(2):
+        (tmp_path / f"c{k}").mkdir()
+        for i in range(3):
+            a = np.full((16, 16), 1000 * (i + 1), np.uint16)
+            a[: 8 * (k + 1)] = 60000
+            Image.fromarray(a).save(tmp_path / f"c{k}" / f"{i}.png")
+    assert Image.open(tmp_path / "c0" / "0.png").mode.startswith("I")
+    d = image_folder(str(tmp_path), img_size=16)
+    assert d.images.dtype == torch.uint8 and len(d.images) == 6
+    first = d.images[0, 0]  # class c0, image 0: 60000 on the top half, 1000 below: 234 and 3 in 8 bits
+    assert first[0, 0] == 60000 >> 8 and first[-1, -1] == 1000 >> 8 and d.images.float().std() > 50
+
+
+def test_a_linked_folder_that_loops_is_refused(tmp_path):
+    import os
+
+    root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=8)
+    os.symlink("..", root / "class_0" / "up")  # every image again under class_0/up/class_*/..., mislabelled
+    with pytest.raises(ConfigError, match="reaches .* twice .* remove the link"):
+        image_folder(str(root), img_size=8)
+
+
 def test_image_folder_errors_are_one_line(tmp_path):
     cases = [(None, "needs its folder"), (str(tmp_path / "missing"), "does not exist")]
     (tmp_path / "empty").mkdir()

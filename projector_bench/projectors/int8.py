@@ -34,7 +34,8 @@ class Int8Projector(Projector):
         if not any(isinstance(m, nn.Linear) for m in base.modules()):
             raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; pick a design with one, e.g. mlp")
         self.needs_grid = base.needs_grid
-        self.model = quantize_linear_int8(base).requires_grad_(False)
+        meta = any(p.is_meta for p in base.parameters())  # a config check's shapes-only build: nothing to quantize
+        self.model = (base if meta else quantize_linear_int8(base)).requires_grad_(False)
 
     def num_tokens_out(self, grid: Grid) -> int:
         return self.model.num_tokens_out(grid)
