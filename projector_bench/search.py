@@ -99,7 +99,8 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
             trial.set_constraint(k, float(row[columns[k]]) - limit)
         missing = [m for m in objectives if row.get(m) is None]
         if missing:
-            trial.set_user_attr("error", f"objective {missing[0]!r} is not in the row; run with a task for accuracy")
+            trial.set_user_attr("error", f"objective {missing[0]!r} is null in the row: accuracy columns need a task, "
+                                         "encoder_ columns an encoder, xnnpack columns deploy.runtime=executorch")
             raise TrialFailed(trial.user_attrs["error"])
         return [float(row[m]) for m in objectives]
 

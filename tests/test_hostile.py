@@ -140,3 +140,17 @@ def test_ctrl_c_is_one_line_and_exit_130_with_no_torn_row(table, tmp_path, monke
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
     assert code == 130 and err.strip().startswith("interrupted: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and table.read_bytes() == before
+
+
+# Searches: objectives, storage URLs and journals (docs/search.md)
+SEARCH_CASES = [
+    ([*SEARCH, "+search.objectives.bogus_col=minimize"], 2,
+     "search.objectives.bogus_col: 'bogus_col' is not a numeric column of the results row; choose from: acc_"),
+    ([*SEARCH, "+search.objectives.projector=minimize"], 2, "'projector' is not a numeric column of the results row"),
+]
+
+
+@pytest.mark.parametrize("args,code,words", SEARCH_CASES, ids=[" ".join(c[0]) for c in SEARCH_CASES])
+def test_hostile_search_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
+                                                                            capsys):
+    test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys)
