@@ -196,8 +196,9 @@ def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
     return [t.number for t in failed]
 
 
-def run_search(cfg: DictConfig) -> optuna.Study:
-    """Create or resume the study `cfg.search.name` and run trials until `search.n_trials` have finished."""
+def open_study(cfg: DictConfig) -> optuna.Study:
+    """Create or load the study `cfg.search.name` in its storage. Its errors (`ConfigError`: the storage cannot
+    be opened or read, the study has other objectives) come before any trial runs."""
     s = cfg.search  # checked by validate.py before the search starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
@@ -208,6 +209,13 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         study.set_metric_names(list(s.objectives))
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in s.objectives.values()]:
         raise ConfigError(f"study {s.name!r} in this storage has other objectives; set search.name to start a new one")
+    return study
+
+
+def run_search(cfg: DictConfig, study: optuna.Study | None = None) -> optuna.Study:
+    """Run trials of `study` (default: `open_study(cfg)`) until `search.n_trials` have finished."""
+    s = cfg.search
+    study = study or open_study(cfg)
     base = list(HydraConfig.get().overrides.task)  # with +search=<name>: its defaults and interpolations hold in trials
 
     def record_and_stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

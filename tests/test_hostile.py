@@ -142,11 +142,16 @@ def test_ctrl_c_is_one_line_and_exit_130_with_no_torn_row(table, tmp_path, monke
     assert "Traceback" not in err and table.read_bytes() == before
 
 
-# Searches: objectives, storage URLs and journals (docs/search.md)
+# Searches: objectives, storage URLs and journals (docs/search.md). The password below must never be printed.
+PG_REFUSED = "postgresql+psycopg2://bench:hunter2-secret@127.0.0.1:1/db"  # nothing listens on port 1
 SEARCH_CASES = [
     ([*SEARCH, "+search.objectives.bogus_col=minimize"], 2,
      "search.objectives.bogus_col: 'bogus_col' is not a numeric column of the results row; choose from: acc_"),
     ([*SEARCH, "+search.objectives.projector=minimize"], 2, "'projector' is not a numeric column of the results row"),
+    ([*SEARCH, f"search.storage={PG_REFUSED}"], 2, "cannot connect to the database server at 127.0.0.1:1"),
+    ([*SEARCH, "search.storage=nosuchdb://u:hunter2-secret@host/db"], 2, "is not a usable SQLAlchemy URL"),
+    ([*SEARCH, "search.storage=sqlite:////nonexistent/dir/optuna.db"], 2,
+     "the SQLite file '/nonexistent/dir/optuna.db' cannot be opened"),
 ]
 
 
@@ -154,3 +159,46 @@ SEARCH_CASES = [
 def test_hostile_search_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
                                                                             capsys):
     test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys)
+
+
+def _one_error(code, out, err, want_code, words):
+    """The contract's first three checks: the exit code, exactly one `error:` line holding `words`, no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == want_code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err + out
+
+
+def _kept(table, before):
+    """The contract's fourth check: the table holds what it held, plus whole appended rows."""
+    after = table.read_bytes()
+    assert after.startswith(before)
+    assert all(line.startswith(b'{"run_id": ') for line in after[len(before):].splitlines())
+
+
+@pytest.mark.parametrize("url,shown", [
+    (PG_REFUSED, "postgresql+psycopg2://bench:***@127.0.0.1:1/db"),  # the driver's error
+    ("nosuchdb://bench:hunter2-secret@host/db", "nosuchdb://bench:***@host/db"),  # SQLAlchemy's error
+    ("postgresql://bench:hunter2-secret@host:port/db", "postgresql://bench:***@host:port/db"),  # a URL it cannot parse
+], ids=["refused", "unknown dialect", "bad port"])
+def test_a_storage_password_is_never_printed(url, shown, table, tmp_path, monkeypatch, capsys):
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage={url}"])
+    _one_error(code, out, err, 2, f"search.storage '{shown}'")
+    assert "hunter2" not in out + err
+    _kept(table, before)
+
+
+def test_a_missing_database_driver_names_the_extra_to_install(table, tmp_path, monkeypatch, capsys):
+    import sys
+
+    for driver in ("psycopg", "psycopg2"):  # postgresql:// takes psycopg under SQLAlchemy >= 2.1, psycopg2 before
+        monkeypatch.setitem(sys.modules, driver, None)  # as if it were not installed: its import fails
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path,
+                             [*SEARCH, "search.storage=postgresql://bench:hunter2-secret@127.0.0.1:1/db"])
+    _one_error(code, out, err, 2, "which is not installed: install the search extra in the projector_bench clone: "
+                                  "pip install -e '.[search]'")
+    assert "needs the database driver 'psycopg" in err
+    assert "hunter2" not in out + err
+    _kept(table, before)
