@@ -2,20 +2,26 @@
 Below the search and the report, so that neither imports the other (docs/search.md).
 
 Bad storage input is one `ConfigError` line, found before any trial runs: a URL that does not parse, a
-database driver that is not installed, a server that cannot be reached. A URL is only ever shown with its
-password hidden."""
+database driver that is not installed, a server that cannot be reached, a journal line that cannot be read.
+A URL is only ever shown with its password hidden; a journal's torn last line is set aside, not refused."""
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
 STORAGE_HELP = "use null (SQLite), a SQLAlchemy URL or journal:PATH"
 # The documented `postgresql://` URL needs psycopg under SQLAlchemy >= 2.1, psycopg2 before: the search extra
 # (pyproject.toml) installs both
@@ -26,9 +32,7 @@ DRIVER_EXTRAS = {"psycopg": SEARCH_EXTRA, "psycopg2": SEARCH_EXTRA}
 def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> optuna.storages.BaseStorage:
     """The study's storage: `null` (SQLite in `results_dir`), a SQLAlchemy URL, or `journal:PATH`."""
     if spec and spec.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(spec.removeprefix("journal:")))
+        return journal(spec.removeprefix("journal:"))
     if not spec:
         Path(results_dir).mkdir(parents=True, exist_ok=True)
         spec = f"sqlite:///{Path(results_dir).resolve() / 'optuna.db'}"
@@ -117,6 +121,139 @@ def check_database(spec: str, engine_kwargs: dict[str, Any] | None = None) -> No
                           "in the URL") from None
     finally:
         engine.dispose()
+
+
+def journal(path: str) -> optuna.storages.JournalStorage:
+    """Optuna's journal file at `path` (`~` expanded), checked line by line first: a line that is not an
+    operation is one `ConfigError` naming it, and the file is left as it is."""
+    path = str(Path(path).expanduser())
+    if Path(path).is_dir():
+        raise ConfigError(f"search.storage=journal:{path} is a directory; give a file in it (journal:{path}/study.journal)")
+    check_journal(path)
+    try:
+        return optuna.storages.JournalStorage(_CheckedJournal(path))
+    except OSError as e:
+        raise ConfigError(f"search.storage=journal:{path} cannot be opened ({e.strerror or e}); give a file you can "
+                          "read and write") from None
+
+
+def check_journal(path: str | Path) -> None:
+    """Raise one `ConfigError` line for the first complete line of the journal `path` that is not an operation."""
+    if not Path(path).is_file():
+        return  # a new journal (a directory is Optuna's to refuse)
+    for n, line in _lines(path):
+        if not line.endswith(b"\n"):
+            return  # a torn last line: no reader applies it, and the next append sets it aside
+        try:
+            entry = json.loads(line)
+            why = None if isinstance(entry, dict) and "op_code" in entry else "JSON, but not an operation"
+        except json.JSONDecodeError as e:
+            why = f"not JSON: {e.msg} at column {e.colno}"
+        except ValueError:  # UnicodeDecodeError
+            why = "binary bytes, not JSON text"
+        if why:
+            raise ConfigError(f"search.storage journal {str(path)!r}: line {n} cannot be read ({why}), so the study "
+                              "cannot be replayed past it; the file is left as it is: restore it from a copy, or "
+                              "start a new study in another file (search.storage=journal:NEW_PATH)")
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as f:
+        yield from enumerate(f, 1)
+
+
+class _ReentrantLock:
+    """Optuna's default journal lock (the same lock file, so plain Optuna writers still exclude ours), taken
+    again by the thread that holds it without waiting: `append_logs` holds it across its own check and
+    Optuna's write. It wraps the lock rather than subclassing it, as Optuna's `acquire` calls `self.release()`
+    when interrupted."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = JournalFileSymlinkLock(path)
+        self._mutex, self._depth = threading.RLock(), 0
+
+    def acquire(self) -> bool:
+        """Take the file lock, or count one more hold if this thread has it."""
+        self._mutex.acquire()
+        if self._depth == 0:
+            try:
+                self._lock.acquire()
+            except BaseException:
+                self._mutex.release()
+                raise
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        """Count one hold less; the last one releases the file lock."""
+        self._depth -= 1
+        try:
+            if self._depth == 0:
+                self._lock.release()
+        finally:
+            self._mutex.release()
+
+
+class _CheckedJournal(JournalFileBackend):
+    """Optuna's journal file backend that sets a torn last line aside before it appends, and names the line
+    when one cannot be read.
+
+    A torn last line is an append that never completed: its writer was killed mid-write, under the lock, so no
+    other writer was mid-line. Optuna's readers skip an unterminated last line, so no worker ever applied it;
+    but the next append would glue a whole operation onto it, and that garbled line would stop every later
+    reader. So the torn bytes are moved to `PATH.torn` (kept, not deleted) and the append goes on at a line
+    start. A garbled complete line is another matter (a hand edit, a disk fault, a tear glued by a writer
+    without this check): the operations after it may refer to it, so it is refused, not repaired."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._guard = _ReentrantLock(path)
+        super().__init__(path, lock_obj=self._guard)  # type: ignore[arg-type]  # Optuna only calls acquire, release
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._guard.acquire()  # no other writer appends between the check and the write
+        try:
+            set_torn_tail_aside(self._path)
+            super().append_logs(logs)
+        except OSError as e:  # read-only, a full disk: one line, not a traceback from inside Optuna
+            raise ConfigError(f"search.storage=journal:{self._path} cannot be written ({e.strerror or e}); give a "
+                              "file you can write, on a disk with room") from None
+        finally:
+            self._guard.release()
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        try:
+            yield from super().read_logs(log_number_from)
+        except ValueError as e:  # a line garbled since this process checked the file
+            check_journal(self._path)
+            raise ConfigError(f"search.storage journal {self._path!r} cannot be read ({type(e).__name__}: {e}); "
+                              "restore it from a copy, or start a new study in another file") from None
+
+
+def set_torn_tail_aside(path: str | Path) -> int:
+    """Move the bytes after the last newline of `path` (a torn append) to `PATH.torn`; returns how many.
+    Call it holding the journal's lock."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        f.seek(0)
+        data = f.read()
+    cut = data.rfind(b"\n") + 1
+    torn = path.with_name(path.name + ".torn")
+    with open(torn, "ab") as f:  # kept first, then cut: a kill in between leaves it in both, never in neither
+        f.write(data[cut:] + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.truncate(path, cut)
+    log.warning("%s: its last line was torn (a writer killed mid-append; no reader applied it): moved its %d bytes "
+                "to %s; the journal goes on from line %d", path, len(data) - cut, torn, data.count(b"\n") + 1)
+    return len(data) - cut
 
 
 def load_studies(names: Iterable[str], results_dir: str | Path, spec: str | None) -> list[optuna.Study]:

@@ -152,6 +152,7 @@ SEARCH_CASES = [
     ([*SEARCH, "search.storage=nosuchdb://u:hunter2-secret@host/db"], 2, "is not a usable SQLAlchemy URL"),
     ([*SEARCH, "search.storage=sqlite:////nonexistent/dir/optuna.db"], 2,
      "the SQLite file '/nonexistent/dir/optuna.db' cannot be opened"),
+    ([*SEARCH, "search.storage=journal:{empty}"], 2, "is a directory; give a file in it"),
 ]
 
 
@@ -202,3 +203,53 @@ def test_a_missing_database_driver_names_the_extra_to_install(table, tmp_path, m
     assert "needs the database driver 'psycopg" in err
     assert "hunter2" not in out + err
     _kept(table, before)
+
+
+def _journal(tmp_path, objectives=("minimize",)):
+    """A journal holding study projector_space (est_ttft_ms down, as SEARCH's) with one finished trial."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="projector_space", directions=list(objectives),
+                                storage=JournalStorage(JournalFileBackend(str(path))))
+    study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"overrides": ["projector=linear"]}))
+    return path
+
+
+def test_a_journal_with_a_torn_last_line_is_mended_and_nothing_recorded_is_lost(table, tmp_path, monkeypatch, capsys):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = _journal(tmp_path)
+    whole = path.read_bytes()
+    torn = b'{"op_code":4,"worker_id":"killed","study_id":0,"datetime_st'  # a writer killed mid-append
+    path.write_bytes(whole + torn)
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage=journal:{path}"])
+    assert code == 0 and "error:" not in err and "Traceback" not in out + err, err
+    assert "its last line was torn" in out + err
+    _kept(table, before)
+    assert path.read_bytes().startswith(whole)  # every whole line kept, in place
+    assert (tmp_path / "study.journal.torn").read_bytes() == torn + b"\n"  # the torn bytes set aside, not deleted
+    study = optuna.load_study(study_name="projector_space", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.add_trial(optuna.trial.create_trial(values=[2.0]))  # plain Optuna reads and writes it again
+    again = optuna.load_study(study_name="projector_space", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [t.values for t in again.trials] == [[1.0], [2.0]]
+
+
+@pytest.mark.parametrize("garbage", [b'{"op_code":4,"worker_id":"x","stu{"op_code":6}\n', b"\xff\xfe\x00\n", b"[1, 2]\n"],
+                         ids=["glued", "binary", "not an operation"])
+def test_a_journal_with_a_garbled_line_is_refused_naming_the_line_and_left_as_it_is(garbage, table, tmp_path, monkeypatch,
+                                                                                   capsys):
+    path = _journal(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:2], garbage, *lines[2:]]))  # line 3 of the file
+    damaged, before = path.read_bytes(), table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage=journal:{path}"])
+    _one_error(code, out, err, 2, f"search.storage journal '{path}': line 3 cannot be read")
+    assert "journal:NEW_PATH" in err
+    _kept(table, before)
+    assert path.read_bytes() == damaged and not (tmp_path / "study.journal.torn").exists()

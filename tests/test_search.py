@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
+from projector_bench.errors import ConfigError
 from projector_bench.results import COLUMNS, COST_COLUMNS, load_results
 from projector_bench.search import (MAX_SKIPS, TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
                                     front_table, record_rows, suggest)
@@ -338,3 +339,14 @@ def test_the_objective_choices_are_exactly_the_numeric_columns_a_row_holds(tmp_p
     number = {c for c, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     assert {c for c, v in row.items() if v is not None} & set(objective_columns()) == number  # costs, estimates, load
     assert "encoder_latency_ms" in number  # the encoder's costs are choices too
+
+
+def test_a_journal_line_garbled_while_a_study_runs_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "study.journal"
+    s = optuna.create_study(study_name="s", storage=storage(f"journal:{path}", str(tmp_path), 10, 60))
+    s.add_trial(optuna.trial.create_trial(values=[1.0]))
+    lines = path.read_bytes().splitlines(keepends=True)
+    with open(path, "ab") as f:  # another writer garbles a line, and a whole one follows it
+        f.write(b"\x00garbled\n" + lines[-1])
+    with pytest.raises(ConfigError, match=f"journal '{path}': line {len(lines) + 1} cannot be read"):
+        s.ask()  # its append reads the journal again
