@@ -205,6 +205,19 @@ def test_a_missing_database_driver_names_the_extra_to_install(table, tmp_path, m
     _kept(table, before)
 
 
+def test_a_failed_trial_is_one_line_and_a_skipped_duplicate_prints_nothing(table, tmp_path, monkeypatch, capsys):
+    # one design, and it fails: trial 0 fails, the next 3 draws repeat it (skipped), the 4th is measured and fails
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, "search.n_trials=2", "shape.tokens=15",
+                                                             "search.space.projector.choices=[ldp]"])
+    _one_error(code, out, err, 1, "2 of 2 trials of study projector_space failed")
+    failed = [line for line in (out + err).splitlines() if "failed: ldp needs a square token grid" in line]
+    assert [line.split(" - ")[-1].split(" failed")[0] for line in failed] == ["trial 0", "trial 4"], out + err
+    assert "TrialSkipped" not in out + err and "skipped, not counted" not in out + err  # the 3 skips: silent
+    assert "TrialFailed" not in out + err and "Trial " not in out + err  # none of Optuna's own lines
+    _kept(table, before)
+
+
 def _journal(tmp_path, objectives=("minimize",)):
     """A journal holding study projector_space (est_ttft_ms down, as SEARCH's) with one finished trial."""
     import optuna
