@@ -128,7 +128,8 @@ def journal(path: str) -> optuna.storages.JournalStorage:
     operation is one `ConfigError` naming it, and the file is left as it is."""
     path = str(Path(path).expanduser())
     if Path(path).is_dir():
-        raise ConfigError(f"search.storage=journal:{path} is a directory; give a file in it (journal:{path}/study.journal)")
+        raise ConfigError(f"search.storage=journal:{path} is a directory; give a file in it "
+                          f"(journal:{path}/study.journal)")
     check_journal(path)
     try:
         return optuna.storages.JournalStorage(_CheckedJournal(path))

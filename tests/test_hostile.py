@@ -157,9 +157,10 @@ SEARCH_CASES = [
 
 
 @pytest.mark.parametrize("args,code,words", SEARCH_CASES, ids=[" ".join(c[0]) for c in SEARCH_CASES])
-def test_hostile_search_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
-                                                                            capsys):
-    test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys)
+def test_hostile_search_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path,
+                                                                            monkeypatch, capsys):
+    test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
+                                                                     capsys)  # the same four checks
 
 
 def _one_error(code, out, err, want_code, words):
@@ -253,10 +254,12 @@ def test_a_journal_with_a_torn_last_line_is_mended_and_nothing_recorded_is_lost(
     assert [t.values for t in again.trials] == [[1.0], [2.0]]
 
 
-@pytest.mark.parametrize("garbage", [b'{"op_code":4,"worker_id":"x","stu{"op_code":6}\n', b"\xff\xfe\x00\n", b"[1, 2]\n"],
-                         ids=["glued", "binary", "not an operation"])
-def test_a_journal_with_a_garbled_line_is_refused_naming_the_line_and_left_as_it_is(garbage, table, tmp_path, monkeypatch,
-                                                                                   capsys):
+GARBLED = [b'{"op_code":4,"worker_id":"x","stu{"op_code":6}\n', b"\xff\xfe\x00\n", b"[1, 2]\n"]
+
+
+@pytest.mark.parametrize("garbage", GARBLED, ids=["glued", "binary", "not an operation"])
+def test_a_journal_with_a_garbled_line_is_refused_naming_the_line_and_left_as_it_is(garbage, table, tmp_path,
+                                                                                   monkeypatch, capsys):
     path = _journal(tmp_path)
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join([*lines[:2], garbage, *lines[2:]]))  # line 3 of the file

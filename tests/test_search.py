@@ -332,8 +332,8 @@ def test_the_objective_choices_are_exactly_the_numeric_columns_a_row_holds(tmp_p
     known = set(COLUMNS) | {f"encoder_{c}" for c in COST_COLUMNS}
     assert NOT_NUMERIC <= known  # a renamed column is renamed in validate.NOT_NUMERIC too
     r = in_process(monkeypatch, capsys, ["projector=linear", "encoder=mobilevit_xxs", "encoder.weights=random",
-                                         "encoder.img_size=64", *TINY, "report=false", f"results_dir={tmp_path}/results",
-                                         f"hydra.run.dir={tmp_path}/hydra/run"])
+                                         "encoder.img_size=64", *TINY, "report=false",
+                                         f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run"])
     assert r.returncode == 0, r.stderr
     [row] = rows(tmp_path)
     number = {c for c, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
