@@ -72,12 +72,17 @@ def _main(cfg: DictConfig) -> None:
             raise SystemExit(2) from None
     if cfg.get("search"):
         from .report import report_at_end  # imported when used: optuna, matplotlib and seaborn take seconds
-        from .search import front_table, run_search
+        from .search import front_table, open_study, run_search
 
         before = load_results(cfg.results_dir)
         seen = set(before["run_id"]) if "run_id" in before else set()
         try:
-            study = run_search(cfg)
+            study = open_study(cfg)
+        except ConfigError as e:  # its storage or study: bad input, found before any trial runs
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        try:
+            study = run_search(cfg, study)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None

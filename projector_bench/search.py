@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,6 +87,7 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
         if same and skipped[0] < MAX_SKIPS:  # measured or being measured (TPE repeats its best): sample another, uncounted
             skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period;
             running = same[0].state == State.RUNNING  # and a small space runs out of new designs)
+            log.debug("trial %d skipped: a duplicate of trial %d", trial.number, same[0].number)
             raise TrialSkipped(f"skipped, not counted: {'running' if running else 'finished'} trial {same[0].number} "
                                f"{'measures' if running else 'measured'} this design")
         skipped[0] = 0
@@ -99,7 +102,8 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
             trial.set_constraint(k, float(row[columns[k]]) - limit)
         missing = [m for m in objectives if row.get(m) is None]
         if missing:
-            trial.set_user_attr("error", f"objective {missing[0]!r} is not in the row; run with a task for accuracy")
+            trial.set_user_attr("error", f"objective {missing[0]!r} is null in the row: accuracy columns need a task, "
+                                         "encoder_ columns an encoder, xnnpack columns deploy.runtime=executorch")
             raise TrialFailed(trial.user_attrs["error"])
         return [float(row[m]) for m in objectives]
 
@@ -151,6 +155,27 @@ def _counted(study: optuna.Study) -> int:
     return sum(map(_finished, study.get_trials(deepcopy=False, states=FINISHED)))
 
 
+@contextmanager
+def quiet_trial_failures() -> Iterator[None]:
+    """While a search runs, Optuna's warning for each trial whose exception `optimize(catch=...)` catches is
+    silenced: it prints the whole traceback of an expected TrialFailed or TrialSkipped. `say_failed` tells a
+    failed trial in one line instead; a skipped one is logged at debug level. Only that logger is raised to
+    ERROR (Optuna's other warnings still show); an exception `catch` does not hold is raised by `optimize`."""
+    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs "Trial N failed ..."
+    level = optimize_log.level
+    optimize_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        optimize_log.setLevel(level)
+
+
+def say_failed(trial: optuna.trial.FrozenTrial) -> None:
+    """One line for a trial its job failed (the `error` column says the same); none for a skipped duplicate."""
+    if trial.state == optuna.trial.TrialState.FAIL and "error" in trial.user_attrs:
+        log.warning("trial %d failed: %s", trial.number, trial.user_attrs["error"])
+
+
 def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int:
     """Append the rows of the finished `trials` that the results table does not hold yet; returns how many."""
     rows = [t.user_attrs["row"] for t in trials if _finished(t) and "row" in t.user_attrs]
@@ -195,8 +220,9 @@ def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
     return [t.number for t in failed]
 
 
-def run_search(cfg: DictConfig) -> optuna.Study:
-    """Create or resume the study `cfg.search.name` and run trials until `search.n_trials` have finished."""
+def open_study(cfg: DictConfig) -> optuna.Study:
+    """Create or load the study `cfg.search.name` in its storage. Its errors (`ConfigError`: the storage cannot
+    be opened or read, the study has other objectives) come before any trial runs."""
     s = cfg.search  # checked by validate.py before the search starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
@@ -207,9 +233,17 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         study.set_metric_names(list(s.objectives))
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in s.objectives.values()]:
         raise ConfigError(f"study {s.name!r} in this storage has other objectives; set search.name to start a new one")
+    return study
+
+
+def run_search(cfg: DictConfig, study: optuna.Study | None = None) -> optuna.Study:
+    """Run trials of `study` (default: `open_study(cfg)`) until `search.n_trials` have finished."""
+    s = cfg.search
+    study = study or open_study(cfg)
     base = list(HydraConfig.get().overrides.task)  # with +search=<name>: its defaults and interpolations hold in trials
 
     def record_and_stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        say_failed(trial)
         record_rows([trial], cfg.results_dir)  # called after Optuna stored the trial's state
         fail_unstarted(study, s.grace_period)  # another worker's
         if _counted(study) >= s.n_trials:
@@ -220,8 +254,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     if _heartbeats(study):  # a worker killed mid-trial: Optuna fails its trial only when a new trial starts,
         optuna.storages.fail_stale_trials(study)  # and a run that has no trial left to do starts none
     if _counted(study) < s.n_trials:
-        study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
-                       catch=(TrialFailed, TrialSkipped))  # skipped duplicates are not counted: `record_and_stop` ends it
+        with quiet_trial_failures():  # skipped duplicates are not counted: `record_and_stop` ends it
+            study.optimize(_objective(cfg, base), n_trials=(MAX_SKIPS + 1) * s.n_trials, callbacks=[record_and_stop],
+                           catch=(TrialFailed, TrialSkipped))
     return study
 
 

@@ -21,6 +21,7 @@ from .calibrate import load_points
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
 from .projectors.base import token_grid
+from .results import COLUMNS, COST_COLUMNS
 from .util import accuracy_projector_kwargs, projector_kwargs
 
 Rule = Callable[[Any], bool]
@@ -87,6 +88,16 @@ for _group in ("accuracy.training", "accuracy.encoder_training"):
     RULES[f"{_group}.min_delta"] = (lambda v: _num(v) and v >= 0, "a non-negative number")
 RULES["accuracy.encoder_training.lr"] = (_pos_num, "a positive number")
 NEEDS_ACCURACY = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "val_accuracy"}
+# Row columns that hold text, lists, mappings or flags: nothing a search can maximize or minimize
+NOT_NUMERIC_COSTS = {"macs_by_op", "torch_flops_agree", "uncounted_ops", "ops", "exports", "xnnpack_outside",
+                     "xnnpack_int8_outside"}
+NOT_NUMERIC = NOT_NUMERIC_COSTS | {
+    "run_id", "sweep_id", "timestamp", "projector", "encoder", "status", "error", "job_overrides", "config",
+    "trial_overrides", "env_torch", "env_timm", "env_fvcore", "env_python", "env_cpu", "env_machine", "env_git_commit",
+    "encoder_weights", "e2e_encoder", "grid", "load_basis", "load_warning", "device", "est_basis", "task",
+    "accuracy_ci_method", "accuracy_by_seed", "accuracy_by_type", "accuracy_ci_by_type", "accuracy_note",
+    "accuracy_warning", "majority_by_type", "types_not_learned", "seeds", "lr_grid", "train_steps", "best_step",
+    "converged", "val_curves", "acc_cached", "acc_code_version", "acc_encoder", "acc_encoder_source", "acc_grid"}
 
 
 def _value(cfg: DictConfig, key: str) -> tuple[bool, Any]:
@@ -258,9 +269,19 @@ def _check_accuracy_grid(cfg: DictConfig) -> None:
         raise ConfigError(f"on the accuracy grid ({side}x{side}: task.img_size={img} at stage {a.stage} of {a.name}): {e}") from None
 
 
+def objective_columns() -> list[str]:
+    """The results-row columns a search may take as objectives: the numeric ones (the encoder's costs too)."""
+    encoder = [f"encoder_{c}" for c in COST_COLUMNS if c not in NOT_NUMERIC_COSTS]
+    return sorted([c for c in COLUMNS if c not in NOT_NUMERIC] + encoder)
+
+
 def _check_search(cfg: DictConfig) -> None:
     s = cfg.search
+    choices = objective_columns()
     for m, d in s.objectives.items():
+        if m not in choices:  # else every trial fails (a missing column) or the search crashes (a text column)
+            raise ConfigError(f"search.objectives.{m}: {m!r} is not a numeric column of the results row; choose from: "
+                              f"{', '.join(choices)} (docs/costs.md, docs/devices.md, docs/accuracy.md)")
         if d not in ("maximize", "minimize"):
             raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
     if not cfg.task.get("_target_") and NEEDS_ACCURACY & set(s.objectives):

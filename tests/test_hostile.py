@@ -158,3 +158,132 @@ def test_ctrl_c_is_one_line_and_exit_130_with_no_torn_row(table, tmp_path, monke
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
     assert code == 130 and err.strip().startswith("interrupted: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and table.read_bytes() == before
+
+
+# Searches: objectives, storage URLs and journals (docs/search.md). The password below must never be printed.
+PG_REFUSED = "postgresql+psycopg2://bench:hunter2-secret@127.0.0.1:1/db"  # nothing listens on port 1
+SEARCH_CASES = [
+    ([*SEARCH, "+search.objectives.bogus_col=minimize"], 2,
+     "search.objectives.bogus_col: 'bogus_col' is not a numeric column of the results row; choose from: acc_"),
+    ([*SEARCH, "+search.objectives.projector=minimize"], 2, "'projector' is not a numeric column of the results row"),
+    ([*SEARCH, f"search.storage={PG_REFUSED}"], 2, "cannot connect to the database server at 127.0.0.1:1"),
+    ([*SEARCH, "search.storage=nosuchdb://u:hunter2-secret@host/db"], 2, "is not a usable SQLAlchemy URL"),
+    ([*SEARCH, "search.storage=sqlite:////nonexistent/dir/optuna.db"], 2,
+     "the SQLite file '/nonexistent/dir/optuna.db' cannot be opened"),
+    ([*SEARCH, "search.storage=journal:{empty}"], 2, "is a directory; give a file in it"),
+]
+
+
+@pytest.mark.parametrize("args,code,words", SEARCH_CASES, ids=[" ".join(c[0]) for c in SEARCH_CASES])
+def test_hostile_search_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path,
+                                                                            monkeypatch, capsys):
+    test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
+                                                                     capsys)  # the same four checks
+
+
+def _one_error(code, out, err, want_code, words):
+    """The contract's first three checks: the exit code, exactly one `error:` line holding `words`, no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == want_code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err + out
+
+
+def _kept(table, before):
+    """The contract's fourth check: the table holds what it held, plus whole appended rows."""
+    after = table.read_bytes()
+    assert after.startswith(before)
+    assert all(line.startswith(b'{"run_id": ') for line in after[len(before):].splitlines())
+
+
+@pytest.mark.parametrize("url,shown", [
+    (PG_REFUSED, "postgresql+psycopg2://bench:***@127.0.0.1:1/db"),  # the driver's error
+    ("nosuchdb://bench:hunter2-secret@host/db", "nosuchdb://bench:***@host/db"),  # SQLAlchemy's error
+    ("postgresql://bench:hunter2-secret@host:port/db", "postgresql://bench:***@host:port/db"),  # a URL it cannot parse
+], ids=["refused", "unknown dialect", "bad port"])
+def test_a_storage_password_is_never_printed(url, shown, table, tmp_path, monkeypatch, capsys):
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage={url}"])
+    _one_error(code, out, err, 2, f"search.storage '{shown}'")
+    assert "hunter2" not in out + err
+    _kept(table, before)
+
+
+def test_a_missing_database_driver_names_the_extra_to_install(table, tmp_path, monkeypatch, capsys):
+    import sys
+
+    for driver in ("psycopg", "psycopg2"):  # postgresql:// takes psycopg under SQLAlchemy >= 2.1, psycopg2 before
+        monkeypatch.setitem(sys.modules, driver, None)  # as if it were not installed: its import fails
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path,
+                             [*SEARCH, "search.storage=postgresql://bench:hunter2-secret@127.0.0.1:1/db"])
+    _one_error(code, out, err, 2, "which is not installed: install the search extra in the projector_bench clone: "
+                                  "pip install -e '.[search]'")
+    assert "needs the database driver 'psycopg" in err
+    assert "hunter2" not in out + err
+    _kept(table, before)
+
+
+def test_a_failed_trial_is_one_line_and_a_skipped_duplicate_prints_nothing(table, tmp_path, monkeypatch, capsys):
+    # one design, and it fails: trial 0 fails, the next 3 draws repeat it (skipped), the 4th is measured and fails
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, "search.n_trials=2", "shape.tokens=15",
+                                                             "search.space.projector.choices=[ldp]"])
+    _one_error(code, out, err, 1, "2 of 2 trials of study projector_space failed")
+    failed = [line for line in (out + err).splitlines() if "failed: ldp needs a square token grid" in line]
+    assert [line.split(" - ")[-1].split(" failed")[0] for line in failed] == ["trial 0", "trial 4"], out + err
+    assert "TrialSkipped" not in out + err and "skipped, not counted" not in out + err  # the 3 skips: silent
+    assert "TrialFailed" not in out + err and "Trial " not in out + err  # none of Optuna's own lines
+    _kept(table, before)
+
+
+def _journal(tmp_path, objectives=("minimize",)):
+    """A journal holding study projector_space (est_ttft_ms down, as SEARCH's) with one finished trial."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="projector_space", directions=list(objectives),
+                                storage=JournalStorage(JournalFileBackend(str(path))))
+    study.add_trial(optuna.trial.create_trial(values=[1.0], user_attrs={"overrides": ["projector=linear"]}))
+    return path
+
+
+def test_a_journal_with_a_torn_last_line_is_mended_and_nothing_recorded_is_lost(table, tmp_path, monkeypatch, capsys):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = _journal(tmp_path)
+    whole = path.read_bytes()
+    torn = b'{"op_code":4,"worker_id":"killed","study_id":0,"datetime_st'  # a writer killed mid-append
+    path.write_bytes(whole + torn)
+    before = table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage=journal:{path}"])
+    assert code == 0 and "error:" not in err and "Traceback" not in out + err, err
+    assert "its last line was torn" in out + err
+    _kept(table, before)
+    assert path.read_bytes().startswith(whole)  # every whole line kept, in place
+    assert (tmp_path / "study.journal.torn").read_bytes() == torn + b"\n"  # the torn bytes set aside, not deleted
+    study = optuna.load_study(study_name="projector_space", storage=JournalStorage(JournalFileBackend(str(path))))
+    study.add_trial(optuna.trial.create_trial(values=[2.0]))  # plain Optuna reads and writes it again
+    again = optuna.load_study(study_name="projector_space", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [t.values for t in again.trials] == [[1.0], [2.0]]
+
+
+GARBLED = [b'{"op_code":4,"worker_id":"x","stu{"op_code":6}\n', b"\xff\xfe\x00\n", b"[1, 2]\n"]
+
+
+@pytest.mark.parametrize("garbage", GARBLED, ids=["glued", "binary", "not an operation"])
+def test_a_journal_with_a_garbled_line_is_refused_naming_the_line_and_left_as_it_is(garbage, table, tmp_path,
+                                                                                   monkeypatch, capsys):
+    path = _journal(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:2], garbage, *lines[2:]]))  # line 3 of the file
+    damaged, before = path.read_bytes(), table.read_bytes()
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, [*SEARCH, f"search.storage=journal:{path}"])
+    _one_error(code, out, err, 2, f"search.storage journal '{path}': line 3 cannot be read")
+    assert "journal:NEW_PATH" in err
+    _kept(table, before)
+    assert path.read_bytes() == damaged and not (tmp_path / "study.journal.torn").exists()

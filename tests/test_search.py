@@ -15,12 +15,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from projector_bench.encoders import Variant
-from projector_bench.results import load_results
+from projector_bench.errors import ConfigError
+from projector_bench.results import COLUMNS, COST_COLUMNS, load_results
 from projector_bench.search import (MAX_SKIPS, TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
                                     front_table, record_rows, suggest)
 from projector_bench.settings import config_dir
 from projector_bench.studies import storage
+from projector_bench.validate import NOT_NUMERIC, objective_columns
 
+from .conftest import in_process
 from .test_cli import ACC_TINY, TINY, rows
 
 SEARCH = ["+search=projector_space", "encoder.weights=random", "accuracy.encoder.weights=random", "search.heartbeat=1",
@@ -323,3 +326,27 @@ def test_three_workers_on_postgres_one_killed_record_every_trial_once(tmp_path, 
     recorded = [g["trial"] for g in rows(tmp_path)]
     assert len(recorded) == len(set(recorded)) and sorted(recorded) == complete  # each trial once, in both
     assert 6 <= len(complete) and all(t.state != optuna.trial.TrialState.RUNNING for t in s.trials)
+
+
+def test_the_objective_choices_are_exactly_the_numeric_columns_a_row_holds(tmp_path, monkeypatch, capsys):
+    known = set(COLUMNS) | {f"encoder_{c}" for c in COST_COLUMNS}
+    assert NOT_NUMERIC <= known  # a renamed column is renamed in validate.NOT_NUMERIC too
+    r = in_process(monkeypatch, capsys, ["projector=linear", "encoder=mobilevit_xxs", "encoder.weights=random",
+                                         "encoder.img_size=64", *TINY, "report=false",
+                                         f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run"])
+    assert r.returncode == 0, r.stderr
+    [row] = rows(tmp_path)
+    number = {c for c, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert {c for c, v in row.items() if v is not None} & set(objective_columns()) == number  # costs, estimates, load
+    assert "encoder_latency_ms" in number  # the encoder's costs are choices too
+
+
+def test_a_journal_line_garbled_while_a_study_runs_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "study.journal"
+    s = optuna.create_study(study_name="s", storage=storage(f"journal:{path}", str(tmp_path), 10, 60))
+    s.add_trial(optuna.trial.create_trial(values=[1.0]))
+    lines = path.read_bytes().splitlines(keepends=True)
+    with open(path, "ab") as f:  # another writer garbles a line, and a whole one follows it
+        f.write(b"\x00garbled\n" + lines[-1])
+    with pytest.raises(ConfigError, match=f"journal '{path}': line {len(lines) + 1} cannot be read"):
+        s.ask()  # its append reads the journal again
