@@ -18,6 +18,7 @@ from .budget import DEPLOY_RUNTIMES, Budget
 from .calibrate import load_points
 from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
+from .settings import check_host_cache
 from .util import accuracy_projector_kwargs, projector_kwargs
 
 Rule = Callable[[Any], bool]
@@ -170,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
         _check_accuracy_grid(cfg)
     if cfg.get("search"):
         _check_search(cfg)
+    check_host_cache()  # every command may measure this host and write its roofs there
 
 
 def job_configs(config: DictConfig) -> list[DictConfig]:

@@ -140,3 +140,40 @@ def test_ctrl_c_is_one_line_and_exit_130_with_no_torn_row(table, tmp_path, monke
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
     assert code == 130 and err.strip().startswith("interrupted: ") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and table.read_bytes() == before
+
+
+# ---- report and the host cache: hostile tables and folders ----
+
+def assert_refused(got, out, err, code, words, table, before):
+    """The four checks of the pattern above: the exit code, exactly one `error:` line holding `words`, no
+    traceback, and the table as it was (but for whole appended rows)."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err + out
+    after = table.read_bytes()
+    assert after.startswith(before)
+    for line in after[len(before):].splitlines():
+        assert line.startswith(b'{"run_id": ')
+
+
+@pytest.mark.parametrize("args", [["report", "{results}"], ["projector=linear"], ["-m", "projector=linear"]])
+@pytest.mark.parametrize("cache", ["file", "under_a_file"])
+def test_a_host_cache_that_is_not_a_folder_is_refused_before_any_measurement(args, cache, table, tmp_path, monkeypatch,
+                                                                             capsys):
+    from projector_bench import roofline
+    from projector_bench.settings import CACHE_ENV
+
+    def calibrated(threads):
+        raise AssertionError("the host was calibrated before the host cache was checked")
+
+    monkeypatch.setattr(roofline, "_calibrated", calibrated)
+    (tmp_path / "file").write_text("not a folder")
+    path = tmp_path / "file" if cache == "file" else tmp_path / "file" / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    before = table.read_bytes()
+    args = [a.replace("{results}", str(table.parent)) for a in args]
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, [*args, f"reports_dir={tmp_path}/reports"])
+    words = f"{CACHE_ENV}={path} " + ("is a file, not a folder" if cache == "file" else "cannot be created")
+    assert_refused(got, out, err, 2, words, table, before)
+    assert not (tmp_path / "reports").exists()
