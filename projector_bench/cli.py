@@ -108,7 +108,7 @@ def _main(cfg: DictConfig) -> None:
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
-    from .report import build_report
+    from .report import ReportNotWritten, build_report
 
     ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
@@ -133,8 +133,13 @@ def report_main(argv: list[str]) -> Path:
         if sweep not in set(df["sweep_id"]):
             raise ConfigError(f"no sweep {sweep!r} in {folder}; choose one of: last, all, {', '.join(df['sweep_id'].unique())}")
         df = df[df["sweep_id"] == sweep]
-    return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
-                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)}, folder)
+    try:
+        return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
+                            {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)},
+                            folder)
+    except ReportNotWritten as e:  # the work was done but its file could not be written: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _terminated(signum: int, frame: Any) -> None:

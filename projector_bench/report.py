@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter
 from .budget import missing, si
 from .choose import analyse, design_label
 from .studies import load_studies
+from .util import atomic_write
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -277,11 +278,16 @@ def estimate_basis(df: pd.DataFrame) -> str:
     return "; ".join(dict.fromkeys(df["est_basis"].dropna().astype(str)))
 
 
+class ReportNotWritten(OSError):
+    """The HTML could not be written (a full disk, a folder without permission): one line naming the folder."""
+
+
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
                  extra_plots: list[dict] | None = None, budgets: list[dict] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
-    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`."""
+    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`. The file is written
+    whole or not at all: on an OS error (a full disk) `ReportNotWritten` is raised and no partial file is left."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -304,10 +310,14 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
         plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
         provenance=prov, budgets=shown, latency_col=latency_col)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-    path = next(p for i in range(1000) if not (p := out / f"report-{stamp}{f'-{i}' if i else ''}.html").exists())
-    path.write_text(html, encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+        path = next(p for i in range(1000) if not (p := out / f"report-{stamp}{f'-{i}' if i else ''}.html").exists())
+        atomic_write(path, html)
+    except OSError as e:
+        raise ReportNotWritten(f"the report could not be written in {out} ({e.strerror or e}); nothing was written: "
+                               "free some space there or set reports_dir=<another folder>") from None
     return path
 
 

@@ -177,3 +177,58 @@ def test_a_host_cache_that_is_not_a_folder_is_refused_before_any_measurement(arg
     words = f"{CACHE_ENV}={path} " + ("is a file, not a folder" if cache == "file" else "cannot be created")
     assert_refused(got, out, err, 2, words, table, before)
     assert not (tmp_path / "reports").exists()
+
+
+LM = {"name": "tiny_lm", "hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "vocab": 100}
+
+
+def good_row(projector, sweep="s", **extra):
+    """A row the report can price and plot, as a job writes it (the fields the report reads)."""
+    return {"run_id": f"r-{projector}", "sweep_id": sweep, "projector": projector, "encoder": "none", "status": "ok",
+            "tokens_in": 16, "tokens_out": 16, "params": 108, "macs": 1536, "latency_ms": 0.05, "peak_mem_mb": 0.1,
+            "ops": [["matmul", "fp32", 3072, 1712, 1]], "accuracy": 70.0, "accuracy_ci_low": 65.0,
+            "accuracy_ci_high": 75.0, "config": {"lm": dict(LM)}, **extra}
+
+
+def write_rows(path, rows):
+    """`rows` (dicts, or raw JSON text for a hand-edited line) as the lines of the table at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def report(monkeypatch, capsys, tmp_path, results, *args):
+    """`report RESULTS ARGS` in this process, into tmp_path/reports: exit code, stdout, stderr, reports written."""
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, ["report", str(results), *args,
+                                                            f"reports_dir={tmp_path}/reports"])
+    return got, out, err, sorted((tmp_path / "reports").glob("*")) if (tmp_path / "reports").exists() else []
+
+
+def warnings_of(caplog):
+    """The package's warnings (the lines a user sees on stderr: pytest takes them from logging's last resort)."""
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("projector_bench") and r.levelno >= logging.WARNING]
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
+    """A real write failure, no root needed: a file size limit (RLIMIT_FSIZE) below the report's size makes the
+    kernel refuse the write with EFBIG, as a full disk refuses it with ENOSPC."""
+    import resource
+    import signal
+
+    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), good_row("ldp")])
+    before = table.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, hard))  # the report is larger: its plots are embedded
+    try:
+        got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert_refused(got, out, err, 1, f"the report could not be written in {tmp_path}/reports (File too large)",
+                   table, before)
+    assert written == []  # neither a truncated report nor its temporary file
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert got == 0 and len(written) == 1 and written[0].read_text().rstrip().endswith("</html>")
+
