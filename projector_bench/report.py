@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import numbers
 from datetime import datetime
 from pathlib import Path
@@ -26,8 +27,11 @@ from matplotlib.ticker import FuncFormatter
 
 from .budget import missing, si
 from .choose import analyse, design_label
+from .errors import ConfigError
 from .studies import load_studies
 from .util import atomic_write
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -77,6 +81,8 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 <img id="{{ p.id }}" alt="{{ p.alt }}" src="data:image/png;base64,{{ p.b64 }}">
 {% else %}
 <p>No successful design with an accuracy to plot.</p>
+{% endfor %}
+{% for n in notes %}<p class="note">{{ n }}</p>
 {% endfor %}
 
 {% if validation %}
@@ -284,10 +290,12 @@ class ReportNotWritten(OSError):
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
-                 extra_plots: list[dict] | None = None, budgets: list[dict] | None = None) -> Path:
+                 extra_plots: list[dict] | None = None, budgets: list[dict] | None = None,
+                 notes: list[str] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
-    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`. The file is written
-    whole or not at all: on an OS error (a full disk) `ReportNotWritten` is raised and no partial file is left."""
+    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`; `notes` are lines
+    shown under the plots (what could not be plotted). The file is written whole or not at all: on an OS error
+    (a full disk) `ReportNotWritten` is raised and no partial file is left."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -308,7 +316,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, device=device, basis=basis, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
         plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
-        provenance=prov, budgets=shown, latency_col=latency_col)
+        provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [])
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -352,11 +360,42 @@ def study_plots(study: Any) -> list[dict]:
     return out
 
 
-def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None) -> list[Any]:
-    """The Optuna studies the rows came from (rows with a `trial` column), loaded from their storage."""
-    if "trial" not in df or df["trial"].isna().all():
-        return []
-    return load_studies(df.loc[df["trial"].notna(), "sweep_id"].unique(), results_dir, storage_spec)
+def _readable_storage(spec: str | None, results_dir: Path) -> str | None:
+    """`search.storage` as a spec that reads what exists and creates nothing, or None when there is nothing to
+    read: SQLite (null: `optuna.db` in `results_dir`) opened read-only, a journal only when its file exists.
+    A database server's URL is returned as it is."""
+    if spec and spec.startswith("journal:"):
+        return spec if Path(spec.removeprefix("journal:")).expanduser().is_file() else None
+    if spec and not spec.startswith("sqlite:"):
+        return spec
+    if spec and not spec.startswith("sqlite:///"):
+        return None  # sqlite:// is an in-memory database: nothing a report could read
+    path = Path(spec.removeprefix("sqlite:///").split("?")[0]) if spec else results_dir / "optuna.db"
+    if not path.is_file():
+        return None
+    return spec if spec and "?" in spec else f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+
+
+def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None) -> tuple[list[Any], list[str]]:
+    """The Optuna studies the rows came from (rows with a `trial` column), read from their storage without
+    creating it, and a note naming those that could not be read (no study plots for them; not a failure)."""
+    if "trial" not in df or "sweep_id" not in df or df["trial"].isna().all():
+        return [], []
+    names = sorted({n for n in df.loc[df["trial"].notna(), "sweep_id"] if isinstance(n, str)})
+    where = storage_spec or str(Path(results_dir) / "optuna.db")
+    spec = _readable_storage(storage_spec, Path(results_dir))
+    if spec is None:
+        return [], [f"No study plots for {', '.join(names)}: its storage {where} does not exist (give the search's "
+                    "search.storage=..., or the results folder its optuna.db is in)."]
+    studies, absent = [], []
+    for name in names:
+        try:
+            studies += load_studies([name], results_dir, spec)
+        except KeyError:  # Optuna's "Record does not exist"
+            absent.append(name)
+        except ConfigError as e:  # the storage cannot be opened
+            return [], [f"No study plots for {', '.join(names)}: {e}."]
+    return studies, [f"No study plots for {', '.join(absent)}: not in {where}."] if absent else []
 
 
 def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any],
@@ -365,10 +404,14 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     rendered with the plots of the Optuna studies the rows came from."""
     a = analyse(df, cfg, provenance)
     search = cfg.get("search") or {}
-    plots = [p for st in _studies(a.df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
+    studies, notes = _studies(a.df, results_dir or cfg.results_dir, search.get("storage"))
+    for note in notes:
+        log.warning(note)
+    plots = [p for st in studies for p in study_plots(st)]
     return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
                         latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
-                        provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets)
+                        provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets,
+                        notes=notes)
 
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:

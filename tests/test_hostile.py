@@ -1,6 +1,7 @@
 """Hostile input, in-process: every case exits non-zero with exactly one `error:` line that names the problem,
 prints no traceback, and leaves the results table as it was (apart from rows appended whole)."""
 import json
+import logging
 
 import pytest
 
@@ -231,4 +232,36 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_report(tmp_path, m
     assert written == []  # neither a truncated report nor its temporary file
     got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
     assert got == 0 and len(written) == 1 and written[0].read_text().rstrip().endswith("</html>")
+
+
+def test_a_search_row_whose_study_is_not_stored_is_reported_without_study_plots_and_creates_no_storage(
+        tmp_path, monkeypatch, capsys, caplog):
+    import optuna
+
+    results = tmp_path / "results"
+    table = write_rows(results / "runs.jsonl", [good_row("mlp", "gone", trial=0), good_row("ldp", "gone", trial=1)])
+    before = table.read_bytes()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and len(written) == 1 and "Traceback" not in err + out and "error:" not in err, err
+    assert sorted(p.name for p in results.iterdir()) == ["runs.jsonl"] and table.read_bytes() == before
+    note = f"No study plots for gone: its storage {results / 'optuna.db'} does not exist"
+    assert len(warnings_of(caplog)) == 1 and warnings_of(caplog)[0].startswith(note)
+    assert note in written[0].read_text()
+    # a storage that holds other studies: read, not written, and the missing one is named
+    db = results / "optuna.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="kept", storage=f"sqlite:///{db}", directions=["minimize"])
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    stored = db.read_bytes()
+    caplog.clear()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and "Traceback" not in err + out and db.read_bytes() == stored, err
+    assert warnings_of(caplog) == [f"No study plots for gone: not in {db}."]
+    assert f"No study plots for gone: not in {db}." in written[-1].read_text()
+    # and a study that is there is plotted, still without a write to its storage
+    write_rows(table, [good_row("mlp", "kept", trial=0), good_row("ldp", "kept", trial=1)])
+    caplog.clear()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and warnings_of(caplog) == [] and db.read_bytes() == stored, err
+    assert 'id="plot-history-0"' in written[-1].read_text()
 

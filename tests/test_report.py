@@ -182,3 +182,18 @@ def test_non_finite_values_count_as_missing_in_every_decision():
     verdict = {b["tokens"]: b["verdict"] for b in token_budgets(budgets)}[144]
     assert verdict.startswith("144 tokens: resampler@144 keeps the most, 98.7%; ") and "inf" not in verdict
 
+
+def test_a_report_reads_study_storage_without_creating_it(tmp_path):
+    from projector_bench.report import _readable_storage
+
+    db = tmp_path / "optuna.db"
+    assert _readable_storage(None, tmp_path) is None and _readable_storage(f"sqlite:///{db}", tmp_path) is None
+    assert _readable_storage(f"journal:{tmp_path}/j.log", tmp_path) is None
+    assert _readable_storage("sqlite://", tmp_path) is None
+    db.write_bytes(b"")
+    (tmp_path / "j.log").write_bytes(b"")
+    assert _readable_storage(None, tmp_path) == _readable_storage(f"sqlite:///{db}", tmp_path) == \
+        f"sqlite:///file:{db}?mode=ro&uri=true"
+    assert _readable_storage(f"journal:{tmp_path}/j.log", tmp_path) == f"journal:{tmp_path}/j.log"
+    assert _readable_storage("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"  # as the search opens it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.log", "optuna.db"]
