@@ -2,6 +2,7 @@
 prints no traceback, and leaves the results table as it was (apart from rows appended whole)."""
 import json
 import logging
+import re
 
 import pytest
 
@@ -265,3 +266,49 @@ def test_a_search_row_whose_study_is_not_stored_is_reported_without_study_plots_
     assert got == 0 and warnings_of(caplog) == [] and db.read_bytes() == stored, err
     assert 'id="plot-history-0"' in written[-1].read_text()
 
+
+def test_infinity_and_nan_count_as_missing_never_shown_or_recommended(tmp_path, monkeypatch, capsys):
+    rows = [json.dumps(good_row("mlp", accuracy=float("inf"), accuracy_ci_high=float("inf"))),  # Python writes Infinity
+            json.dumps(good_row("ldp", accuracy=60.0, latency_ms=float("nan"))),
+            json.dumps(good_row("pool", accuracy=50.0)).replace('"macs": 1536', '"macs": 1e999')]
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert got == 0 and len(written) == 1 and "Traceback" not in err + out, err
+    html = written[0].read_text()
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    assert not [c for c in cells if "inf" in c.lower() or "nan" in c.lower()], cells
+    assert "ldp is the most accurate of the 2 designs" in html and "(and 1 without an accuracy)" in html
+
+
+def test_report_reads_exactly_the_jsonl_it_is_given(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    write_rows(results / "runs.jsonl", [good_row("mlp")])
+    other = write_rows(results / "other.jsonl", [good_row("pool")])
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, other)
+    assert got == 0 and len(written) == 1, err
+    html = written[0].read_text()
+    assert "<td>pool</td>" in html and "<td>mlp</td>" not in html and str(other) in html
+
+
+REPORT_CASES = [  # (table rows, report arguments, exit code, words the one error line must hold)
+    ([good_row("mlp")], ["{results}/other.jsonl"], 2, "no results table {results}/other.jsonl: the file does not"),
+    ([good_row("mlp")], ["{results}/nowhere"], 2, "no results in {results}/nowhere: run a sweep first"),
+    ([good_row("mlp", sweep=f"sweep{i:03d}") for i in range(400)], ["{results}", "--sweep", "nope"], 2,
+     "choose one of: last, all, sweep395, sweep396, sweep397, sweep398, sweep399 (the last 5 of its 400 sweeps)"),
+    ([good_row("mlp")], ["{results}", "reports_dir={file}"], 2, "reports_dir={file} is a file, not a folder"),
+    ([good_row("mlp")], ["{results}", "reports_dir={file}/reports"], 2, "reports_dir={file}/reports cannot be created"),
+]
+
+
+@pytest.mark.parametrize("rows,args,code,words", REPORT_CASES, ids=[" ".join(c[1]) for c in REPORT_CASES])
+def test_hostile_report_input_is_one_line_a_non_zero_exit_and_nothing_lost(rows, args, code, words, tmp_path,
+                                                                           monkeypatch, capsys):
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    (tmp_path / "file").write_text("not a folder")
+    fill = {"{results}": str(table.parent), "{file}": str(tmp_path / "file")}
+    for k, v in fill.items():
+        args, words = [a.replace(k, v) for a in args], words.replace(k, v)
+    before = table.read_bytes()
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, ["report", *args])
+    assert_refused(got, out, err, code, words, table, before)
+    assert len(err) < 1000  # the choices are capped, not every sweep id of the table
