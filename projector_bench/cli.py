@@ -136,7 +136,7 @@ def _check_reports_dir(reports_dir: str) -> None:
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
-    from .report import ReportNotWritten, build_report
+    from .report import ReportNotWritten, build_report, reportable
 
     ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
@@ -158,7 +158,7 @@ def report_main(argv: list[str]) -> Path:
         raise ConfigError(f"no results in {name}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp)")
     if not selected.rows:
         raise ConfigError(_no_sweep(args.sweep, name, selected.sweeps))
-    df = pd.DataFrame([row for _, row in selected.rows])
+    df = reportable(selected.rows, table)
     try:
         return build_report(df, cfg, cfg.reports_dir, {"command": " ".join(["python -m projector_bench report", *argv]),
                                                        "results": str(table)}, table.parent)

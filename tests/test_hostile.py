@@ -1,8 +1,6 @@
 """Hostile input, in-process: every case exits non-zero with exactly one `error:` line that names the problem,
 prints no traceback, and leaves the results table as it was (apart from rows appended whole)."""
 import json
-import logging
-import re
 
 import pytest
 
@@ -208,31 +206,60 @@ def report(monkeypatch, capsys, tmp_path, results, *args):
 
 def warnings_of(caplog):
     """The package's warnings (the lines a user sees on stderr: pytest takes them from logging's last resort)."""
+    import logging
+
     return [r.getMessage() for r in caplog.records
             if r.name.startswith("projector_bench") and r.levelno >= logging.WARNING]
 
 
-def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
-    """A real write failure, no root needed: a file size limit (RLIMIT_FSIZE) below the report's size makes the
-    kernel refuse the write with EFBIG, as a full disk refuses it with ENOSPC."""
-    import resource
-    import signal
+def no_lm(row):
+    row["config"] = {"lm": "mobilellama"}
 
-    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), good_row("ldp")])
+
+BAD_ROWS = {  # a row the report cannot use, and the reason its warning gives
+    "string accuracy": (lambda r: r.update(accuracy="high"), "accuracy is 'high', not a number"),
+    "no projector": (lambda r: r.pop("projector"), "no projector"),
+    "no status": (lambda r: r.pop("status"), "no status"),
+    "config.lm not a mapping": (no_lm, "config.lm is 'mobilellama', not a mapping"),
+    "config.lm without a key": (lambda r: r["config"]["lm"].pop("hidden"), "config.lm has no hidden"),
+    "config.lm with a bad value": (lambda r: r["config"]["lm"].update(hidden="big"),
+                                   "config.lm cannot be priced: lm.hidden must be a positive integer"),
+    "config a string": (lambda r: r.update(config="x"), "config is 'x', not a mapping"),
+    "ops not ops": (lambda r: r.update(ops=[["matmul", 3]]), "ops holds ['matmul', 3], not an op"),
+    "tokens_out a string": (lambda r: r.update(tokens_out="16"), "tokens_out is '16', not a number"),
+    "sweep_id a list": (lambda r: r.update(sweep_id=["s"]), "sweep_id is ['s'], not a string"),
+    "trial a string": (lambda r: r.update(trial="one"), "trial is 'one', not a number"),
+    "val_curves of numbers": (lambda r: r.update(val_curves=[1, 2]), "val_curves is [1, 2], not a list"),
+    "accuracy_by_type of strings": (lambda r: r.update(accuracy_by_type={"count": "x"}), "accuracy_by_type is"),
+    "outside ops not names": (lambda r: r.update(xnnpack_outside=[1]), "xnnpack_outside is [1], not a list of op"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_a_row_the_report_cannot_use_is_skipped_with_one_warning_naming_it(case, tmp_path, monkeypatch, capsys, caplog):
+    spoil, why = BAD_ROWS[case]
+    bad = good_row("spoilt")
+    spoil(bad)
+    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), bad, good_row("ldp")])
     before = table.read_bytes()
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, hard))  # the report is larger: its plots are embedded
-    try:
-        got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
-    assert_refused(got, out, err, 1, f"the report could not be written in {tmp_path}/reports (File too large)",
-                   table, before)
-    assert written == []  # neither a truncated report nor its temporary file
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent, "--sweep", "all")
+    assert got == 0 and out.startswith("report: ") and len(written) == 1, err
+    warned = warnings_of(caplog)
+    assert len(warned) == 1 and f"skipped 1 row(s) the report cannot use: line 2 ({why}" in warned[0], warned
+    assert "error:" not in err and "Traceback" not in err + out and table.read_bytes() == before
+    html = written[0].read_text()
+    assert "<td>mlp</td>" in html and "<td>ldp</td>" in html and "spoilt" not in html
+
+
+def test_when_no_row_can_be_used_report_is_one_line_naming_them(tmp_path, monkeypatch, capsys):
+    rows = [good_row("mlp"), good_row("ldp")]
+    for r in rows:
+        r.pop("projector")
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    before = table.read_bytes()
     got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
-    assert got == 0 and len(written) == 1 and written[0].read_text().rstrip().endswith("</html>")
+    assert_refused(got, out, err, 2, "none of the 2 selected row(s) of", table, before)
+    assert "line 1 (no projector), line 2 (no projector)" in err and not written
 
 
 def test_a_search_row_whose_study_is_not_stored_is_reported_without_study_plots_and_creates_no_storage(
@@ -267,7 +294,32 @@ def test_a_search_row_whose_study_is_not_stored_is_reported_without_study_plots_
     assert 'id="plot-history-0"' in written[-1].read_text()
 
 
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
+    """A real write failure, no root needed: a file size limit (RLIMIT_FSIZE) below the report's size makes the
+    kernel refuse the write with EFBIG, as a full disk refuses it with ENOSPC."""
+    import resource
+    import signal
+
+    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), good_row("ldp")])
+    before = table.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, hard))  # the report is larger: its plots are embedded
+    try:
+        got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert_refused(got, out, err, 1, f"the report could not be written in {tmp_path}/reports (File too large)",
+                   table, before)
+    assert written == []  # neither a truncated report nor its temporary file
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert got == 0 and len(written) == 1 and written[0].read_text().rstrip().endswith("</html>")
+
+
 def test_infinity_and_nan_count_as_missing_never_shown_or_recommended(tmp_path, monkeypatch, capsys):
+    import re
+
     rows = [json.dumps(good_row("mlp", accuracy=float("inf"), accuracy_ci_high=float("inf"))),  # Python writes Infinity
             json.dumps(good_row("ldp", accuracy=60.0, latency_ms=float("nan"))),
             json.dumps(good_row("pool", accuracy=50.0)).replace('"macs": 1536', '"macs": 1e999')]
