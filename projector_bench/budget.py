@@ -15,8 +15,8 @@ LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector"
 
 
 def missing(x: Any) -> bool:
-    """None or NaN (a Python or NumPy float)."""
-    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isnan(x))
+    """None, NaN or ±inf (a Python or NumPy float): a value that is not finite is never shown or compared."""
+    return x is None or (isinstance(x, numbers.Real) and not isinstance(x, numbers.Integral) and not math.isfinite(x))
 
 
 @dataclass(frozen=True)

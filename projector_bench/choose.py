@@ -21,6 +21,15 @@ from .lm import LanguageModel
 from .roofline import Device, device_from_config, estimate_row
 from .settings import DEFAULT_THREADS, config_dir, group_choices, host_cache
 
+
+def finite(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with ±inf in its number columns as NaN: the table stores a non-finite value as null, and one that
+    comes back (a hand-edited 1e999) counts as missing in every decision and every printed value too."""
+    cols = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+    bad = [c for c in cols if np.isinf(df[c].to_numpy()).any()]
+    return df.assign(**{c: df[c].where(np.isfinite(df[c])) for c in bad}) if bad else df
+
+
 def add_estimates(df: pd.DataFrame, device: Device) -> pd.DataFrame:
     """`df` with `estimate_row`'s columns for `device`, each row priced with its own LM (`config.lm`) and ops."""
     est = [estimate_row(r, device, LanguageModel.from_config(r["config"]["lm"]))
@@ -79,6 +88,7 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     """Pick from rows with estimates (`add_estimates`): the most accurate within `budget` (the fastest if no row
     has accuracy); if none fits, say so and name the design that misses the budget by the smallest factor."""
     cols = budget.columns()
+    df = finite(df)
     rows = df[(df.get("status") == "ok") & df[budget.latency_col].notna()].copy() if budget.latency_col in df else df.iloc[:0]
     rows["label"] = design_label(rows) if len(rows) else []
     limits = budget.limits()
@@ -88,10 +98,12 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
         return Recommendation(**base, design=None, feasible=False,
                               reason="no measured design has estimates on this device: run a sweep first")
     over = pd.DataFrame({k: rows[cols[k]] / v for k, v in limits.items()}, index=rows.index)
+    over = over.fillna(math.inf)  # a cost that is unknown is not within its limit
     worst = over.max(axis=1) if limits else pd.Series(0.0, index=rows.index)
     has_acc = "accuracy" in rows and rows["accuracy"].notna().any()
     runs = rows.apply(budget.deploys, axis=1).astype(bool) if budget.deployable else pd.Series(True, index=rows.index)
     fits = rows[(worst <= 1) & runs]
+    scored = fits[fits["accuracy"].notna()] if has_acc else fits.iloc[:0]  # "the most accurate" of those measured
 
     def values(r: pd.Series) -> dict[str, float]:
         return {"latency_ms": float(r[budget.latency_col]), "params": float(r["design_params"]),
@@ -101,11 +113,12 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
         return f"{budget.latency} {r[budget.latency_col]:.4g} ms on {device}, {si(r['design_params'])} params"
 
     if len(fits):
-        if has_acc:
-            ranked = fits.sort_values(["accuracy", budget.latency_col], ascending=[False, True])
+        if len(scored):
+            ranked = scored.sort_values(["accuracy", budget.latency_col], ascending=[False, True])
             best = ranked.iloc[0]
-            reason = (f"{best.label} is the most accurate of the {len(fits)} designs within {budget.describe()}: "
-                      f"{best.accuracy:.1f}% ({cost(best)})")
+            unscored = f" (and {len(fits) - len(scored)} without an accuracy)" if len(scored) < len(fits) else ""
+            reason = (f"{best.label} is the most accurate of the {len(scored)} designs within {budget.describe()}"
+                      f"{unscored}: {best.accuracy:.1f}% ({cost(best)})")
             if len(ranked) > 1:
                 nxt, t = ranked.iloc[1], tie(best, ranked.iloc[1])
                 ci = "" if t is None else (f" ({'tied with' if t[0] else 'below'} {best.label}: a gap of "
@@ -116,7 +129,9 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
                 reason += f"; {best.label}'s accuracy warns: {warned.split(': ')[0]}"
         else:
             best = fits.sort_values(budget.latency_col).iloc[0]
-            reason = f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} ({cost(best)}); no accuracy was measured (task=none)"
+            why = "none of them has an accuracy" if has_acc else "no accuracy was measured (task=none)"
+            reason = (f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} "
+                      f"({cost(best)}); {why}")
         return Recommendation(**base, design=best.label, feasible=True, reason=reason, values=values(best))
     if not runs.any():
         return Recommendation(**base, design=None, feasible=False,
@@ -127,8 +142,8 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     best = rows.loc[i]
     k = over.loc[i].idxmax()
     closest = f"the closest that runs on {budget.deployable}" if budget.deployable else "the closest"
-    reason = (f"no design fits {budget.describe()} on {device}; {closest} is {best.label}, "
-              f"{over.loc[i, k]:.2f}× over the {k} limit ({cost(best)})")
+    by = f"{over.loc[i, k]:.2f}× over the {k} limit" if math.isfinite(over.loc[i, k]) else f"its {k} unknown"
+    reason = f"no design fits {budget.describe()} on {device}; {closest} is {best.label}, {by} ({cost(best)})"
     return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
 
 
@@ -152,6 +167,7 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
     need = {"token_budget", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "projector"}
     if not need <= set(df.columns):
         return []
+    df = finite(df)
     ok = df[df["token_budget"].notna() & df["accuracy"].notna() & ((df["status"] == "ok") if "status" in df else True)].copy()
     if not len(ok):
         return []
@@ -166,8 +182,9 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
             verdict = f"{int(tokens)} tokens: only {best.label} ({best.accuracy:.1f}%)"
         else:
             ties = [r["label"] for _, r in g.iloc[1:].iterrows() if (t := tie(best, r)) is not None and t[0]]
-            verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}% "
-                       f"[{best.accuracy_ci_low:.1f}, {best.accuracy_ci_high:.1f}]; "
+            lo, hi = best.accuracy_ci_low, best.accuracy_ci_high
+            ci = "" if missing(lo) or missing(hi) else f" [{lo:.1f}, {hi:.1f}]"
+            verdict = (f"{int(tokens)} tokens: {best.label} keeps the most, {best.accuracy:.1f}%{ci}; "
                        + (f"tied with it: {', '.join(ties)}" if ties else "every other design is below it"))
         out.append({"tokens": int(tokens), "rows": rows, "verdict": verdict})
     return out
@@ -212,7 +229,7 @@ def analyse(df: pd.DataFrame, cfg: Any, provenance: dict[str, Any]) -> Analysis:
     threads = cfg.device.threads or DEFAULT_THREADS
     device = device_from_config(cfg.device, threads, host_cache())
     budget = Budget.from_config(cfg.budget)
-    df = add_estimates(df.reset_index(drop=True), device)
+    df = add_estimates(finite(df.reset_index(drop=True)), device)
     ok = (df["status"] == "ok") if "status" in df else pd.Series(False, index=df.index)
     for col, cost in (("pareto_latency", budget.latency_col), ("pareto_macs", "macs")):
         df[col] = pareto_mask(df[ok], cost).reindex(df.index, fill_value=False) if cost in df and "accuracy" in df else False

@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 
 from .choose import token_budgets
 from .errors import ConfigError
-from .results import load_results
+from .results import TABLE, load_results, read_sweep, table_path
 from .runner import run
-from .settings import GROUPS, SWEEP_ENV, config_dir, group_choices
+from .settings import GROUPS, SWEEP_ENV, config_dir, folder_problem, group_choices
 from .tables import accuracy_table, summary
 from .validate import job_configs, validate
 
@@ -115,10 +115,38 @@ def _main(cfg: DictConfig) -> None:
         print(acc)
 
 
+def _table(arg: str | None, results_dir: str) -> tuple[Path, Path]:
+    """The results table `report` reads, and what to call it in messages: RESULTS itself when it is a file or
+    names a .jsonl, else the table of the folder RESULTS (default: results_dir). A missing table is refused."""
+    src = Path(arg or results_dir)
+    if src.suffix == ".jsonl" or src.is_file():
+        if not src.exists():
+            raise ConfigError(f"no results table {src}: the file does not exist; give a results folder or its "
+                              ".jsonl file")
+        return src, src
+    if not table_path(src).exists():
+        raise ConfigError(f"no results in {src}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp), or "
+                          f"give the folder it wrote to (the one holding {TABLE})")
+    return table_path(src), src
+
+
+def _no_sweep(sweep: str, where: Path, sweeps: list[str], shown: int = 5, width: int = 40) -> str:
+    """The error for an unknown --sweep: its choices, of a long list only the last few (a table may hold
+    thousands of sweeps, and a hand-edited id may be long)."""
+    ids = [i if len(i) <= width else i[:width - 3] + "..." for i in sweeps[-shown:]]
+    more = f" (the last {shown} of its {len(sweeps)} sweeps)" if len(sweeps) > shown else ""
+    return f"no sweep {sweep!r} in {where}; choose one of: {', '.join(['last', 'all', *ids])}{more}"
+
+
+def _check_reports_dir(reports_dir: str) -> None:
+    if problem := folder_problem(Path(reports_dir)):
+        raise ConfigError(f"reports_dir={reports_dir} {problem}; set reports_dir=<a folder you can write in>")
+
+
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
-    from .report import build_report
+    from .report import ReportNotWritten, build_report, reportable
 
     ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
@@ -133,18 +161,20 @@ def report_main(argv: list[str]) -> Path:
         except HydraException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
     validate(cfg, jobs=False)
-    src = Path(args.results or cfg.results_dir)
-    folder = src.parent if src.suffix == ".jsonl" else src
-    df = load_results(folder)
-    if not len(df):
-        raise ConfigError(f"no results in {folder}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp)")
-    if args.sweep != "all":
-        sweep = df["sweep_id"].iloc[-1] if args.sweep == "last" else args.sweep
-        if sweep not in set(df["sweep_id"]):
-            raise ConfigError(f"no sweep {sweep!r} in {folder}; choose one of: last, all, {', '.join(df['sweep_id'].unique())}")
-        df = df[df["sweep_id"] == sweep]
-    return build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
-                        {"command": " ".join(["python -m projector_bench report", *argv]), "results": str(folder)}, folder)
+    _check_reports_dir(cfg.reports_dir)
+    table, name = _table(args.results, cfg.results_dir)
+    selected = read_sweep(table, args.sweep)  # only the sweep's rows are kept: a large table stays cheap to report
+    if not selected.total:
+        raise ConfigError(f"no results in {name}: run a sweep first (python -m projector_bench +sweep=ldp_vs_mlp)")
+    if not selected.rows:
+        raise ConfigError(_no_sweep(args.sweep, name, selected.sweeps))
+    df = reportable(selected.rows, table)
+    try:
+        return build_report(df, cfg, cfg.reports_dir, {"command": " ".join(["python -m projector_bench report", *argv]),
+                                                       "results": str(table)}, table.parent)
+    except ReportNotWritten as e:  # the work was done but its file could not be written: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,12 @@ from matplotlib.ticker import FuncFormatter
 
 from .budget import missing, si
 from .choose import analyse, design_label
+from .errors import ConfigError
+from .lm import LanguageModel
 from .studies import load_studies
+from .util import atomic_write
+
+log = logging.getLogger(__name__)
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -76,6 +85,8 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 <img id="{{ p.id }}" alt="{{ p.alt }}" src="data:image/png;base64,{{ p.b64 }}">
 {% else %}
 <p>No successful design with an accuracy to plot.</p>
+{% endfor %}
+{% for n in notes %}<p class="note">{{ n }}</p>
 {% endfor %}
 
 {% if validation %}
@@ -157,7 +168,9 @@ def _validation_curves_plot(ok: pd.DataFrame) -> str | None:
     """Validation loss against training step, one line per design and seed (the run that was kept)."""
     long = [{"design": r["design"], "seed": str(seed), "step": p[0], "validation loss": p[1]}
             for _, r in ok.iterrows() if isinstance(r.get("val_curves"), list)
-            for seed, curve in zip(r.get("seeds") or range(len(r["val_curves"])), r["val_curves"]) for p in curve]
+            for seed, curve in zip(r["seeds"] if isinstance(r.get("seeds"), list) else range(len(r["val_curves"])),
+                                   r["val_curves"])
+            for p in curve if not (missing(p[0]) or missing(p[1]))]
     if not long:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -277,11 +290,18 @@ def estimate_basis(df: pd.DataFrame) -> str:
     return "; ".join(dict.fromkeys(df["est_basis"].dropna().astype(str)))
 
 
+class ReportNotWritten(OSError):
+    """The HTML could not be written (a full disk, a folder without permission): one line naming the folder."""
+
+
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
-                 extra_plots: list[dict] | None = None, budgets: list[dict] | None = None) -> Path:
+                 extra_plots: list[dict] | None = None, budgets: list[dict] | None = None,
+                 notes: list[str] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
-    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`."""
+    `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`; `notes` are lines
+    shown under the plots (what could not be plotted). The file is written whole or not at all: on an OS error
+    (a full disk) `ReportNotWritten` is raised and no partial file is left."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -302,12 +322,16 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, device=device, basis=basis, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
         plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
-        provenance=prov, budgets=shown, latency_col=latency_col)
+        provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [])
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-    path = next(p for i in range(1000) if not (p := out / f"report-{stamp}{f'-{i}' if i else ''}.html").exists())
-    path.write_text(html, encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+        path = next(p for i in range(1000) if not (p := out / f"report-{stamp}{f'-{i}' if i else ''}.html").exists())
+        atomic_write(path, html)
+    except OSError as e:
+        raise ReportNotWritten(f"the report could not be written in {out} ({e.strerror or e}); nothing was written: "
+                               "free some space there or set reports_dir=<another folder>") from None
     return path
 
 
@@ -342,11 +366,154 @@ def study_plots(study: Any) -> list[dict]:
     return out
 
 
-def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None) -> list[Any]:
-    """The Optuna studies the rows came from (rows with a `trial` column), loaded from their storage."""
-    if "trial" not in df or df["trial"].isna().all():
-        return []
-    return load_studies(df.loc[df["trial"].notna(), "sweep_id"].unique(), results_dir, storage_spec)
+# ---- rows the report can use: what it reads from a row, and what each value must be (null or absent is fine
+# unless required). A hand-edited or foreign row that breaks one is skipped, named, rather than failing the report.
+NUMBERS = ("tokens_in", "tokens_out", "params", "macs", "latency_ms", "peak_mem_mb", "accuracy", "accuracy_ci_low",
+           "accuracy_ci_high", "xnnpack_latency_ms", "xnnpack_int8_latency_ms", "encoder_params", "encoder_peak_mem_mb",
+           "trial", "token_budget", "acc_tokens_out", "design_params", "design_mem_mb")
+TEXTS = ("encoder", "sweep_id", "env_git_commit", "env_torch", "env_timm", "env_cpu")  # compared, grouped or sorted
+REQUIRED = ("projector", "status")  # every row's label and verdict
+LM_NEEDS = [f.name for f in fields(LanguageModel) if f.default is MISSING]
+
+
+def _number(v: Any) -> bool:
+    """A JSON number pandas can hold: not a bool, and an integer within int64 (a longer one overflows a float)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and (not isinstance(v, int) or abs(v) < 2**63)
+
+
+def _shown(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _is_number_column(name: str) -> bool:
+    return name in NUMBERS or (name.startswith("est_") and name != "est_basis")
+
+
+def _ops_problem(ops: Any) -> str | None:
+    if missing(ops) or ops == []:
+        return None
+    if not isinstance(ops, list):
+        return f"is {_shown(ops)}, not a list of ops"
+    for op in ops:
+        if not (isinstance(op, list) and len(op) == 5 and all(isinstance(x, str) for x in op[:2])
+                and all(_number(x) and math.isfinite(x) for x in op[2:])):
+            return f"holds {_shown(op)}, not an op [kind, dtype, flops, bytes, count]"
+    return None
+
+
+def _lm_problem(config: Any) -> str | None:
+    if missing(config):
+        return None
+    if not isinstance(config, Mapping):
+        return f"config is {_shown(config)}, not a mapping"
+    if "lm" not in config:
+        return None  # no LM to price it with: the row is shown without estimates
+    lm = config["lm"]
+    if not isinstance(lm, Mapping):
+        return f"config.lm is {_shown(lm)}, not a mapping"
+    if lacks := [k for k in LM_NEEDS if k not in lm]:
+        return f"config.lm has no {', '.join(lacks)}"
+    try:
+        LanguageModel.from_config(lm)
+    except (ConfigError, TypeError, ValueError) as e:
+        return f"config.lm cannot be priced: {str(e).splitlines()[0]}"
+    return None
+
+
+def _curves_problem(curves: Any) -> str | None:
+    def point(p: Any) -> bool:
+        return isinstance(p, list) and len(p) >= 2 and all(x is None or _number(x) for x in p[:2])
+
+    if missing(curves) or isinstance(curves, list) and all(isinstance(c, list) and all(map(point, c)) for c in curves):
+        return None
+    return f"val_curves is {_shown(curves)}, not a list of [step, loss, ...] per seed"
+
+
+def row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why the report cannot use `row` (a value of the wrong type where it reads one), or None."""
+    for k in REQUIRED:
+        if not isinstance(row.get(k), str) or not row[k]:
+            return f"no {k}" if missing(row.get(k)) else f"{k} is {_shown(row[k])}, not a name"
+    for k, v in row.items():
+        if _is_number_column(k) and not (missing(v) or _number(v)):
+            return f"{k} is {_shown(v)}, not a number"
+    for k in TEXTS:
+        if not (missing(row.get(k)) or isinstance(row[k], str)):
+            return f"{k} is {_shown(row[k])}, not a string"
+    for k in ("ops", "encoder_ops"):
+        if why := _ops_problem(row.get(k)):
+            return f"{k} {why}"
+    if isinstance(row.get("ops"), list) and row["ops"] and not (_number(row.get("tokens_out"))
+                                                                and math.isfinite(row["tokens_out"])):
+        return "it has ops but no tokens_out to price them at"
+    by_type = row.get("accuracy_by_type")
+    if not (missing(by_type) or isinstance(by_type, Mapping) and all(missing(a) or _number(a)
+                                                                      for a in by_type.values())):
+        return f"accuracy_by_type is {_shown(by_type)}, not a mapping of type to accuracy"
+    for k in ("xnnpack_outside", "encoder_xnnpack_outside"):
+        if not (missing(row.get(k)) or isinstance(row[k], list) and all(isinstance(o, str) for o in row[k])):
+            return f"{k} is {_shown(row[k])}, not a list of op names"
+    return _lm_problem(row.get("config")) or _curves_problem(row.get("val_curves"))
+
+
+def reportable(rows: list[tuple[int, dict[str, Any]]], table: Path) -> pd.DataFrame:
+    """The frame of the rows (line number, row) of `table` that the report can use (`row_problem`); the others
+    are skipped with one warning naming their lines and why. A `ConfigError` when none is left."""
+    keep, skipped = [], []
+    for n, row in rows:
+        if why := row_problem(row):
+            skipped.append(f"line {n} ({why})")
+        else:
+            keep.append(row)
+    listed = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    if skipped and not keep:
+        raise ConfigError(f"none of the {len(rows)} selected row(s) of {table} can be reported: {listed}; fix or "
+                          "delete those lines, or choose another --sweep")
+    if skipped:
+        log.warning("%s: skipped %d row(s) the report cannot use: %s; fix or delete those lines",
+                    table, len(skipped), listed)
+    df = pd.DataFrame(keep)
+    # a number column that holds only nulls would stay `object`, whose None breaks arithmetic: make it NaN
+    return df.astype({c: float for c in df.columns if _is_number_column(c) and df[c].dtype == object})
+
+
+def _readable_storage(spec: str | None, results_dir: Path) -> str | None:
+    """`search.storage` as a spec that reads what exists and creates nothing, or None when there is nothing to
+    read: SQLite (null: `optuna.db` in `results_dir`) opened read-only, a journal only when its file exists.
+    A database server's URL is returned as it is."""
+    if spec and spec.startswith("journal:"):
+        return spec if Path(spec.removeprefix("journal:")).expanduser().is_file() else None
+    if spec and not spec.startswith("sqlite:"):
+        return spec
+    if spec and not spec.startswith("sqlite:///"):
+        return None  # sqlite:// is an in-memory database: nothing a report could read
+    path = Path(spec.removeprefix("sqlite:///").split("?")[0]) if spec else results_dir / "optuna.db"
+    if not path.is_file():
+        return None
+    return spec if spec and "?" in spec else f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+
+
+def _studies(df: pd.DataFrame, results_dir: str | Path, storage_spec: str | None) -> tuple[list[Any], list[str]]:
+    """The Optuna studies the rows came from (rows with a `trial` column), read from their storage without
+    creating it, and a note naming those that could not be read (no study plots for them; not a failure)."""
+    if "trial" not in df or "sweep_id" not in df or df["trial"].isna().all():
+        return [], []
+    names = sorted({n for n in df.loc[df["trial"].notna(), "sweep_id"] if isinstance(n, str)})
+    where = storage_spec or str(Path(results_dir) / "optuna.db")
+    spec = _readable_storage(storage_spec, Path(results_dir))
+    if spec is None:
+        return [], [f"No study plots for {', '.join(names)}: its storage {where} does not exist (give the search's "
+                    "search.storage=..., or the results folder its optuna.db is in)."]
+    studies, absent = [], []
+    for name in names:
+        try:
+            studies += load_studies([name], results_dir, spec)
+        except KeyError:  # Optuna's "Record does not exist"
+            absent.append(name)
+        except ConfigError as e:  # the storage cannot be opened
+            return [], [f"No study plots for {', '.join(names)}: {e}."]
+    return studies, [f"No study plots for {', '.join(absent)}: not in {where}."] if absent else []
 
 
 def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: dict[str, Any],
@@ -355,10 +522,14 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     rendered with the plots of the Optuna studies the rows came from."""
     a = analyse(df, cfg, provenance)
     search = cfg.get("search") or {}
-    plots = [p for st in _studies(a.df, results_dir or cfg.results_dir, search.get("storage")) for p in study_plots(st)]
+    studies, notes = _studies(a.df, results_dir or cfg.results_dir, search.get("storage"))
+    for note in notes:
+        log.warning(note)
+    plots = [p for st in studies for p in study_plots(st)]
     return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
                         latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
-                        provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets)
+                        provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets,
+                        notes=notes)
 
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:

@@ -4,7 +4,8 @@ Load everything with one pandas call: `pd.read_json("results/runs.jsonl", lines=
 Each append rewrites the file to a temporary sibling and renames it over the original under an
 exclusive lock, so a crash or a concurrent writer never leaves a row half-written or lost.
 `load_results` also reads a damaged table: lines that are not a JSON object are skipped with one warning
-naming the file and their line numbers; appending keeps them as they are.
+naming the file and their line numbers; appending keeps them as they are. `read_sweep` reads one sweep's rows
+line by line, with their line numbers (the report: its memory follows the sweep, not the table).
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -182,17 +184,85 @@ def append_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
 ID_COLUMNS = ("run_id", "sweep_id", "env_git_commit", "acc_code_version")
 
 
+def _not_a_directory(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a results table; move it away or set "
+                          "results_dir=<another folder>")
+
+
+def _warn_damaged(path: Path, bad: list[int]) -> None:
+    if bad:
+        log.warning("%s: skipped %d damaged line(s) (not a JSON row): line %s", path, len(bad), _lines(bad))
+
+
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
     """All rows of the table (empty frame if there is none yet); damaged lines are skipped with one warning."""
     path = table_path(results_dir)
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory, not a results table; move it away or set results_dir=<another folder>")
+    _not_a_directory(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
     _, good, bad = _parse(path.read_bytes())
-    if bad:
-        log.warning("%s: skipped %d damaged line(s) (not a JSON row): line %s", path, len(bad), _lines(bad))
+    _warn_damaged(path, bad)
     if not good:
         return pd.DataFrame()
     # ids and hashes stay strings: pandas would read a hex id such as "123456789e12" as a float
     return pd.read_json(io.StringIO(b"\n".join(good).decode()), lines=True, dtype=dict.fromkeys(ID_COLUMNS, str))
+
+
+def _row(line: bytes) -> dict[str, Any] | None:
+    """One line's row, or None when it is not a JSON object. NaN and Infinity (which Python's own json writes)
+    are read as null: the table stores a non-finite number as null."""
+    try:
+        row = json.loads(line, parse_constant=lambda name: None)
+    except ValueError:  # torn, binary or hand-edited: UnicodeDecodeError and JSONDecodeError alike
+        return None
+    return row if isinstance(row, dict) else None
+
+
+@dataclass
+class Selection:
+    """The rows of one sweep of a table, each with its (1-based) line number, and the table's sweep ids."""
+
+    rows: list[tuple[int, dict[str, Any]]]
+    sweeps: list[str]  # every sweep id of the table, in the order of their first rows
+    total: int  # rows in the table, every sweep's
+
+
+def _index(f: BinaryIO) -> tuple[list[tuple[int, int, str | None]], list[int]]:
+    """(line number, offset, sweep id) of each row of an open table, and the numbers of its damaged lines."""
+    where, bad, offset = [], [], 0
+    for n, line in enumerate(f, 1):
+        start, offset = offset, offset + len(line)
+        if not line.strip():
+            continue
+        if (row := _row(line)) is None:
+            bad.append(n)
+            continue
+        sid = row.get("sweep_id")
+        where.append((n, start, sid if isinstance(sid, str) else None))
+    return where, bad
+
+
+def read_sweep(path: str | Path, sweep: str = "all") -> Selection:
+    """The rows of sweep `sweep` of the table at `path` (a .jsonl file): an id, `last` (the sweep of the last
+    row that has one; every row when none has) or `all`. An unknown id selects no row. Damaged lines are
+    skipped with one warning, as `load_results` does.
+
+    The table is read twice, line by line: first each row's sweep id and where its line starts, then only
+    the selected lines, so the memory it takes follows the rows selected, not the size of the table."""
+    path = Path(path)
+    _not_a_directory(path)
+    if not path.exists():
+        return Selection([], [], 0)
+    with open(path, "rb") as f:  # one open file for both passes: an append renames a new table in, not into it
+        where, bad = _index(f)
+        _warn_damaged(path, bad)
+        ids = [sid for _, _, sid in where if sid is not None]
+        if sweep == "last":
+            sweep = ids[-1] if ids else "all"
+        rows = []
+        for n, start, sid in where:
+            if sweep == "all" or sid == sweep:
+                f.seek(start)
+                rows.append((n, _row(f.readline())))
+    return Selection(rows, list(dict.fromkeys(ids)), len(where))

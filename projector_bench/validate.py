@@ -22,6 +22,7 @@ from .encoders import TimmEncoder, Variant
 from .errors import ConfigError
 from .projectors.base import token_grid
 from .results import COLUMNS, COST_COLUMNS
+from .settings import check_host_cache
 from .util import accuracy_projector_kwargs, projector_kwargs
 
 Rule = Callable[[Any], bool]
@@ -318,6 +319,7 @@ def validate(cfg: DictConfig, jobs: bool = True) -> None:
         _check_memory(cfg)
     if cfg.get("search"):
         _check_search(cfg)
+    check_host_cache()  # every command may measure this host and write its roofs there
 
 
 def job_configs(config: DictConfig) -> list[DictConfig]:

@@ -287,3 +287,227 @@ def test_a_journal_with_a_garbled_line_is_refused_naming_the_line_and_left_as_it
     assert "journal:NEW_PATH" in err
     _kept(table, before)
     assert path.read_bytes() == damaged and not (tmp_path / "study.journal.torn").exists()
+
+
+# ---- report and the host cache: hostile tables and folders ----
+
+def assert_refused(got, out, err, code, words, table, before):
+    """The four checks of the pattern above: the exit code, exactly one `error:` line holding `words`, no
+    traceback, and the table as it was (but for whole appended rows)."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == code, err
+    assert len(errors) == 1 and words in errors[0], err
+    assert "Traceback" not in err + out
+    after = table.read_bytes()
+    assert after.startswith(before)
+    for line in after[len(before):].splitlines():
+        assert line.startswith(b'{"run_id": ')
+
+
+@pytest.mark.parametrize("args", [["report", "{results}"], ["projector=linear"], ["-m", "projector=linear"]])
+@pytest.mark.parametrize("cache", ["file", "under_a_file"])
+def test_a_host_cache_that_is_not_a_folder_is_refused_before_any_measurement(args, cache, table, tmp_path, monkeypatch,
+                                                                             capsys):
+    from projector_bench import roofline
+    from projector_bench.settings import CACHE_ENV
+
+    def calibrated(threads):
+        raise AssertionError("the host was calibrated before the host cache was checked")
+
+    monkeypatch.setattr(roofline, "_calibrated", calibrated)
+    (tmp_path / "file").write_text("not a folder")
+    path = tmp_path / "file" if cache == "file" else tmp_path / "file" / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    before = table.read_bytes()
+    args = [a.replace("{results}", str(table.parent)) for a in args]
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, [*args, f"reports_dir={tmp_path}/reports"])
+    words = f"{CACHE_ENV}={path} " + ("is a file, not a folder" if cache == "file" else "cannot be created")
+    assert_refused(got, out, err, 2, words, table, before)
+    assert not (tmp_path / "reports").exists()
+
+
+LM = {"name": "tiny_lm", "hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "vocab": 100}
+
+
+def good_row(projector, sweep="s", **extra):
+    """A row the report can price and plot, as a job writes it (the fields the report reads)."""
+    return {"run_id": f"r-{projector}", "sweep_id": sweep, "projector": projector, "encoder": "none", "status": "ok",
+            "tokens_in": 16, "tokens_out": 16, "params": 108, "macs": 1536, "latency_ms": 0.05, "peak_mem_mb": 0.1,
+            "ops": [["matmul", "fp32", 3072, 1712, 1]], "accuracy": 70.0, "accuracy_ci_low": 65.0,
+            "accuracy_ci_high": 75.0, "config": {"lm": dict(LM)}, **extra}
+
+
+def write_rows(path, rows):
+    """`rows` (dicts, or raw JSON text for a hand-edited line) as the lines of the table at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def report(monkeypatch, capsys, tmp_path, results, *args):
+    """`report RESULTS ARGS` in this process, into tmp_path/reports: exit code, stdout, stderr, reports written."""
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, ["report", str(results), *args,
+                                                            f"reports_dir={tmp_path}/reports"])
+    return got, out, err, sorted((tmp_path / "reports").glob("*")) if (tmp_path / "reports").exists() else []
+
+
+def warnings_of(caplog):
+    """The package's warnings (the lines a user sees on stderr: pytest takes them from logging's last resort)."""
+    import logging
+
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("projector_bench") and r.levelno >= logging.WARNING]
+
+
+def no_lm(row):
+    row["config"] = {"lm": "mobilellama"}
+
+
+BAD_ROWS = {  # a row the report cannot use, and the reason its warning gives
+    "string accuracy": (lambda r: r.update(accuracy="high"), "accuracy is 'high', not a number"),
+    "no projector": (lambda r: r.pop("projector"), "no projector"),
+    "no status": (lambda r: r.pop("status"), "no status"),
+    "config.lm not a mapping": (no_lm, "config.lm is 'mobilellama', not a mapping"),
+    "config.lm without a key": (lambda r: r["config"]["lm"].pop("hidden"), "config.lm has no hidden"),
+    "config.lm with a bad value": (lambda r: r["config"]["lm"].update(hidden="big"),
+                                   "config.lm cannot be priced: lm.hidden must be a positive integer"),
+    "config a string": (lambda r: r.update(config="x"), "config is 'x', not a mapping"),
+    "ops not ops": (lambda r: r.update(ops=[["matmul", 3]]), "ops holds ['matmul', 3], not an op"),
+    "tokens_out a string": (lambda r: r.update(tokens_out="16"), "tokens_out is '16', not a number"),
+    "sweep_id a list": (lambda r: r.update(sweep_id=["s"]), "sweep_id is ['s'], not a string"),
+    "trial a string": (lambda r: r.update(trial="one"), "trial is 'one', not a number"),
+    "val_curves of numbers": (lambda r: r.update(val_curves=[1, 2]), "val_curves is [1, 2], not a list"),
+    "accuracy_by_type of strings": (lambda r: r.update(accuracy_by_type={"count": "x"}), "accuracy_by_type is"),
+    "outside ops not names": (lambda r: r.update(xnnpack_outside=[1]), "xnnpack_outside is [1], not a list of op"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_a_row_the_report_cannot_use_is_skipped_with_one_warning_naming_it(case, tmp_path, monkeypatch, capsys, caplog):
+    spoil, why = BAD_ROWS[case]
+    bad = good_row("spoilt")
+    spoil(bad)
+    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), bad, good_row("ldp")])
+    before = table.read_bytes()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent, "--sweep", "all")
+    assert got == 0 and out.startswith("report: ") and len(written) == 1, err
+    warned = warnings_of(caplog)
+    assert len(warned) == 1 and f"skipped 1 row(s) the report cannot use: line 2 ({why}" in warned[0], warned
+    assert "error:" not in err and "Traceback" not in err + out and table.read_bytes() == before
+    html = written[0].read_text()
+    assert "<td>mlp</td>" in html and "<td>ldp</td>" in html and "spoilt" not in html
+
+
+def test_when_no_row_can_be_used_report_is_one_line_naming_them(tmp_path, monkeypatch, capsys):
+    rows = [good_row("mlp"), good_row("ldp")]
+    for r in rows:
+        r.pop("projector")
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    before = table.read_bytes()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert_refused(got, out, err, 2, "none of the 2 selected row(s) of", table, before)
+    assert "line 1 (no projector), line 2 (no projector)" in err and not written
+
+
+def test_a_search_row_whose_study_is_not_stored_is_reported_without_study_plots_and_creates_no_storage(
+        tmp_path, monkeypatch, capsys, caplog):
+    import optuna
+
+    results = tmp_path / "results"
+    table = write_rows(results / "runs.jsonl", [good_row("mlp", "gone", trial=0), good_row("ldp", "gone", trial=1)])
+    before = table.read_bytes()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and len(written) == 1 and "Traceback" not in err + out and "error:" not in err, err
+    assert sorted(p.name for p in results.iterdir()) == ["runs.jsonl"] and table.read_bytes() == before
+    note = f"No study plots for gone: its storage {results / 'optuna.db'} does not exist"
+    assert len(warnings_of(caplog)) == 1 and warnings_of(caplog)[0].startswith(note)
+    assert note in written[0].read_text()
+    # a storage that holds other studies: read, not written, and the missing one is named
+    db = results / "optuna.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="kept", storage=f"sqlite:///{db}", directions=["minimize"])
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    stored = db.read_bytes()
+    caplog.clear()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and "Traceback" not in err + out and db.read_bytes() == stored, err
+    assert warnings_of(caplog) == [f"No study plots for gone: not in {db}."]
+    assert f"No study plots for gone: not in {db}." in written[-1].read_text()
+    # and a study that is there is plotted, still without a write to its storage
+    write_rows(table, [good_row("mlp", "kept", trial=0), good_row("ldp", "kept", trial=1)])
+    caplog.clear()
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, results)
+    assert got == 0 and warnings_of(caplog) == [] and db.read_bytes() == stored, err
+    assert 'id="plot-history-0"' in written[-1].read_text()
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_report(tmp_path, monkeypatch, capsys):
+    """A real write failure, no root needed: a file size limit (RLIMIT_FSIZE) below the report's size makes the
+    kernel refuse the write with EFBIG, as a full disk refuses it with ENOSPC."""
+    import resource
+    import signal
+
+    table = write_rows(tmp_path / "results" / "runs.jsonl", [good_row("mlp"), good_row("ldp")])
+    before = table.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process at the limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, hard))  # the report is larger: its plots are embedded
+    try:
+        got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert_refused(got, out, err, 1, f"the report could not be written in {tmp_path}/reports (File too large)",
+                   table, before)
+    assert written == []  # neither a truncated report nor its temporary file
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert got == 0 and len(written) == 1 and written[0].read_text().rstrip().endswith("</html>")
+
+
+def test_infinity_and_nan_count_as_missing_never_shown_or_recommended(tmp_path, monkeypatch, capsys):
+    import re
+
+    rows = [json.dumps(good_row("mlp", accuracy=float("inf"), accuracy_ci_high=float("inf"))),  # Python writes Infinity
+            json.dumps(good_row("ldp", accuracy=60.0, latency_ms=float("nan"))),
+            json.dumps(good_row("pool", accuracy=50.0)).replace('"macs": 1536', '"macs": 1e999')]
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, table.parent)
+    assert got == 0 and len(written) == 1 and "Traceback" not in err + out, err
+    html = written[0].read_text()
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    assert not [c for c in cells if "inf" in c.lower() or "nan" in c.lower()], cells
+    assert "ldp is the most accurate of the 2 designs" in html and "(and 1 without an accuracy)" in html
+
+
+def test_report_reads_exactly_the_jsonl_it_is_given(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    write_rows(results / "runs.jsonl", [good_row("mlp")])
+    other = write_rows(results / "other.jsonl", [good_row("pool")])
+    got, out, err, written = report(monkeypatch, capsys, tmp_path, other)
+    assert got == 0 and len(written) == 1, err
+    html = written[0].read_text()
+    assert "<td>pool</td>" in html and "<td>mlp</td>" not in html and str(other) in html
+
+
+REPORT_CASES = [  # (table rows, report arguments, exit code, words the one error line must hold)
+    ([good_row("mlp")], ["{results}/other.jsonl"], 2, "no results table {results}/other.jsonl: the file does not"),
+    ([good_row("mlp")], ["{results}/nowhere"], 2, "no results in {results}/nowhere: run a sweep first"),
+    ([good_row("mlp", sweep=f"sweep{i:03d}") for i in range(400)], ["{results}", "--sweep", "nope"], 2,
+     "choose one of: last, all, sweep395, sweep396, sweep397, sweep398, sweep399 (the last 5 of its 400 sweeps)"),
+    ([good_row("mlp")], ["{results}", "reports_dir={file}"], 2, "reports_dir={file} is a file, not a folder"),
+    ([good_row("mlp")], ["{results}", "reports_dir={file}/reports"], 2, "reports_dir={file}/reports cannot be created"),
+]
+
+
+@pytest.mark.parametrize("rows,args,code,words", REPORT_CASES, ids=[" ".join(c[1]) for c in REPORT_CASES])
+def test_hostile_report_input_is_one_line_a_non_zero_exit_and_nothing_lost(rows, args, code, words, tmp_path,
+                                                                           monkeypatch, capsys):
+    table = write_rows(tmp_path / "results" / "runs.jsonl", rows)
+    (tmp_path / "file").write_text("not a folder")
+    fill = {"{results}": str(table.parent), "{file}": str(tmp_path / "file")}
+    for k, v in fill.items():
+        args, words = [a.replace(k, v) for a in args], words.replace(k, v)
+    before = table.read_bytes()
+    got, out, err = run_cli(monkeypatch, capsys, tmp_path, ["report", *args])
+    assert_refused(got, out, err, code, words, table, before)
+    assert len(err) < 1000  # the choices are capped, not every sweep id of the table

@@ -161,3 +161,39 @@ def test_report_says_what_the_estimates_are_on_each_device(tmp_path):
     assert re.search(r'Device: <b>phone</b>\. <span id="estimate-basis">Estimates \(est_\*\) on it: calibrated on 7 published points', html)
     assert "<small>roofline bound (assumed efficiencies; no published points for this device)</small>" in html
     assert "<th>est_ttft_ms_bound</th>" in html and "<td>30.0</td>" in html
+
+
+def test_non_finite_values_count_as_missing_in_every_decision():
+    from projector_bench.budget import Budget, missing
+    from projector_bench.choose import finite, recommend, token_budgets
+
+    assert missing(float("inf")) and missing(-np.inf) and missing(NAN) and not missing(10**30) and not missing(0.0)
+    df = pd.DataFrame([_row("mlp", np.inf, 100.0, 2e9), _row("ldp", 60.0, 150.0, 3e9), _row("pool", 50.0, 90.0, 1e9)])
+    df["design_params"], df["design_mem_mb"] = df["params"], df["peak_mem_mb"]
+    assert finite(df)["accuracy"].isna().tolist() == [True, False, False]
+    r = recommend(df, Budget(latency_ms=200), "phone")
+    assert r.design == "ldp" and "(and 1 without an accuracy)" in r.reason and "inf" not in r.reason
+    df.loc[1, "design_params"] = np.inf  # an unknown cost is never within its limit
+    r = recommend(df, Budget(params=1e12), "phone")
+    assert r.design == "pool" and "inf" not in r.reason
+    budgets = _budget_rows()
+    budgets.loc[1, "accuracy"] = np.inf
+    budgets.loc[2, ["accuracy_ci_low", "accuracy_ci_high"]] = [-np.inf, np.inf]
+    verdict = {b["tokens"]: b["verdict"] for b in token_budgets(budgets)}[144]
+    assert verdict.startswith("144 tokens: resampler@144 keeps the most, 98.7%; ") and "inf" not in verdict
+
+
+def test_a_report_reads_study_storage_without_creating_it(tmp_path):
+    from projector_bench.report import _readable_storage
+
+    db = tmp_path / "optuna.db"
+    assert _readable_storage(None, tmp_path) is None and _readable_storage(f"sqlite:///{db}", tmp_path) is None
+    assert _readable_storage(f"journal:{tmp_path}/j.log", tmp_path) is None
+    assert _readable_storage("sqlite://", tmp_path) is None
+    db.write_bytes(b"")
+    (tmp_path / "j.log").write_bytes(b"")
+    assert _readable_storage(None, tmp_path) == _readable_storage(f"sqlite:///{db}", tmp_path) == \
+        f"sqlite:///file:{db}?mode=ro&uri=true"
+    assert _readable_storage(f"journal:{tmp_path}/j.log", tmp_path) == f"journal:{tmp_path}/j.log"
+    assert _readable_storage("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"  # as the search opens it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.log", "optuna.db"]

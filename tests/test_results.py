@@ -115,3 +115,31 @@ def test_ids_that_look_like_numbers_are_read_back_as_the_strings_they_are(tmp_pa
     df = load_results(tmp_path)
     assert list(df["run_id"]) == ["000000000123", "abc"] and df["sweep_id"].iloc[0] == "123456789e12"
     assert df["sweep_id"].isna().iloc[1] and df["x"].tolist() == [1, 2]
+
+
+def test_read_sweep_keeps_only_the_selected_sweeps_rows_with_their_line_numbers(tmp_path, caplog):
+    from projector_bench.results import read_sweep
+
+    path = table_path(tmp_path)
+    path.write_bytes(b'{"sweep_id": "a", "x": 1}\n{"sweep_id": "b", "x": 2}\n{"torn\n\n'
+                     b'{"sweep_id": "a", "x": 3}\n{"x": 4}\n{"sweep_id": ["c"], "x": 5}\n{"sweep_id": "b", "x": NaN}\n'
+                     b'{"x": 7}\n')
+    pick = {s: [(n, r["x"]) for n, r in read_sweep(path, s).rows] for s in ("a", "b", "last", "all", "nope")}
+    assert pick["a"] == [(1, 1), (5, 3)]  # a resumed sweep's rows, wherever they are
+    assert pick["b"] == pick["last"] == [(2, 2), (8, None)]  # the last row with a sweep id; NaN is read as null
+    assert [n for n, _ in pick["all"]] == [1, 2, 5, 6, 7, 8, 9] and pick["nope"] == []
+    s = read_sweep(path, "a")
+    assert s.sweeps == ["a", "b"] and s.total == 7
+    damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(damaged) == 6 and all("skipped 1 damaged line(s) (not a JSON row): line 3" in m for m in damaged)
+    path.write_bytes(b'{"x": 1}\n{"x": 2}\n')  # no row has a sweep id: `last` is every row
+    assert [r["x"] for _, r in read_sweep(path, "last").rows] == [1, 2]
+    assert read_sweep(tmp_path / "none.jsonl").total == 0
+
+
+def test_read_sweep_of_a_directory_is_refused(tmp_path):
+    from projector_bench.results import read_sweep
+
+    (tmp_path / "runs.jsonl").mkdir()
+    with pytest.raises(ConfigError, match="is a directory, not a results table"):
+        read_sweep(tmp_path / "runs.jsonl")
