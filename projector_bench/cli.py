@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from .choose import token_budgets
 from .errors import ConfigError
 from .results import TABLE, load_results, read_sweep, table_path
-from .runner import run
+from .runner import job_identity, run
 from .settings import GROUPS, SWEEP_ENV, config_dir, folder_problem, group_choices
 from .tables import accuracy_table, summary
 from .validate import job_configs, validate
@@ -202,23 +202,36 @@ def main() -> None:
         raise SystemExit(130) from None
 
 
+def _check_resume(sweep: str, results_dir: str, jobs: list[DictConfig]) -> None:
+    """`resume=<sweep>` must name a sweep of the table that this command ran: one of its rows at least was
+    measured from one of the command's job configs (another command's sweep would get this one's jobs added)."""
+    df = load_results(results_dir)
+    if not len(df) or "sweep_id" not in df or sweep not in set(df["sweep_id"]):
+        raise ConfigError(f"resume={sweep}: no sweep {sweep!r} in {results_dir}/runs.jsonl; give the sweep_id of its rows")
+    ids = [job_identity(j) for j in jobs]
+    configs = df.loc[df["sweep_id"] == sweep, "config"] if "config" in df else []
+    if not any(isinstance(c, dict) and job_identity(c) in ids for c in configs):
+        raise ConfigError(f"resume={sweep}: none of sweep {sweep}'s rows was measured from a job of this command (it ran "
+                          "another command, or its configs changed since): resume it with its own command, or drop resume=")
+
+
 class PrintSweepTable(Callback):
     """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:  # every job's config, before the first job runs
-            for job in job_configs(config):
+            jobs = job_configs(config)
+            for job in jobs:
                 validate(job)
+            if resume := config.get("resume"):
+                _check_resume(resume, config.results_dir, jobs)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        resume = config.get("resume")
-        if resume:
-            df = load_results(config.results_dir)
-            if not len(df) or "sweep_id" not in df or resume not in set(df["sweep_id"]):
-                print(f"error: resume={resume}: no sweep {resume!r} in {config.results_dir}/runs.jsonl; give the "
-                      "sweep_id of its rows", file=sys.stderr)
-                raise SystemExit(2)
+        except Exception as e:  # Hydra would log it as a warning and run the jobs unchecked, without a sweep id
+            print(f"error: the sweep could not be checked before its first job: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+            raise SystemExit(1) from None
         os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,8 +1,9 @@
 """The results table: one JSON line per measurement in `results/runs.jsonl`; its columns: `COLUMNS`.
 
 Load everything with one pandas call: `pd.read_json("results/runs.jsonl", lines=True)`.
-Each append rewrites the file to a temporary sibling and renames it over the original under an
-exclusive lock, so a crash or a concurrent writer never leaves a row half-written or lost.
+Each append writes its new lines at the end under an exclusive lock, synced before the lock is released, and
+cuts a failed write back off; readers take the lock shared: so a crash or a concurrent writer never leaves a
+row half-written or lost, and a reader never sees one.
 `load_results` also reads a damaged table: lines that are not a JSON object are skipped with one warning
 naming the file and their line numbers; appending keeps them as they are. `read_sweep` reads one sweep's rows
 line by line, with their line numbers (the report: its memory follows the sweep, not the table).
@@ -24,7 +25,6 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from .errors import ConfigError
-from .util import atomic_write
 
 log = logging.getLogger(__name__)
 TABLE = "runs.jsonl"
@@ -110,9 +110,15 @@ def _json_safe(value: Any) -> Any:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def _locked(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold the table's lock file: exclusively to append, shared to read (a reader then never sees a row half
+    appended). A reader of a table no writer has locked yet, or of a read-only folder, reads without it."""
+    lock_path = path.with_name(path.name + ".lock")
+    if shared and not lock_path.exists():
+        yield
+        return
+    with open(lock_path, "r" if shared else "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -150,28 +156,47 @@ def _lines(bad: list[int]) -> str:
     return ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
 
 
-def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str | None = None) -> int:
-    """Append `rows` atomically (all or none); with `unique`, skip a row whose `unique` value is already in
-    the table, so writing the same rows again is harmless. Returns how many were appended.
+def _ids(path: Path, key: str) -> set[Any]:
+    """The `key` values of the table's rows (read line by line)."""
+    with open(path, "rb") as f:
+        return {row.get(key) for line in f if (row := _row(line)) is not None}
 
-    A table that cannot be written (read-only by its mode, even for root; a directory) or whose last line is torn is refused with a
-    `ConfigError` and left as it is."""
+
+def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str | None = None) -> int:
+    """Append `rows` whole (all or none) under the table's lock; with `unique`, skip a row whose `unique` value is
+    already in the table, so writing the same rows again is harmless. Returns how many were appended.
+
+    Only the new lines are written (a long sweep's appends cost its rows, not the table's size each time), synced
+    to disk before the lock is released; a write that fails part-way (a full disk) is cut back off, so the table
+    is as it was. A table that cannot be written (read-only by its mode, even for root; a directory) or whose last
+    line is torn is refused with a `ConfigError` and left as it is."""
     path = table_path(results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir() or (path.exists() and (not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK))):
         raise ConfigError(f"{path} is {'a directory' if path.is_dir() else 'read-only'}: the row was not recorded; "
                           "make it a writable file or set results_dir=<another folder>")
     with _locked(path):
-        old = path.read_bytes() if path.exists() else b""
-        if old and not old.endswith(b"\n"):
-            raise ConfigError(f"{path} does not end with a newline (a torn or hand-edited last line): the row was "
-                              "not recorded; end or delete that line, then re-run")
-        if unique:
-            have = {r.get(unique) for r in _parse(old)[0]}
-            rows = [r for r in rows if r.get(unique) not in have]
-        if not rows:
-            return 0
-        atomic_write(path, old + "".join(map(_line, rows)).encode(), path.stat().st_mode & 0o7777 if path.exists() else None)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                raise ConfigError(f"{path} does not end with a newline (a torn or hand-edited last line): the row "
+                                  "was not recorded; end or delete that line, then re-run")
+            if unique:
+                have = _ids(path, unique)
+                rows = [r for r in rows if r.get(unique) not in have]
+            if not rows:
+                return 0
+            data = memoryview("".join(map(_line, rows)).encode())
+            try:
+                while data:  # a write may land part of the bytes: the rest follows, or the error stops it
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, size)  # nothing of a row that did not land whole is left behind
+                raise
+        finally:
+            os.close(fd)
     return len(rows)
 
 
@@ -201,7 +226,9 @@ def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
     _not_a_directory(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    _, good, bad = _parse(path.read_bytes())
+    with _locked(path, shared=True):
+        data = path.read_bytes()
+    _, good, bad = _parse(data)
     _warn_damaged(path, bad)
     if not good:
         return pd.DataFrame()
@@ -254,7 +281,7 @@ def read_sweep(path: str | Path, sweep: str = "all") -> Selection:
     _not_a_directory(path)
     if not path.exists():
         return Selection([], [], 0)
-    with open(path, "rb") as f:  # one open file for both passes: an append renames a new table in, not into it
+    with _locked(path, shared=True), open(path, "rb") as f:  # no append lands between the two passes
         where, bad = _index(f)
         _warn_damaged(path, bad)
         ids = [sid for _, _, sid in where if sid is not None]

@@ -63,6 +63,7 @@ class Device:
     basis: str = ""  # "calibrated on ..." when fitted; see `estimate_basis`
     bound: Device | None = None  # a calibrated device's uncalibrated twin
     roofs: Mapping[str, str] = field(default_factory=dict)  # how the host's GEMM roofs were measured (host only)
+    cpu_share: float = 1.0  # host only: the share of its calibration's wall time its threads had a core
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
         """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
@@ -81,12 +82,14 @@ class Device:
     def estimate_basis(self) -> str:
         """What this device's estimates are: measured roofs, calibrated on published points, or the bound."""
         if self.kind == "host":
-            return "measured roofs (host)"
+            return "measured roofs (host)" + (f", measured on a loaded machine (its threads had a core {self.cpu_share:.0%} "
+                                              "of the time)" if self.cpu_share < QUIET_SHARE else "")
         return self.basis or "roofline bound (assumed efficiencies; no published points for this device)"
 
 
 SLOW_CALL_S = 0.25  # one call this long is timed once, not repeated (`_seconds`)
 GEMM_SIZES = (128, 256, 512, 1024, 2048)  # square GEMMs, smallest first; a size whose call would exceed SLOW_CALL_S is skipped
+QUIET_SHARE = 0.8  # a calibration whose threads had a core less of the time than this was taken on a loaded machine
 
 
 class Timed(NamedTuple):
@@ -115,13 +118,15 @@ def _gemm_seconds(n: int, dtype: torch.dtype) -> Timed:
     return _seconds(lambda: a @ b)
 
 
-def _gemm(dtype: torch.dtype) -> tuple[float, int, int]:
+def _gemm(dtype: torch.dtype, start: int = GEMM_SIZES[0]) -> tuple[float, int, int]:
     """(best GFLOP/s, the size it was reached at, calls timed) of square `dtype` GEMMs, sizes in `GEMM_SIZES`
-    order, stopping before a size whose one call would take longer than `SLOW_CALL_S` (predicted from the last
-    size's time by n³): a dtype without a fast kernel here is measured small, and once."""
+    order from `start`, stopping before a size whose one call would take longer than `SLOW_CALL_S` (predicted
+    from the last size's time by n³): a dtype without a fast kernel here is measured small, and once. A large
+    `start` keeps a dtype every CPU runs fast (fp32) off the small sizes, where a loaded machine's scheduling
+    delays, not the kernel, would decide the rate and stop the growth."""
     best, at, calls, last = 0.0, 0, 0, None
     torch.ones(32, 32, dtype=dtype) @ torch.ones(32, 32, dtype=dtype)  # the dtype's first call sets its kernels up
-    for n in GEMM_SIZES:
+    for n in (n for n in GEMM_SIZES if n >= start):
         if last is not None and last[1] * (n / last[0]) ** 3 > SLOW_CALL_S:
             break
         t = _gemm_seconds(n, dtype)
@@ -158,9 +163,10 @@ def calibrate_host(threads: int) -> Device:
     each other op kind. `Device.roofs` says how each GEMM roof was measured."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
+    wall, cpu = time.perf_counter(), time.process_time()
     with torch_threads(threads):
         with torch.inference_mode():
-            fp32, fp32_n, fp32_calls = _gemm(torch.float32)
+            fp32, fp32_n, fp32_calls = _gemm(torch.float32, start=1024)
             bf16, bf16_n, bf16_calls = _gemm(torch.bfloat16)
             q, x = QLinear(2048, 2048), torch.randn(576, 2048)
             int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)).seconds / 1e9
@@ -169,26 +175,37 @@ def calibrate_host(threads: int) -> Device:
             one = torch.ones(1)
             overhead = _seconds(lambda: torch.add(one, one)).seconds * 1e6
             kinds = _kind_gflops()
+    share = min(1.0, (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads))
     roofs = {"fp32": f"fp32 GEMM {fp32:.1f} GFLOP/s at n={fp32_n} ({fp32_calls} calls)",
              "fp16": f"bf16 GEMM {bf16:.1f} GFLOP/s at n={bf16_n} ({bf16_calls} call{'s' * (bf16_calls > 1)})"
                      + (f", {fp32 / bf16:.0f}x slower than fp32: no fast bf16 kernel here, priced at the fp32 roof"
                         if bf16 < fp32 else "")}
+    if share < QUIET_SHARE:
+        log.warning("host roofs measured on a loaded machine (its threads had a core %.0f%% of the time): they will be "
+                    "measured again, and the quieter measurement kept", 100 * share)
     return Device("host", "host", {"fp32": fp32, "fp16": max(bf16, fp32), "int8": int8}, bandwidth, 1.0, 1.0, overhead,
-                  kinds, roofs=roofs)
+                  kinds, roofs=roofs, cpu_share=share)
 
 
 def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
     """This machine's measured roofs, cached on disk by CPU, thread count and the code that measures them (and
-    the torch and timm versions: `env.code_hash`)."""
+    the torch and timm versions: `env.code_hash`). Roofs measured on a loaded machine are measured again (once
+    per process) and the quieter of the two measurements is kept: a busy first run does not fix them for good."""
     key = f"{cpu_model()}|{threads}|{code_hash('roofline.py', 'measure.py')}"
     path = Path(cache_dir) / "host_device.json" if cache_dir else None
     saved = read_json_cache(path)
+    cached = None
     if key in saved:
         try:
-            return Device(**saved[key])
+            cached = Device(**saved[key])
         except TypeError as e:
             log.warning("host cache %s: the entry for this machine could not be read (%s); re-measuring it", path, e)
+    if cached is not None and (cached.cpu_share >= QUIET_SHARE or threads in _REMEASURED):
+        return cached
+    _REMEASURED.add(threads)
     dev = _calibrated(threads)
+    if cached is not None and cached.cpu_share >= dev.cpu_share:
+        return cached
     if path:
         saved = read_json_cache(path)
         saved[key] = asdict(dev)
@@ -214,6 +231,9 @@ def read_json_cache(path: Path | None) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         log.warning("host cache %s could not be read (%s); it is discarded and measured again", path, e)
         return {}
+
+
+_REMEASURED: set[int] = set()  # thread counts this process has calibrated: a loaded machine is measured again once
 
 
 @cache

@@ -3,10 +3,16 @@ their costs, estimate them on the device, score the design's accuracy, append th
 meanings: docs/costs.md, docs/devices.md, docs/accuracy.md; the row's schema: `results.COLUMNS`."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +28,7 @@ from .errors import ConfigError
 from .lm import LanguageModel
 from .measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
-from .results import append_row, load_results
+from .results import append_row, jsonable, load_results
 from .roofline import device_from_config, estimate_row, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
 from .settings import DEFAULT_THREADS, SWEEP_ENV, host_cache
 from .util import projector_kwargs, torch_threads
@@ -151,28 +157,68 @@ def job_overrides() -> list[str]:
     return sorted(o for o in HydraConfig.get().overrides.task if not o.startswith("resume="))
 
 
-def _done_in_resumed_sweep(cfg: DictConfig, overrides: list[str]) -> dict[str, Any] | None:
-    if not cfg.get("resume") or cfg.get("search"):  # a search resumes through its study, not through rows
-        return None
-    df = load_results(cfg.results_dir)
-    if not len(df) or "job_overrides" not in df:
-        return None
-    done = df[(df["sweep_id"] == cfg.resume) & (df["status"] == "ok")]
-    same = done[done["job_overrides"].map(lambda o: isinstance(o, list) and sorted(o) == overrides)]
+VOLATILE = ("resume", "quiet", "report", "reports_dir")  # config keys that do not change what a job measures
+
+
+def job_identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """What identifies a job's measurement: its whole composed config (as the table stores it), without Hydra's
+    own node and the keys that change only how it is run or reported (`VOLATILE`)."""
+    keep = [k for k in cfg if k not in VOLATILE and k != "hydra"]  # Hydra's node resolves only inside Hydra's run
+    return jsonable({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                     for k in keep})
+
+
+def done_rows(df: Any, sweep: str, identity: dict[str, Any]) -> Any:
+    """The ok rows of `sweep` in the table `df` measured from the config `identity` (an accuracy, from this code)."""
+    if not len(df) or "config" not in df or "sweep_id" not in df:
+        return df.iloc[0:0] if len(df) else df
+    done = df[(df["sweep_id"] == sweep) & (df["status"] == "ok")]
+    same = done[done["config"].map(lambda c: isinstance(c, dict) and job_identity(c) == identity)]
     if "acc_code_version" in same:  # an accuracy measured by other code is measured again
         same = same[same["acc_code_version"].isna() | (same["acc_code_version"] == code_version())]
+    return same
+
+
+@contextmanager
+def _claimed(cfg: DictConfig, identity: dict[str, Any]) -> Iterator[None]:
+    """While a resumed sweep's job runs, hold a lock named by its sweep and config: a second process resuming the
+    same sweep at the same time waits for it, then finds its row, instead of measuring the job twice."""
+    if not cfg.get("resume"):
+        yield
+        return
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cfg.results_dir) / ".claims" / f"{cfg.resume}-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _done_in_resumed_sweep(cfg: DictConfig, identity: dict[str, Any]) -> dict[str, Any] | None:
+    if not cfg.get("resume") or cfg.get("search"):  # a search resumes through its study, not through rows
+        return None
+    same = done_rows(load_results(cfg.results_dir), cfg.resume, identity)
     return same.iloc[-1].to_dict() if len(same) else None
 
 
 def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = True) -> dict[str, Any]:
     """Measure one design and append its row (with the `extra` columns; `record=False`: only return it);
     a failure is recorded in the row, never raised. With `resume=<sweep_id>`, a job that sweep already holds
-    an ok row for (same overrides; its accuracy, if any, from the same `code_version()`) is not measured
-    again: that row is returned."""
+    an ok row for (measured from the same composed config; its accuracy, if any, from the same `code_version()`)
+    is not measured again: that row is returned."""
+    identity = job_identity(cfg)
+    with _claimed(cfg, identity):
+        if (done := _done_in_resumed_sweep(cfg, identity)) is not None:
+            log.info("resume: %s is already in sweep %s (run %s)", " ".join(job_overrides()), cfg.resume, done.get("run_id"))
+            return done
+        return _run(cfg, extra, record)
+
+
+def _run(cfg: DictConfig, extra: dict[str, Any] | None, record: bool) -> dict[str, Any]:
     overrides = job_overrides()
-    if (done := _done_in_resumed_sweep(cfg, overrides)) is not None:
-        log.info("resume: %s is already in sweep %s (run %s)", " ".join(overrides), cfg.resume, done.get("run_id"))
-        return done
     row: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12], "sweep_id": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

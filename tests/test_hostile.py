@@ -141,6 +141,42 @@ def test_a_killed_multirun_resumes_and_skips_the_jobs_it_recorded(tmp_path, monk
     assert code == 2 and "resume=nope: no sweep 'nope'" in err
 
 
+def test_resume_matches_jobs_on_their_config_and_refuses_another_commands_sweep(tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear,pool"])
+    assert code == 0, err
+    path = tmp_path / "results" / "runs.jsonl"
+    linear, pool = (json.loads(line) for line in path.read_text().splitlines())
+    linear["config"]["projector"]["out_dim"] = 999  # as if conf/ changed since: the row is stale, not this job's
+    path.write_text(json.dumps(linear) + "\n" + json.dumps(pool) + "\n")
+    before = path.read_bytes()
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear,pool", f"resume={pool['sweep_id']}"])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert code == 0 and path.read_bytes().startswith(before) and [r["projector"] for r in rows] == ["linear", "pool", "linear"]
+    code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=mlp", f"resume={pool['sweep_id']}"])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "none of sweep" in errors[0] and "Traceback" not in out + err
+    assert len(path.read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_sweep_at_once_measure_each_job_once(tmp_path):
+    import subprocess
+    import sys
+
+    from .test_hostile import TINY
+
+    args = [sys.executable, "-m", "projector_bench", "-m", "projector=linear,pool,mlp", *TINY, f"results_dir={tmp_path}"]
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    path = tmp_path / "runs.jsonl"
+    first = path.read_text().splitlines()[0]
+    path.write_text(first + "\n")  # killed after its first job
+    sweep = json.loads(first)["sweep_id"]
+    both = [subprocess.Popen([*args, f"resume={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in both] == [0, 0], [p.stderr.read().decode()[-500:] for p in both]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["projector"] for r in rows) == ["linear", "mlp", "pool"] and {r["sweep_id"] for r in rows} == {sweep}
+
+
 def test_a_damaged_table_does_not_break_report(table, tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["projector=linear"])
     assert code == 0, err

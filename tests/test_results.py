@@ -1,6 +1,7 @@
 import json
 import multiprocessing as mp
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,10 +50,42 @@ def test_a_crash_mid_write_leaves_the_table_as_it_was(tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "fsync", crash)  # the row's bytes are written, the sync is interrupted
     with pytest.raises(KeyboardInterrupt):
         append_row(tmp_path, {"projector": "ldp"})
     assert table_path(tmp_path).read_bytes() == before
+
+
+def test_a_write_the_disk_refuses_part_way_is_cut_back_off(tmp_path):
+    """A real partial write: with the file size limit a few bytes past the table, the OS writes those bytes and
+    refuses the rest (EFBIG, as a full disk refuses with ENOSPC); the table must be as it was."""
+    import resource
+    import signal
+
+    append_row(tmp_path, {"projector": "mlp"})
+    before = table_path(tmp_path).read_bytes()
+    old_limit, old_handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 10, old_limit[1]))
+    try:
+        with pytest.raises(OSError):
+            append_row(tmp_path, {"projector": "ldp", "pad": "x" * 1000})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert table_path(tmp_path).read_bytes() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts the bytes written from Linux's /proc/self/io")
+def test_an_append_writes_its_rows_not_the_whole_table(tmp_path):
+    """A long sweep's appends cost their own rows: nothing rewrites what the table already holds."""
+    def written() -> int:
+        return int(next(ln for ln in Path("/proc/self/io").read_text().splitlines() if ln.startswith("wchar:")).split()[1])
+
+    append_rows(tmp_path, [{"run_id": str(i), "pad": "x" * 1000} for i in range(200)])
+    before = written()
+    append_row(tmp_path, {"run_id": "new"})
+    assert written() - before < 5000 < table_path(tmp_path).stat().st_size  # the row and the lock, not 200 kB
+    assert len(table_path(tmp_path).read_text().splitlines()) == 201
 
 
 def test_a_hand_edited_table_is_refused_not_overwritten(tmp_path):

@@ -1,4 +1,5 @@
 """Per-op traces against hand counts and fvcore, device profiles as data, the LM's ops, the budget's choice."""
+import json
 import math
 import time
 
@@ -115,6 +116,23 @@ def test_a_kernel_slower_than_the_bound_is_timed_once():
 
     t = roofline._seconds(slow)
     assert t.calls == 1 and len(calls) == 1 and t.seconds >= roofline.SLOW_CALL_S
+
+
+def test_roofs_measured_on_a_loaded_machine_are_measured_again_and_the_quieter_kept(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    from projector_bench.env import code_hash, cpu_model
+
+    loaded = Device("host", "host", {"fp32": 0.1}, 1.0, cpu_share=0.3)  # a first run beside a busy neighbour
+    quiet = replace(loaded, peak_gflops={"fp32": 80.0}, cpu_share=0.97)
+    key = f"{cpu_model()}|1|{code_hash('roofline.py', 'measure.py')}"
+    (tmp_path / "host_device.json").write_text(json.dumps({key: asdict(loaded)}))
+    calls = []
+    monkeypatch.setattr(roofline, "_calibrated", lambda threads: calls.append(threads) or quiet)
+    assert roofline.host_device(1, tmp_path).peak_gflops["fp32"] == 80.0 and calls == [1]
+    assert json.loads((tmp_path / "host_device.json").read_text())[key]["cpu_share"] == 0.97
+    assert roofline.host_device(1, tmp_path).peak_gflops["fp32"] == 80.0 and calls == [1]  # quiet now: cached
+    assert "loaded machine" in loaded.estimate_basis() and "loaded" not in quiet.estimate_basis()
 
 
 def test_gemm_sizes_stop_before_a_call_would_be_slow(monkeypatch):
