@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 from torch import nn
@@ -28,14 +29,21 @@ def register_projector(fn: Callable[..., nn.Module] | None = None, *, name: str 
     return add(fn) if fn is not None else add
 
 
+def _designs() -> dict[str, Callable[..., nn.Module]]:
+    """The registry, once the shipped designs have registered themselves (importing `projectors` registers them)."""
+    import_module(f"{__package__}.projectors")
+    return _PROJECTORS
+
+
 def list_projectors(pattern: str = "*") -> list[str]:
     """Sorted names of registered projectors matching a shell-style `pattern`."""
+    _designs()
     return sorted(n for n in _PROJECTORS if fnmatch.fnmatchcase(n, pattern))
 
 
 def create_projector(name: str, in_dim: int, out_dim: int, **kwargs: Any) -> nn.Module:
     """Build the projector registered as `name`; `None` kwargs mean "the design's default"."""
-    if name not in _PROJECTORS:
+    if name not in _designs():
         raise ConfigError(
             f"unknown projector {name!r}; choose one of: {', '.join(list_projectors())}"
         )

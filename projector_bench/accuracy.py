@@ -18,9 +18,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,8 +37,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._registry import create_projector
+from . import _worker
 from .encoders import TimmEncoder, Variant
-from .env import code_hash
+from .env import available_memory, code_hash, usable_cores
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData, carve
@@ -425,21 +424,6 @@ def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, l
     return run | {"cached": hit, "seed": seed}
 
 
-def _exit_with(parent: int) -> None:  # a killed parent (SIGKILL, the OOM killer) cannot end its workers
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
-
-
-def _worker_init() -> None:
-    """A training worker ignores Ctrl-C (its parent ends it), exits within a second of its parent's death
-    (else a parent killed with SIGKILL leaves it training, orphaned) and gives tqdm a thread lock: tqdm's
-    default multiprocessing lock is a semaphore that a terminated worker leaves behind (a warning at exit)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True, name="exit-with-parent").start()
-    tqdm.set_lock(threading.RLock())
-
-
 _POOL: dict[int, Any] = {}  # this process's training pool by size: kept from job to job (a multirun, a search)
 
 
@@ -448,7 +432,7 @@ def _pool(workers: int) -> Any:
     torch and the package)."""
     if workers not in _POOL:
         close_pool()
-        _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker_init)
+        _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker.init)
     return _POOL[workers]
 
 
@@ -473,6 +457,21 @@ def _result(r: Any, procs: list[Any], name: str) -> dict[str, Any]:
                                   f"while {name} trained; its finished models are cached: run the same command again "
                                   "to go on, with accuracy.workers=1 if memory is short")
     return r.get()
+
+
+WORKER_BYTES = 0.7e9  # what one training worker holds: torch and the package imported, the task and its features
+
+
+def training_workers(asked: int | None, trainings: int) -> int:
+    """How many training processes a design gets: `accuracy.workers` (default: 2, or 1 on one core), never more than
+    its trainings (seeds × rates), nor more than the free memory holds (each is a process of `WORKER_BYTES`)."""
+    n = min(asked if asked is not None else min(2, usable_cores()), trainings)
+    free = available_memory()
+    if free is not None and n > (fit := max(1, int(free // WORKER_BYTES))):
+        log.warning("accuracy: %d training workers would need about %.1f GB, %.1f GB is free: training with %d",
+                    n, n * WORKER_BYTES / 1e9, free / 1e9, fit)
+        n = fit
+    return n
 
 
 def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[tuple[int, float]],
@@ -518,7 +517,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     a, t = cfg.accuracy, cfg.accuracy.training
     seeds = [cfg.seed + i for i in range(int(a.seeds))]
     jobs = [(seed, lr) for lr in _lr_grid(t.lr) for seed in seeds]
-    workers = int(a.workers) if a.workers is not None else min(2, os.cpu_count() or 1)
+    workers = training_workers(a.workers, len(jobs))
     done = _train_all(s, t, Path(cfg.results_dir) / "cache" / "models", quiet, jobs, workers)
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for run in done:

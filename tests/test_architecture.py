@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "projector_bench"
 
 # From the bottom up; a module may import its own layer or one below it.
 LAYERS = [
-    ("leaves", ["errors", "settings", "util", "env", "ops", "budget", "results", "studies"]),
+    ("leaves", ["errors", "settings", "util", "env", "ops", "budget", "results", "studies", "_worker"]),
     ("models", ["", "_registry", "projectors", "encoders", "tasks", "lm"]),  # "": the package's __init__
     ("measurement", ["measure", "trace", "calibrate", "roofline", "deploy", "accuracy"]),
     ("job", ["validate", "runner"]),
