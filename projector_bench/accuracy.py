@@ -42,7 +42,9 @@ from .encoders import TimmEncoder, Variant
 from .env import available_memory, code_hash, usable_cores
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
+from .settings import host_cache
 from .tasks import TaskData, carve
+from .tasks.scenes import COLOUR_BINS, KINDS, cell_targets, scenes
 from .util import accuracy_projector_kwargs, atomic_write, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
@@ -112,7 +114,8 @@ def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
 
 
 def _normalize(images: Tensor) -> Tensor:
-    return (images.float() / 255.0 - 0.5) / 0.25
+    """uint8 images as the encoder reads them, channels last: its convolutions train a fifth faster so on CPUs."""
+    return ((images.float() / 255.0 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
 
 def _batches(idx: Tensor, size: int, seed: int) -> Iterator[Tensor]:
@@ -186,50 +189,150 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
             "time_s": elapsed, "steps_per_s": step / elapsed}
 
 
-def _pretrain_encoder(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, cfg: DictConfig, seed: int,
-                      quiet: bool) -> dict[str, Any]:
-    """Train the encoder on the task's images: per-region classes (dense head) or image classes."""
-    labels = task.encoder_labels
-    dense = labels.ndim == 3
-    classes = int(labels.max()) + 1
-    head = nn.Conv2d(enc.channels, classes, 1) if dense else nn.Linear(enc.channels, classes)
+def _pretrain_standin(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool) -> dict[str, Any]:
+    """Train `enc` on `s.images` generated scenes (`tasks.scenes`) at `img_size` px: per cell of its feature grid,
+    the kind of thing covering it, its colour and the cell's pooled pixels; a tenth of them validate. Returns
+    its weights, the run, and its validation kind accuracy beside chance (the majority kind's share of cells)."""
+    images, kinds, colours = scenes(int(s.images), img_size, int(s.seed))
+    enc.model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        grid = tuple(enc.model(torch.zeros(1, 3, img_size, img_size))[-1].shape[-2:])
+    kind, colour, pix = cell_targets(kinds, colours, images, grid)
+    del kinds, colours
+    n_kind, n_colour = len(KINDS), COLOUR_BINS + 1
+    head = nn.Conv2d(enc.channels, n_kind + n_colour + pix.shape[-1], 1)
     model = nn.ModuleDict({"enc": enc.model, "head": head})
+    n_val = max(1, len(images) // 10)
+    val, train = torch.arange(n_val), torch.arange(n_val, len(images))
 
-    def logits_targets(b: Tensor) -> tuple[Tensor, Tensor]:
-        fmap = enc.model(_normalize(task.images[b]))[-1]
-        if not dense:
-            return head(fmap.mean((2, 3))), labels[b]
-        target = F.interpolate(labels[b, None].float(), size=fmap.shape[-2:], mode="nearest")[:, 0].long()
-        return head(fmap).permute(0, 2, 3, 1).flatten(0, 2), target.flatten()
+    def outputs(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = head(enc.model(_normalize(images[b]))[-1]).permute(0, 2, 3, 1)  # (B, h, w, heads)
+        return out[..., :n_kind], out[..., n_kind:n_kind + n_colour], out[..., n_kind + n_colour:]
+
+    def loss_on(b: Tensor) -> Tensor:
+        k, c, p = outputs(b)
+        return (F.cross_entropy(k.flatten(0, 2), kind[b].flatten()) + F.cross_entropy(c.flatten(0, 2), colour[b].flatten())
+                + F.mse_loss(p, pix[b].float()))
+
+    def correct() -> Tensor:
+        return torch.cat([(outputs(b)[0].argmax(-1) == kind[b]).flatten() for b in val.split(256)])
 
     def validate() -> tuple[float, float]:
-        out = [logits_targets(b) for b in val.split(256)]
-        logits, target = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
-        return F.cross_entropy(logits, target).item(), 100 * (logits.argmax(-1) == target).float().mean().item()
+        loss = sum(loss_on(b).item() * len(b) for b in val.split(256)) / len(val)
+        return loss, 100 * correct().float().mean().item()
+
+    torch.manual_seed(int(s.seed))
+    run = fit(model, loss_on, validate, _batches(train, s.batch_size, int(s.seed)), s, s.lr, f"stand-in {enc.name}", quiet)
+    cells = kind[val].flatten()
+    chance = float(torch.bincount(cells).max()) / len(cells)
+    with torch.inference_mode():
+        better = _better(correct(), chance)
+    return ({"state_dict": enc.state_dict(), "images": int(s.images), "img_size": img_size, "chance": 100 * chance,
+             "better_than_chance": better} | {k: v for k, v in run.items() if k not in ("state_dict", "curve")})
+
+
+def standin_encoder(e: DictConfig, img_size: int, s: DictConfig, quiet: bool) -> tuple[TimmEncoder, dict[str, Any]]:
+    """The encoder `e` as it stands in for pretrained weights it has not got: trained once on generated scenes at
+    `img_size` px (`accuracy.standin`), then shared by every task, design and seed, as pretrained weights are:
+    cached per encoder, stage, image size and recipe in the machine's cache (`settings.host_cache`), beside
+    the measured roofs, not in one results folder."""
+    torch.manual_seed(int(s.seed))
+    enc = TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
+    key = _key("standin", enc.name, e.stage, img_size, OmegaConf.to_container(s, resolve=True))
+    state, _ = _cached(host_cache() / "standin" / f"{enc.name}-{img_size}px-{key}.pt",
+                       lambda: _pretrain_standin(enc, img_size, s, quiet))
+    enc.load_state_dict(state["state_dict"])
+    return enc, {k: v for k, v in state.items() if k != "state_dict"}
+
+
+def _better(correct: Tensor, chance: float) -> bool:
+    """Whether validation hits `correct` (0/1) beat the `chance` share (one-sided binomial test at 1%)."""
+    hits, n = int(correct.sum()), correct.numel()
+    return bool(hits / n > chance and binomtest(hits, n, chance, alternative="greater").pvalue < 0.01)
+
+
+def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: DictConfig, seed: int,
+           quiet: bool) -> dict[str, Any]:
+    """What the stand-in learns from the task's own labels (`TaskData.labels` of its train split), kept only if
+    validation shows it. A head is first trained on the frozen stand-in (per cell, or over the whole grid for an
+    image's class, so that where things are counts); then the encoder is fine-tuned with it, and the fine-tuned
+    encoder is kept only when it beats the frozen one on the validation labels (paired exact test at 5%): a
+    task too small to teach it anything (a folder of a few hundred images) keeps the stand-in frozen."""
+    labels = task.labels
+    dense = labels.ndim == 3
+    classes = int(labels.max()) + 1
+    with torch.no_grad():  # the frozen stand-in's maps, once: the head alone trains on them
+        maps = torch.cat([enc.model(_normalize(task.images[b]))[-1] for b in torch.arange(len(task.images)).split(256)])
+    c, h, w = maps.shape[1:]
+    target = (F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long() if dense else labels)
+    head = nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
+
+    def logits(fmap: Tensor) -> Tensor:
+        out = head(fmap)
+        return out.permute(0, 2, 3, 1).flatten(0, 2) if dense else out
+
+    def scored(encode: Callable[[Tensor], Tensor]) -> tuple[Callable[[Tensor], Tensor], Callable[[], tuple[float, float]],
+                                                              Callable[[], Tensor]]:
+        def loss_on(b: Tensor) -> Tensor:
+            return F.cross_entropy(logits(encode(b)), target[b].flatten())
+
+        def correct() -> Tensor:
+            return torch.cat([logits(encode(b)).argmax(-1) == target[b].flatten() for b in val.split(256)])
+
+        def validate() -> tuple[float, float]:
+            loss = sum(F.cross_entropy(logits(encode(b)), target[b].flatten(), reduction="sum").item() for b in val.split(256))
+            return loss / target[val].numel(), 100 * correct().float().mean().item()
+
+        return loss_on, validate, correct
 
     torch.manual_seed(seed)
-    run = fit(model, lambda b: F.cross_entropy(*logits_targets(b)), validate, _batches(train, cfg.batch_size, seed),
-              cfg, cfg.lr, f"encoder {enc.name}", quiet)
-    return {"state_dict": enc.state_dict()} | {k: v for k, v in run.items() if k != "state_dict"}
+    loss_on, validate, correct = scored(lambda b: maps[b])
+    probe = fit(head, loss_on, validate, _batches(train, t.batch_size, seed), t, t.lr, f"probe {enc.name}", quiet)
+    with torch.inference_mode():
+        frozen = correct()
+    standin = copy.deepcopy(enc.state_dict())
+    enc.model.to(memory_format=torch.channels_last)
+    loss_on, validate, correct = scored(lambda b: enc.model(_normalize(task.images[b]))[-1])
+    tuned = fit(nn.ModuleDict({"enc": enc.model, "head": head}), loss_on, validate,
+                _batches(train, t.batch_size, seed + 1), t, t.lr, f"fine-tune {enc.name}", quiet)
+    enc.eval()
+    with torch.inference_mode():
+        after = correct()
+    gained, lost = int((after & ~frozen).sum()), int((frozen & ~after).sum())
+    keep = gained > lost and binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue < 0.05
+    kept = after if keep else frozen
+    chance = float(torch.bincount(target[val].flatten(), minlength=classes).max()) / target[val].numel()
+    return {"state_dict": enc.state_dict() if keep else standin, "fine_tuned": bool(keep), "labels": "per cell" if dense else "per image",
+            "frozen_val_accuracy": 100 * frozen.float().mean().item(), "tuned_val_accuracy": 100 * after.float().mean().item(),
+            "val_accuracy": 100 * kept.float().mean().item(), "chance": 100 * chance,
+            "better_than_chance": _better(kept, chance), "probe_steps": probe["steps"], "steps": tuned["steps"]}
 
 
-def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], str]:
-    """Features `(N, h·w, C)` of every image of `task`, the grid, and how the encoder was obtained (cached)."""
+def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], dict[str, Any]]:
+    """Features `(N, h·w, C)` of every image of `task` from the frozen encoder, the grid, and how the encoder was
+    obtained: `source` and, for the stand-in, its pretraining (`standin`) and what the task taught it (`adapted`).
+    Cached."""
     e = cfg.accuracy.encoder
-    variant = Variant.from_config(e)
-    enc = TimmEncoder(e.name, e.stage, e.weights, variant)
-    train, val = carve(task.train, cfg.accuracy.val_fraction, cfg.seed)
-    key = _key(enc.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task), cfg.seed,
-               cfg.accuracy.val_fraction, OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True))
-    source = enc.weights_source
-    if source == "random":  # no pretrained weights: train on the task first
-        torch.manual_seed(cfg.seed)
-        enc = TimmEncoder(e.name, e.stage, "random", variant)
-        state, _ = _cached(cache / "encoders" / f"{enc.name}-{key}.pt",
-                           lambda: _pretrain_encoder(enc, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
-        enc.load_state_dict(state["state_dict"])
-        source = (f"trained on {task.name} ({state['steps']} steps from random init, "
-                  f"validation accuracy {state['val_accuracy']:.1f}%)")
+    enc = TimmEncoder(e.name, e.stage, e.weights, Variant.from_config(e))
+    info: dict[str, Any] = {"source": enc.weights_source}
+    key = [enc.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task)]
+    if enc.weights_source == "random":  # no pretrained weights: the stand-in, pretrained on generated scenes
+        img_size = int(task.images.shape[-1])
+        enc, record = standin_encoder(e, img_size, cfg.accuracy.standin, quiet)
+        train, val = carve(task.train, cfg.accuracy.val_fraction, cfg.seed)
+        recipe = OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True)
+        key += [OmegaConf.to_container(cfg.accuracy.standin, resolve=True), cfg.seed, cfg.accuracy.val_fraction, recipe]
+        adapted, _ = _cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
+                             lambda: _adapt(enc, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
+        enc.load_state_dict(adapted.pop("state_dict"))
+        how = (f"fine-tuned on {task.name}'s {adapted['labels']} labels ({adapted['steps']} steps): validation "
+               f"{adapted['tuned_val_accuracy']:.1f}% against {adapted['frozen_val_accuracy']:.1f}% frozen"
+               if adapted["fine_tuned"] else
+               f"kept frozen: fine-tuning on {task.name}'s {adapted['labels']} labels did not beat it on validation "
+               f"({adapted['tuned_val_accuracy']:.1f}% against {adapted['frozen_val_accuracy']:.1f}%)")
+        info = {"source": (f"stand-in: trained from random weights on {record['images']:,} generated scenes at {img_size} px "
+                           f"({record['steps']} steps; validation {record['val_accuracy']:.1f}% of cells' kind, chance "
+                           f"{record['chance']:.1f}%), {how}"), "standin": record, "adapted": adapted}
 
     def extract() -> dict[str, Any]:
         enc.eval()
@@ -240,8 +343,8 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
                 out.append(tokens.to(torch.float16))
         return {"features": torch.cat(out), "grid": grid}
 
-    feats, _ = _cached(cache / "features" / f"{enc.name}-{key}.pt", extract)
-    return feats["features"], tuple(feats["grid"]), source
+    feats, _ = _cached(cache / "features" / f"{enc.name}-{_key(*key)}.pt", extract)
+    return feats["features"], tuple(feats["grid"]), info
 
 
 def question_slots(task: TaskData) -> Tensor:
@@ -369,6 +472,8 @@ class _Setup(NamedTuple):
     kwargs: dict
     int8: bool
     base_key: tuple
+    standin: dict | None  # the stand-in encoder's pretraining record, when it stood in for pretrained weights
+    adapted: dict | None  # and what the task's own labels taught it (`_adapt`)
 
     def build(self, seed: int, t: DictConfig) -> TinyVLM:
         torch.manual_seed(seed)
@@ -380,7 +485,8 @@ class _Setup(NamedTuple):
 def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
     cache = Path(cfg.results_dir) / "cache"
     task = load_task(cfg.task, cache)
-    feats, grid, source = encoder_features(task, cfg, cache, quiet)
+    feats, grid, info = encoder_features(task, cfg, cache, quiet)
+    source = info["source"]
     a, t = cfg.accuracy, cfg.accuracy.training
     train, val = carve(task.train, a.val_fraction, cfg.seed)
     kwargs = accuracy_projector_kwargs(cfg)
@@ -391,7 +497,8 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
         name, kwargs = design.float_twin
     recipe = {k: v for k, v in OmegaConf.to_container(t, resolve=True).items() if k != "lr"}
     base_key = (name, kwargs, in_dim, grid, source, task_key(cfg.task), a.val_fraction, recipe)
-    return _Setup(task, feats, grid, source, train, val, question_slots(task), name, kwargs, int8, base_key)
+    return _Setup(task, feats, grid, source, train, val, question_slots(task), name, kwargs, int8, base_key,
+                  info.get("standin"), info.get("adapted"))
 
 
 def _model_path(s: _Setup, models: Path, seed: int, lr: float) -> Path:
@@ -557,6 +664,12 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     note = (f"small test split: {len(test_q)} questions; the interval is wide" if len(test_q) < SMALL_TEST else None)
     warning = (f"only {len(test_q)} test questions: this accuracy and its interval mean little; give the task more "
                "images" if len(test_q) < TOO_SMALL_TEST else None)
+    for what, rec in (("stand-in encoder", s.standin), (f"encoder (with a head trained on {task.name}'s labels)", s.adapted)):
+        if rec is not None and not rec["better_than_chance"]:
+            warning = "; ".join(w for w in (warning, (
+                f"the {what} is no better than chance on its own validation ({rec['val_accuracy']:.1f}%, chance "
+                f"{rec['chance']:.1f}%): this accuracy says nothing of the design; give the encoder pretrained weights "
+                "(accuracy.encoder.weights) or a longer stand-in pretraining (accuracy.standin)")) if w)
     if warning:
         log.warning(warning)
     return {
@@ -584,6 +697,9 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "acc_cached": all(r.get("cached", False) for r in done),
         "acc_code_version": code_version(),
         "acc_encoder": Variant.from_config(a.encoder).label(a.encoder.name), "acc_encoder_source": source,
+        "acc_encoder_val_accuracy": s.adapted["val_accuracy"] if s.adapted else None,
+        "acc_encoder_chance": s.adapted["chance"] if s.adapted else None,
+        "acc_encoder_fine_tuned": s.adapted["fine_tuned"] if s.adapted else None,
         "acc_grid": f"{grid[0]}x{grid[1]}", "acc_tokens_in": grid[0] * grid[1],
         "acc_tokens_out": s.build(0, t).projector.num_tokens_out(grid), "acc_test_questions": len(test_q),
         "acc_val_questions": int((slots[s.val] >= 0).sum()),

@@ -80,14 +80,16 @@ RULES: dict[str, tuple[Rule, str]] = {
     "search.heartbeat": (_pos_int, "a positive integer (seconds)"),
     "search.grace_period": (_pos_int, "a positive integer (seconds)"),
 }
-for _group in ("accuracy.training", "accuracy.encoder_training"):
+for _group in ("accuracy.training", "accuracy.standin", "accuracy.encoder_training"):
     for _k in ("batch_size", "min_steps", "max_steps", "eval_every", "patience"):
         RULES[f"{_group}.{_k}"] = (_pos_int, "a positive integer")
     RULES[f"{_group}.drop_patience"] = (_opt(_pos_int), "a positive integer or null (null: the same as patience)")
     RULES[f"{_group}.warmup_steps"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
     RULES[f"{_group}.lr_drops"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
     RULES[f"{_group}.min_delta"] = (lambda v: _num(v) and v >= 0, "a non-negative number")
-RULES["accuracy.encoder_training.lr"] = (_pos_num, "a positive number")
+RULES["accuracy.standin.lr"] = RULES["accuracy.encoder_training.lr"] = (_pos_num, "a positive number")
+RULES["accuracy.standin.images"] = (lambda v: _int(v) and v >= 20, "an integer of at least 20 (images)")
+RULES["accuracy.standin.seed"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
 NEEDS_ACCURACY = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "val_accuracy"}
 # Row columns that hold text, lists, mappings or flags: nothing a search can maximize or minimize
 NOT_NUMERIC_COSTS = {"macs_by_op", "torch_flops_agree", "uncounted_ops", "ops", "exports", "xnnpack_outside",
@@ -165,7 +167,7 @@ def _check_shape_grid(cfg: DictConfig) -> None:
 
 
 def _check_steps(cfg: DictConfig) -> None:
-    for group in ("accuracy.training", "accuracy.standin"):
+    for group in ("accuracy.training", "accuracy.standin", "accuracy.encoder_training"):
         node = OmegaConf.select(cfg, group)
         if node is not None and node.min_steps > node.max_steps:
             raise ConfigError(f"{group}.min_steps={node.min_steps} is above {group}.max_steps={node.max_steps}: a run "

@@ -19,8 +19,10 @@ from projector_bench.tasks.shapes_vqa import QTYPES
 STEPS = ["accuracy.training.min_steps=4", "accuracy.training.max_steps=8", "accuracy.training.eval_every=2",
          "accuracy.training.warmup_steps=2", "accuracy.training.patience=2"]
 TINY = ["quiet=true", "task.num_images=100", "task.questions_per_image=5", "task.img_size=32", "accuracy.encoder.weights=random",
-        "accuracy.encoder_training.min_steps=2", "accuracy.encoder_training.max_steps=4",
-        "accuracy.encoder_training.eval_every=2", "accuracy.encoder_training.batch_size=16", *STEPS,
+        "accuracy.standin.images=40", "accuracy.standin.min_steps=2", "accuracy.standin.max_steps=4",
+        "accuracy.standin.eval_every=2", "accuracy.standin.batch_size=16", "accuracy.encoder_training.min_steps=2",
+        "accuracy.encoder_training.max_steps=4", "accuracy.encoder_training.eval_every=2",
+        "accuracy.encoder_training.batch_size=16", *STEPS,
         "accuracy.training.width=16", "accuracy.training.layers=1", "accuracy.training.heads=2",
         "accuracy.training.batch_size=8", "accuracy.workers=1", "accuracy.training.lr=[0.001,0.003]",
         "accuracy.seeds=2"]
@@ -42,7 +44,8 @@ def test_row_holds_accuracy_over_seeds_with_a_two_level_interval_and_the_trainin
     assert all(4 <= s <= 8 for s in r["train_steps"]) and all(0 < b <= s for b, s in zip(r["best_step"], r["train_steps"]))
     assert isinstance(r["converged"], bool) and len(r["val_curves"]) == 2 and 0 <= r["val_accuracy"] <= 100
     assert [p[0] for p in r["val_curves"][0]][:2] == [2, 4] and r["acc_val_questions"] > 0
-    assert r["acc_encoder_source"].startswith("trained on shapes_vqa (") and r["acc_grid"] == "4x4"
+    assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px (")
+    assert r["acc_grid"] == "4x4" and 0 <= r["acc_encoder_chance"] <= 100 and 0 <= r["acc_encoder_val_accuracy"] <= 100
     assert r["accuracy_note"].startswith("small test split: ") and r["acc_cached"] is False
 
 
@@ -144,7 +147,7 @@ def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("recomputed what the cache holds")
 
-    monkeypatch.setattr(acc, "_pretrain_encoder", forbidden)
+    monkeypatch.setattr(acc, "_pretrain_standin", forbidden)
     monkeypatch.setattr(acc.TimmEncoder, "forward", forbidden)
     r = acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp"))  # another design: same features
     assert r["acc_tokens_out"] == 4
@@ -317,3 +320,37 @@ def test_a_damaged_cache_entry_is_named_discarded_and_rebuilt(tmp_path, caplog):
     assert acc._cached(path, lambda: {"a": 2}) == ({"a": 2}, False)
     assert any(str(path) in r.getMessage() and "discarding and rebuilding" in r.getMessage() for r in caplog.records)
     assert acc._cached(path, lambda: {"a": 3}) == ({"a": 2}, True)
+
+
+def test_training_workers_are_capped_at_the_trainings_and_the_free_memory(monkeypatch):
+    """`accuracy.workers=64` for 4 trainings started 64 processes of ~0.6 GB: the out-of-memory killer's work."""
+    monkeypatch.setattr(acc, "available_memory", lambda: 100e9)
+    assert acc.training_workers(64, 4) == 4 and acc.training_workers(None, 1) == 1
+    monkeypatch.setattr(acc, "available_memory", lambda: 1.5 * acc.WORKER_BYTES)
+    assert acc.training_workers(4, 4) == 1  # what fits, at least one
+    monkeypatch.setattr(acc, "available_memory", lambda: None)  # not Linux: no cap from memory
+    assert acc.training_workers(3, 4) == 3
+
+
+def test_a_training_worker_watches_its_parent_before_it_imports_torch():
+    """A worker's first code (its pool initializer) loads without torch or the package's heavy modules, so that a
+    parent killed while its workers still import (seconds; minutes short of memory) leaves none behind for long."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import projector_bench._worker as w; w.init(); "
+            "print(sorted(m for m in ('torch', 'timm', 'hydra', 'projector_bench.accuracy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tmp_path):
+    """The stand-in is fine-tuned on a task only where validation shows the gain: a handful of validation images
+    cannot, so a small folder keeps it frozen; and what a few images cannot show better than chance is a warning."""
+    from projector_bench.tasks.classify import write_blob_folder
+
+    root = write_blob_folder(tmp_path / "blobs", classes=3, per_class=10, size=32, blob=6)
+    r = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
+    assert r["acc_encoder_fine_tuned"] is False and "kept frozen" in r["acc_encoder_source"]
+    assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px")
+    assert "no better than chance on its own validation" in r["accuracy_warning"]

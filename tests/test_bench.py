@@ -5,7 +5,7 @@ from projector_bench import bench
 
 
 def _refuse(*_a, **_k):
-    raise AssertionError("--digits-only ran another target")
+    raise AssertionError("a one-target mode ran another target")
 
 
 @pytest.mark.parametrize("accuracy", [99.2, 90.0])
@@ -17,6 +17,17 @@ def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypa
     assert bench.main(["--digits-only"]) == (0 if accuracy >= 95 else 1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task=digits projector=mlp accuracy (%)")]
     assert len(lines) == 1 and lines[0].endswith("ok" if accuracy >= 95 else "MISSED")
+
+
+@pytest.mark.parametrize("accuracy", [97.2, 43.1])
+def test_folder_only_runs_the_folder_job_alone_and_exits_on_its_target(monkeypatch, capsys, accuracy):
+    for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets", "_digits"):
+        monkeypatch.setattr(bench, name, _refuse)
+    monkeypatch.setattr(bench, "_folder", lambda: [("blob folder 3x60 at 96 px, mlp accuracy (%)", accuracy, 0.0, ">= 90",
+                                                     accuracy >= 90)])
+    assert bench.main(["--folder-only"]) == (0 if accuracy >= 90 else 1)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("blob folder 3x60")]
+    assert len(lines) == 1 and lines[0].endswith("ok" if accuracy >= 90 else "MISSED")
 
 
 def _refuse_work(*_a, **_k):
@@ -39,7 +50,7 @@ BAD_ARGS = [
 
 @pytest.mark.parametrize("args,words", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
 def test_bad_arguments_are_one_line_and_exit_2_before_any_target(monkeypatch, capsys, args, words):
-    for name in ("calibrations", "_speed_targets", "deploy_targets", "_sweep", "_digits", "_calibration_targets"):
+    for name in ("calibrations", "_speed_targets", "deploy_targets", "_sweep", "_digits", "_folder", "_calibration_targets"):
         monkeypatch.setattr(bench, name, _refuse_work)
     code = bench.main(args)
     out, err = capsys.readouterr()

@@ -20,7 +20,7 @@ def test_shapes_vqa_answers_agree_with_the_scene():
     cells = [f"{r}_{c}" for r in ("top", "middle", "bottom") for c in ("left", "center", "right")]
     assert set(d.qtype) == set(QTYPES) and d.images.shape == (60, 3, 48, 48) and d.images.dtype == torch.uint8
     for q, a, i, t in zip(d.questions.tolist(), d.answers.tolist(), d.image_of.tolist(), d.qtype):
-        lab = d.encoder_labels[i].flatten().tolist()  # 0 empty, else 1 + colour * 3 + shape, row-major cells
+        lab = d.labels[i].flatten().tolist()  # 0 empty, else 1 + colour * 3 + shape, row-major cells
         text = [words[w] for w in q if w]
         names = ["nothing" if v == 0 else objects[v - 1] for v in lab]
         if t == "what_at":
@@ -115,7 +115,7 @@ def test_left_of_asks_about_clearly_separate_columns_with_balanced_answers():
     for q, a, i, t in zip(d.questions.tolist(), d.answers.tolist(), d.image_of.tolist(), d.qtype):
         if t != "left_of":
             continue
-        names = ["nothing" if v == 0 else objects[v - 1] for v in d.encoder_labels[i].flatten().tolist()]
+        names = ["nothing" if v == 0 else objects[v - 1] for v in d.labels[i].flatten().tolist()]
         text = [words[w] for w in q if w]
         assert abs(names.index(f"{text[2]}_{text[3]}") % 3 - names.index(f"{text[7]}_{text[8]}") % 3) == 2
         yes.append(answers[a] == "yes")
@@ -128,3 +128,26 @@ def test_more_questions_than_types_take_the_types_in_turn():
     for i in range(40):
         counts = {k: int((kinds[task.image_of.numpy() == i] == k).sum()) for k in ("what_at", "count", "exists")}
         assert counts == {"what_at": 3, "count": 3, "exists": 3}  # these are always askable
+
+
+def test_scenes_are_deterministic_for_a_seed():
+    from projector_bench.tasks.scenes import scenes
+
+    a, ka, ca = scenes(6, 32, seed=1)
+    b, kb, cb = scenes(6, 32, seed=1)
+    assert torch.equal(a, b) and torch.equal(ka, kb) and torch.equal(ca, cb) and a.shape == (6, 3, 32, 32)
+    assert not torch.equal(a, scenes(6, 32, seed=2)[0]) and a.float().std() > 10
+
+
+def test_a_cells_targets_are_the_thing_covering_it_its_colour_and_its_pooled_pixels():
+    from projector_bench.tasks.scenes import COLOUR_BINS, cell_targets
+
+    kinds = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    colours = torch.full((1, 16, 16), COLOUR_BINS, dtype=torch.uint8)
+    kinds[0, :8, :8], colours[0, :8, :8] = 2, 5  # cell (0, 0) of a 2x2 grid wholly covered
+    kinds[0, 8:10, 8:9], colours[0, 8:10, 8:9] = 3, 1  # 2 of cell (1, 1)'s 64 pixels: under an eighth
+    images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    images[0, 0, :8, :8] = 255
+    kind, colour, pix = cell_targets(kinds, colours, images, (2, 2))
+    assert kind.tolist() == [[[2, 0], [0, 0]]] and colour.tolist() == [[[5, COLOUR_BINS], [COLOUR_BINS, COLOUR_BINS]]]
+    assert pix.shape == (1, 2, 2, 48) and pix[0, 0, 0, :16].eq(1).all() and pix[0, 1, 1].eq(-1).all() and pix.dtype == torch.half

@@ -18,8 +18,8 @@ class TaskData:
 
     images: uint8 (N, 3, H, W); questions: long (Q, L) word ids, 0 = padding; answers: long (Q,);
     image_of: long (Q,) the image each question is about; qtype: per-question type names;
-    train/test: image indices (questions follow their image); encoder_labels: long (N,) image classes
-    or (N, gh, gw) per-region classes, the target for training an encoder that has no pretrained weights.
+    train/test: image indices (questions follow their image); labels: long (N,) image classes or (N, gh, gw)
+    per-region classes, the ground truth the questions are asked about.
     """
 
     name: str
@@ -30,7 +30,7 @@ class TaskData:
     qtype: list[str]
     train: Tensor
     test: Tensor
-    encoder_labels: Tensor
+    labels: Tensor
     num_answers: int
     vocab_size: int
 
