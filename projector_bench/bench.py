@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 import yaml
@@ -28,7 +27,7 @@ from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, deploy, list_projectors
 from .calibrate import Calibration, calibrate_config
-from .errors import ConfigError
+from .errors import ArgumentParser, ConfigError
 from .measure import REFERENCE_SHAPE, measure_latency, paired
 from .results import load_results
 from .roofline import calibrate_host, trace_ops
@@ -281,13 +280,6 @@ def _speed_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float
     return results, roofline
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
 def _at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= `low`, refused with a message saying so."""
     def parse(text: str) -> int:
@@ -307,7 +299,7 @@ NO_SWEEP = ("--skip-sweep", "--digits-only", "--folder-only", "--deploy-only", "
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, checked whole before any target runs; `ConfigError` naming the bad argument."""
-    ap = _Parser(prog="python -m projector_bench.bench", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m projector_bench.bench", description=__doc__.splitlines()[0])
     # a median and quartiles of per-round ratios, each round in alternating order, need a few rounds (as regress)
     ap.add_argument("--rounds", type=_at_least(3), default=15, help="interleaved rounds of the paired ratios (>= 3)")
     ap.add_argument("--seeds", type=_at_least(1), default=None,

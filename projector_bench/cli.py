@@ -9,7 +9,6 @@ that gives a multirun its id and prints its tables at the end. The top layer: on
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -28,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .choose import token_budgets
-from .errors import ConfigError
+from .errors import ArgumentParser, ConfigError
 from .results import TABLE, load_results, read_sweep, table_path
 from .runner import job_identity, run
 from .settings import GROUPS, SWEEP_ENV, config_dir, folder_problem, group_choices
@@ -148,7 +147,7 @@ def report_main(argv: list[str]) -> Path:
     and the other config keys as overrides)."""
     from .report import ReportNotWritten, build_report, reportable
 
-    ap = argparse.ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
+    ap = ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
     ap.add_argument("--sweep", default="last", help="the sweep id to report, `last` (default) or `all`")
     args, overrides = ap.parse_known_args(argv)

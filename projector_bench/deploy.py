@@ -15,7 +15,6 @@ A `<design>_int8` design is lowered from its float twin.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import subprocess
@@ -24,13 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from .errors import ConfigError
+from .errors import ArgumentParser, ConfigError
 from .measure import Latency, _Call, float_twin, measure_latency
 from .roofline import Device
 
@@ -290,16 +289,9 @@ def install() -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message}; see {self.prog} --help")
-
-
 def main(argv: list[str] | None = None) -> int:
     """`install`: the deploy extra into this Python. Bad arguments are one `error:` line and exit 2."""
-    ap = _Parser(prog="python -m projector_bench.deploy",
+    ap = ArgumentParser(prog="python -m projector_bench.deploy",
                  description="The optional deploy extra: ExecuTorch with its XNNPACK backend (docs/deploy.md).")
     ap.add_argument("command", choices=("install",),
                     help="install: add ExecuTorch and torchao (the deploy extra) to this Python")

@@ -8,7 +8,6 @@ How and why: docs/regression.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -27,7 +26,7 @@ from scipy.stats import binomtest
 
 from .encoders import Variant, create_encoder
 from .env import code_hash, cpu_id
-from .errors import ConfigError
+from .errors import ArgumentParser, ConfigError
 from .measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
 from .projectors.base import token_grid
 from .runner import build_projector
@@ -182,13 +181,6 @@ def summary(history: dict[str, list[float]]) -> tuple[dict[str, float], dict[str
     """(ratios, noise) of recorded passes: each case's median, and its passes' largest deviation from it."""
     ratios = {n: statistics.median(h) for n, h in history.items()}
     return ratios, {n: max(abs(r / ratios[n] - 1) for r in h) for n, h in history.items()}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are the house's one `error:` line and exit 2 (`ConfigError`), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message}; see {self.prog} --help")
 
 
 def _kind(value: Any) -> str:
@@ -442,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    ap = _Parser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m projector_bench.regress", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("golden", "time", "all"), nargs="?", default="all")
     ap.add_argument("--update", action="store_true", help="record the golden table / this machine's timing baseline")
     ap.add_argument("--passes", type=int, default=RECORD_PASSES, help="passes --update times (time)")
