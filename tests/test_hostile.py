@@ -55,6 +55,7 @@ CASES = [
     (["report", "{results}", "task=nope"], 2, "unknown task 'nope'"),
     (["report", "{results}", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
     (["report", "{results}", "--sweep", "nope"], 2, "no sweep 'nope' in"),
+    (["report", "{results}", "--sweep"], 2, "argument --sweep: expected one argument; see python -m projector_bench report --help"),
     (["report", "{empty}"], 2, "no results in"),
     (["report", "{dir_table}"], 2, "runs.jsonl is a directory, not a results table"),
     (["projector=linear", "results_dir={dir_table}"], 1, "runs.jsonl is a directory: the row was not recorded"),
