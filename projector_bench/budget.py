@@ -12,6 +12,8 @@ from .errors import ConfigError
 
 DEPLOY_RUNTIMES = ("executorch",)  # `budget.deployable` and `deploy.runtime` (projector_bench.deploy)
 LATENCY_COLUMNS = {"ttft": "est_ttft_ms", "vision": "est_vision_ms", "projector": "est_projector_ms"}
+LATENCY_WORDS = {"ttft": "to the first token", "vision": "for the encoder and projector",
+                 "projector": "in the projector"}
 
 
 def missing(x: Any) -> bool:
@@ -23,15 +25,22 @@ def missing(x: Any) -> bool:
 class Budget:
     """Limits on a device (None = no limit): latency of `latency` (ttft | vision | projector), the design's
     parameters (projector, plus the encoder when it is part of the design) and its peak memory; `deployable`:
-    a runtime the design (and its encoder) must have been lowered to and run on (its row's `exports`)."""
+    a runtime the design (and its encoder) must have been lowered to and run on (its row's `exports`).
+    `accuracy_tolerance` (points): a design this close to the most accurate is as good as it for the choice
+    (`choose.equivalent`), so the cheaper one is picked."""
 
     latency_ms: float | None = None
     params: float | None = None
     memory_mb: float | None = None
     latency: str = "ttft"
     deployable: str | None = None
+    accuracy_tolerance: float = 0.5
 
     def __post_init__(self) -> None:
+        tol = self.accuracy_tolerance
+        if not (isinstance(tol, numbers.Real) and not isinstance(tol, bool) and math.isfinite(tol) and 0 <= tol < 100):
+            raise ConfigError(f"budget.accuracy_tolerance must be a number of accuracy points from 0 to 100 (0: only "
+                              f"statistical ties count as equal), got {tol!r}")
         if self.latency not in LATENCY_COLUMNS:
             raise ConfigError(f"budget.latency={self.latency!r} is not one of: {', '.join(LATENCY_COLUMNS)}")
         if self.deployable is not None and self.deployable not in DEPLOY_RUNTIMES:
@@ -71,10 +80,40 @@ class Budget:
 
 
 def si(x: Any) -> str:
-    """12_300_000 -> '12.3M'; '' for a missing value."""
+    """12_300_000 -> '12.3M', 999_700 -> '1M'; '' for a missing value. Never scientific notation."""
     if missing(x):
         return ""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")):
+        if abs(x) >= div * 0.9995:  # what rounds up to 1000 of a unit is 1 of the next
             return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
+    return plain(x)
+
+
+def plain(x: Any, digits: int = 3) -> str:
+    """A number as a person reads it: `digits` significant digits, thousands separated, never scientific
+    notation ('' for a missing value; a value too small to show at 3 decimals is '0')."""
+    if missing(x):
+        return ""
+    if isinstance(x, numbers.Integral):
+        return f"{x:,}"
+    if x == 0 or abs(x) < 5e-4:
+        return "0"
+    decimals = max(0, min(3, digits - 1 - math.floor(math.log10(abs(x)))))
+    text = f"{x:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def duration(ms: Any) -> str:
+    """Milliseconds as a person reads them: '812 ms', '8.0 s', '106.8 s', '4.2 min'; '' for a missing value."""
+    if missing(ms):
+        return ""
+    if abs(ms) >= 599_950:
+        return f"{ms / 60_000:,.1f} min"
+    if abs(ms) >= 999.5:
+        return f"{ms / 1000:.1f} s"
+    return f"{plain(ms)} ms"
+
+
+def times(ratio: float) -> str:
+    """A ratio as '2.3×' ('12×' from ten on)."""
+    return f"{ratio:.1f}×" if ratio < 9.95 else f"{ratio:,.0f}×"

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from .budget import Budget, missing, si
+from .budget import LATENCY_WORDS, Budget, duration, missing, si, times
 from .lm import LanguageModel
 from .roofline import Device, device_from_config, estimate_row
 from .settings import DEFAULT_THREADS, config_dir, group_choices, host_cache
@@ -54,7 +54,10 @@ def pareto_mask(df: pd.DataFrame, cost: str, gain: str = "accuracy") -> pd.Serie
 
 @dataclass
 class Recommendation:
-    """The most accurate design within the budget, or the closest one when none fits; `reason` says why."""
+    """The design to use within the budget (`recommend`), or the closest one when none fits; `reason` says why in
+    a sentence, `tradeoff` in a few words; `most_accurate` and `fastest_within` are the alternatives a person
+    weighs against the pick ({design, latency_ms, accuracy}; None when the pick is that design, and the fastest
+    within the tolerance None too when it is the most accurate)."""
 
     budget: str
     device: str
@@ -64,10 +67,16 @@ class Recommendation:
     values: dict[str, float] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
     basis: str = ""  # what the estimates on `device` are (`roofline.estimate_row`'s est_basis)
+    tradeoff: str = ""
+    most_accurate: dict[str, Any] | None = None
+    fastest_within: dict[str, Any] | None = None
+    tolerance: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "device": self.device, "design": self.design, "feasible": self.feasible,
-                "reason": self.reason, "limits": self.limits, "basis": self.basis, **self.values}
+                "reason": self.reason, "limits": self.limits, "basis": self.basis, "tradeoff": self.tradeoff,
+                "most_accurate": self.most_accurate, "fastest_within": self.fastest_within,
+                "tolerance": self.tolerance, **self.values}
 
 
 def design_label(df: pd.DataFrame) -> pd.Series:
@@ -84,16 +93,27 @@ def design_label(df: pd.DataFrame) -> pd.Series:
     return label
 
 
+def equivalent(best: pd.Series, other: pd.Series, tolerance: float) -> bool:
+    """Whether `other` is as good as `best` (the most accurate) for the choice: within `tolerance` points of it,
+    or statistically tied with it (`tie`)."""
+    if best["accuracy"] - other["accuracy"] <= tolerance + 1e-9:
+        return True
+    t = tie(best, other)
+    return t is not None and t[0]
+
+
 def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
-    """Pick from rows with estimates (`add_estimates`): the most accurate within `budget` (the fastest if no row
-    has accuracy); if none fits, say so and name the design that misses the budget by the smallest factor."""
-    cols = budget.columns()
+    """Pick from rows with estimates (`add_estimates`), among those within `budget`: of the designs `equivalent`
+    to the most accurate (within `budget.accuracy_tolerance` points or statistically tied), the cheapest on the
+    budget's latency, then memory, then parameters; the fastest if no row has accuracy. If none fits, say so and
+    name the design that misses the budget by the smallest factor."""
+    cols, lat, tol = budget.columns(), budget.latency_col, budget.accuracy_tolerance
     df = finite(df)
-    rows = df[(df.get("status") == "ok") & df[budget.latency_col].notna()].copy() if budget.latency_col in df else df.iloc[:0]
+    rows = df[(df.get("status") == "ok") & df[lat].notna()].copy() if lat in df else df.iloc[:0]
     rows["label"] = design_label(rows) if len(rows) else []
     limits = budget.limits()
     basis = "; ".join(dict.fromkeys(rows["est_basis"].dropna().astype(str))) if "est_basis" in rows else ""
-    base = {"budget": budget.describe(), "device": device, "limits": limits, "basis": basis}
+    base = {"budget": budget.describe(), "device": device, "limits": limits, "basis": basis, "tolerance": tol}
     if not len(rows):
         return Recommendation(**base, design=None, feasible=False,
                               reason="no measured design has estimates on this device: run a sweep first")
@@ -104,35 +124,59 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     runs = rows.apply(budget.deploys, axis=1).astype(bool) if budget.deployable else pd.Series(True, index=rows.index)
     fits = rows[(worst <= 1) & runs]
     scored = fits[fits["accuracy"].notna()] if has_acc else fits.iloc[:0]  # "the most accurate" of those measured
+    words = LATENCY_WORDS[budget.latency]
 
     def values(r: pd.Series) -> dict[str, float]:
-        return {"latency_ms": float(r[budget.latency_col]), "params": float(r["design_params"]),
+        return {"latency_ms": float(r[lat]), "params": float(r["design_params"]),
                 "memory_mb": float(r["design_mem_mb"]), "accuracy": float(r["accuracy"]) if has_acc else math.nan}
 
-    def cost(r: pd.Series) -> str:
-        return f"{budget.latency} {r[budget.latency_col]:.4g} ms on {device}, {si(r['design_params'])} params"
+    def brief(r: pd.Series) -> dict[str, Any]:
+        return {"design": r.label, "latency_ms": float(r[lat]), "accuracy": float(r["accuracy"])}
 
-    if len(fits):
-        if len(scored):
-            ranked = scored.sort_values(["accuracy", budget.latency_col], ascending=[False, True])
-            best = ranked.iloc[0]
-            unscored = f" (and {len(fits) - len(scored)} without an accuracy)" if len(scored) < len(fits) else ""
-            reason = (f"{best.label} is the most accurate of the {len(scored)} designs within {budget.describe()}"
-                      f"{unscored}: {best.accuracy:.1f}% ({cost(best)})")
+    def cost(r: pd.Series) -> str:
+        return f"{duration(r[lat])} {words} on {device}, {si(r['design_params'])} params"
+
+    within = f" ({len(fits)} of {len(rows)} designs within {budget.describe()})" if limits or budget.deployable else ""
+    if len(scored):
+        ranked = scored.sort_values(["accuracy", lat], ascending=[False, True])
+        top = ranked.iloc[0]
+        same = ranked[[equivalent(top, r, tol) for _, r in ranked.iterrows()]]
+        cheapest = same.sort_values([lat, "design_mem_mb", "design_params"], na_position="last")
+        pick = cheapest.iloc[0]
+        close = cheapest[top["accuracy"] - cheapest["accuracy"] <= tol + 1e-9]
+        fastest = close.iloc[0] if len(close) else None
+        reason = f"{pick.label}: {duration(pick[lat])} {words} on {device}, {pick.accuracy:.1f}%"
+        if pick.label == top.label:
+            tradeoff = "the most accurate" + ("" if len(same) > 1 else f"; no other design within {tol:g} points")
             if len(ranked) > 1:
-                nxt, t = ranked.iloc[1], tie(best, ranked.iloc[1])
-                ci = "" if t is None else (f" ({'tied with' if t[0] else 'below'} {best.label}: a gap of "
-                                           f"{best.accuracy - nxt.accuracy:.1f} against ±{t[1]:.1f}, the 95% interval of the difference)")
-                reason += f"; the next, {nxt.label}, scores {nxt.accuracy:.1f}%{ci} at {cost(nxt)}"
-            warned = best.get("accuracy_warning")
-            if isinstance(warned, str) and warned:  # a pick on too few questions, or at another cut, says so
-                reason += f"; {best.label}'s accuracy warns: {warned.split(': ')[0]}"
+                nxt = ranked.iloc[1]
+                t = tie(top, nxt)
+                how = f", outside the 95% interval of the difference (±{t[1]:.1f})" if t is not None and not t[0] else ""
+                reason += (f", the most accurate; the next, {nxt.label}, is {top.accuracy - nxt.accuracy:.1f} points "
+                           f"below{how} at {times(nxt[lat] / pick[lat])} the time")
         else:
-            best = fits.sort_values(budget.latency_col).iloc[0]
-            why = "none of them has an accuracy" if has_acc else "no accuracy was measured (task=none)"
-            reason = (f"{best.label} is the fastest of the {len(fits)} designs within {budget.describe()} "
-                      f"({cost(best)}); {why}")
-        return Recommendation(**base, design=best.label, feasible=True, reason=reason, values=values(best))
+            gap, ratio = top.accuracy - pick.accuracy, top[lat] / pick[lat]
+            t = tie(top, pick)
+            why = (f"within the {tol:g}-point tolerance" if gap <= tol + 1e-9
+                   else f"statistically tied: the 95% interval of the difference is ±{t[1]:.1f}" if t else "")
+            tradeoff = f"{top.label} is {gap:.1f} points more accurate at {times(ratio)} the time"
+            reason += f"; {tradeoff} ({why})"
+        reason += within
+        if (n := len(fits) - len(scored)):
+            reason += f"; {n} without an accuracy {'is' if n == 1 else 'are'} left out"
+        warned = pick.get("accuracy_warning")
+        if isinstance(warned, str) and warned:  # a pick on too few questions, or at another cut, says so
+            reason += f"; {pick.label}'s accuracy warns: {warned.split(': ')[0]}"
+        other = fastest is not None and fastest.label not in (pick.label, top.label)
+        return Recommendation(**base, design=pick.label, feasible=True, reason=reason, values=values(pick),
+                              tradeoff=tradeoff, most_accurate=None if top.label == pick.label else brief(top),
+                              fastest_within=brief(fastest) if other else None)
+    if len(fits):
+        best = fits.sort_values(lat).iloc[0]
+        why = "none of them has an accuracy" if has_acc else "no accuracy was measured (task=none)"
+        reason = f"{best.label} is the fastest: {cost(best)}; {why}{within}"
+        return Recommendation(**base, design=best.label, feasible=True, reason=reason, values=values(best),
+                              tradeoff="the fastest; " + why)
     if not runs.any():
         return Recommendation(**base, design=None, feasible=False,
                               reason=f"no measured design has `exports` ok on {budget.deployable}: run the sweep with "
@@ -142,9 +186,10 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     best = rows.loc[i]
     k = over.loc[i].idxmax()
     closest = f"the closest that runs on {budget.deployable}" if budget.deployable else "the closest"
-    by = f"{over.loc[i, k]:.2f}× over the {k} limit" if math.isfinite(over.loc[i, k]) else f"its {k} unknown"
+    by = f"{times(over.loc[i, k])} over the {k} limit" if math.isfinite(over.loc[i, k]) else f"its {k} unknown"
     reason = f"no design fits {budget.describe()} on {device}; {closest} is {best.label}, {by} ({cost(best)})"
-    return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best))
+    return Recommendation(**base, design=best.label, feasible=False, reason=reason, values=values(best),
+                          tradeoff=f"none fits; {best.label} is {by}")
 
 
 def tie(best: pd.Series, other: pd.Series) -> tuple[bool, float] | None:

@@ -26,13 +26,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from jinja2 import Environment
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
-from .budget import missing, si
+from .budget import LATENCY_COLUMNS, LATENCY_WORDS, duration, missing, plain, si
 from .choose import analyse, design_label
 from .errors import ConfigError
 from .lm import LanguageModel
 from .studies import load_studies
+from .tables import picks
 from .util import atomic_write
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,12 @@ log = logging.getLogger(__name__)
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+td.n { text-align: right; white-space: nowrap; }
 th { background: #f0f0f0; } tr.failed { background: #fde8e8; } tr.infeasible { color: #a00; }
+.box { overflow-x: auto; max-width: 100%; } .note { color: #555; }
 img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
 </style></head>
 <body>
@@ -51,21 +55,32 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 <p>Device: <b>{{ device }}</b>.{% if basis %} <span id="estimate-basis">Estimates (est_*) on it: {{ basis }}; est_*_bound columns: the uncalibrated roofline.</span>{% endif %} {{ summary }}</p>
 
 <h2>Recommendation</h2>
-<table id="recommendations">
-<tr><th>budget</th><th>device</th><th>design</th><th>feasible</th><th>latency (ms)</th><th>params</th><th>memory (MB)</th><th>reason</th></tr>
+{% if rule %}<p id="pick-rule">{{ rule }}</p>{% endif %}
+<div class="box"><table id="recommendations">
+<tr><th>device</th><th>pick</th><th>{{ latency_words }}</th><th>accuracy</th><th>params</th><th>memory</th><th>most accurate</th><th>fastest within {{ tolerance }} points</th><th>trade-off</th></tr>
 {% for r in recommendations %}
-<tr class="{{ '' if r.feasible else 'infeasible' }}"><td>{{ r.budget }}</td><td>{{ r.device }}{% if r.basis %}<br><small>{{ r.basis }}</small>{% endif %}</td><td>{{ r.design }}</td>
-<td>{{ 'yes' if r.feasible else 'no' }}</td><td>{{ r.latency_ms }}</td><td>{{ r.params }}</td><td>{{ r.memory_mb }}</td><td>{{ r.reason }}</td></tr>
+<tr class="{{ '' if r.feasible else 'infeasible' }}" title="{{ r.reason }}"><td>{{ r.device }}</td><td>{{ r.design }}</td><td class="n">{{ r.latency_ms }}</td>
+<td class="n">{{ r.accuracy }}</td><td class="n">{{ r.params }}</td><td class="n">{{ r.memory_mb }}</td><td>{{ r.most_accurate }}</td><td>{{ r.fastest_within }}</td><td>{{ r.tradeoff }}</td></tr>
 {% endfor %}
-</table>
+</table></div>
+{% if bases %}<details id="device-bases"><summary>How the times on each device are estimated, and each pick's reason</summary><ul>
+{% for r in recommendations %}<li><b>{{ r.device }}</b>: {{ r.basis }}. {{ r.reason }}.</li>{% endfor %}
+</ul></details>{% endif %}
 
 <h2>Results</h2>
-<table id="results-table">
+{% for n in constant %}<p class="note constant">{{ n }}</p>
+{% endfor %}
+<div class="box"><table id="results-table">
 <tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in rows %}
-<tr class="{{ row.css }}">{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+<tr class="{{ row.css }}">{% for v in row.cells %}<td{% if loop.index0 in numeric %} class="n"{% endif %}>{{ v }}</td>{% endfor %}</tr>
 {% endfor %}
-</table>
+</table></div>
+{% if all_columns %}<details><summary>Every column</summary><div class="box"><table id="all-columns">
+<tr>{% for c in all_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in all_rows %}<tr class="{{ row.css }}">{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}
+</table></div></details>{% endif %}
 
 {% if budgets %}
 <h2>Token budgets</h2>
@@ -74,7 +89,7 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 <ul id="budget-verdicts">{% for b in budgets %}<li>{{ b.verdict }}</li>{% endfor %}</ul>
 <table id="budgets">
 <tr><th>budget (tokens)</th><th>design</th><th>accuracy [95% CI]</th><th>accuracy-grid tokens</th><th>{{ latency_col }}</th></tr>
-{% for b in budgets %}{% for r in b.rows %}<tr><td>{{ b.tokens }}</td><td>{{ r.design }}</td><td>{{ r.accuracy }}</td><td>{{ r.acc_tokens }}</td><td>{{ r.latency_ms }}</td></tr>
+{% for b in budgets %}{% for r in b.rows %}<tr><td>{{ b.tokens }}</td><td>{{ r.design }}</td><td>{{ r.accuracy }}</td><td>{{ r.acc_tokens }}</td><td class="n">{{ r.latency_ms }}</td></tr>
 {% endfor %}{% endfor %}
 </table>
 {% endif %}
@@ -93,8 +108,8 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 <h2>Estimator validation</h2>
 <p>Roofline estimate vs measured host latency: median absolute error {{ validation.median }}.</p>
 <table id="validation">
-<tr><th>design</th><th>measured (ms)</th><th>estimated (ms)</th><th>error</th></tr>
-{% for v in validation.rows %}<tr><td>{{ v[0] }}</td><td>{{ v[1] }}</td><td>{{ v[2] }}</td><td>{{ v[3] }}</td></tr>{% endfor %}
+<tr><th>design</th><th>measured</th><th>estimated</th><th>error</th></tr>
+{% for v in validation.rows %}<tr><td>{{ v[0] }}</td><td class="n">{{ v[1] }}</td><td class="n">{{ v[2] }}</td><td class="n">{{ v[3] }}</td></tr>{% endfor %}
 </table>
 {% endif %}
 
@@ -104,9 +119,12 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 {% endfor %}
 </dl>
 <script>
-window.addEventListener("load", function () {
+window.addEventListener("load", function () {  // what a headless browser test reads back (tests/test_report.py)
   var n = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var table = document.getElementById("results-table");
   document.body.dataset.imagesLoaded = String(n);
+  document.body.dataset.pageWidth = String(document.documentElement.scrollWidth);
+  document.body.dataset.tableOverflow = String(table.offsetWidth - table.parentElement.clientWidth);
 });
 </script>
 </body></html>
@@ -121,14 +139,110 @@ def _fmt(x: Any, digits: int = 1, scale: float = 1.0) -> str:
     return str(x)
 
 
-def _png(fig) -> str:
+def _png(fig) -> str | None:
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, limit: float | None) -> str | None:
+def _words(latency_col: str) -> str:
+    """'to the first token' for est_ttft_ms: what a latency column times."""
+    return next((w for k, w in LATENCY_WORDS.items() if LATENCY_COLUMNS[k] == latency_col), f"({latency_col})")
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where it covers no data (the saved figure grows to hold it)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
+
+
+def _log_axis(axis, fmt) -> None:
+    """A log axis ticked at 1, 2 and 5 of each decade, labelled by `fmt` ('500 ms', '8.0 s', not 1e+04)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _clusters(xy: list[tuple[float, float]], within: float) -> list[list[int]]:
+    """Indices of points closer than `within` display pixels to one another, chained (single linkage)."""
+    group = list(range(len(xy)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for i in range(len(xy)):
+        for j in range(i):
+            if math.dist(xy[i], xy[j]) < within:
+                group[root(i)] = root(j)
+    out: dict[int, list[int]] = {}
+    for i in range(len(xy)):
+        out.setdefault(root(i), []).append(i)
+    return list(out.values())
+
+
+def place_labels(ax, x: list[float], y: list[float], names: list[str], alphas: list[float] | None = None) -> list:
+    """Label points so that no label overlaps another label, a marker, or leaves the axes: points whose markers
+    touch share one label (their names listed), and each label takes the first free place around its point
+    from near to far (a thin line to it when far). A greedy search rather than a force layout such as
+    adjustText's: it either finds a free place or keeps the least crowded one, and a test can check the result.
+    Call it after the axes' scales and limits are final; returns the labels."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pts = ax.transData.transform(list(zip(x, y)))
+    inside = ax.get_window_extent(renderer)
+    marker = 5 * fig.dpi / 72
+    obstacles = [Bbox.from_extents(px - marker, py - marker, px + marker, py + marker)
+                 for px, py in pts]
+    placed: list = []
+    alphas = alphas or [1.0] * len(x)
+    groups = sorted(_clusters([tuple(p) for p in pts], 2 * marker), key=lambda g: -max(pts[i][1] for i in g))
+    angles = (45, -45, 135, -135, 0, 180, 90, -90, 20, -20, 160, -160, 70, -70, 110, -110)
+    for g in groups:
+        members = sorted(g, key=lambda i: names[i])
+        words = [names[i] for i in members]
+        text = "\n".join(", ".join(words[k:k + 3]) for k in range(0, len(words), 3))
+        anchor = (float(sum(x[i] for i in g) / len(g)), float(sum(y[i] for i in g) / len(g)))
+        best, best_cost = None, math.inf
+        for r in (5, 12, 22, 34, 50, 70, 95):
+            for deg in angles:
+                dx, dy = r * math.cos(math.radians(deg)), r * math.sin(math.radians(deg))
+                t = ax.annotate(text, anchor, xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                                ha="left" if dx > 1 else "right" if dx < -1 else "center",
+                                va="bottom" if dy > 1 else "top" if dy < -1 else "center",
+                                alpha=max(alphas[i] for i in g),
+                                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"} if r > 12 else None)
+                box = t.get_window_extent(renderer).expanded(1.04, 1.1)
+                cost = sum(_overlap(box, o) for o in obstacles + placed) + (0 if _contains(inside, box) else 1e9)
+                if cost < best_cost:
+                    if best is not None:
+                        best.remove()
+                    best, best_cost = t, cost
+                else:
+                    t.remove()
+                if cost == 0:
+                    break
+            if best_cost == 0:
+                break
+        placed.append(best.get_window_extent(renderer).expanded(1.04, 1.1))
+    return list(ax.texts)
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _contains(outer, inner) -> bool:
+    return outer.x0 <= inner.x0 and outer.y0 <= inner.y0 and inner.x1 <= outer.x1 and inner.y1 <= outer.y1
+
+
+def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, limit: float | None, ms: bool = False):
     d = ok[ok[x].notna() & (ok[x] > 0)]
     if d.empty:
         return None
@@ -139,19 +253,21 @@ def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, 
     if on.any():
         f = d[on].sort_values(x)
         ax.step(f[x], f["accuracy"], where="post", color="tab:red", lw=1.5)
-    for _, r in d.iterrows():
-        ax.annotate(r["design"], (r[x], r["accuracy"]), xytext=(4, 4), textcoords="offset points", fontsize=8,
-                    alpha=1.0 if on[r.name] else 0.5)
     if limit is not None:
-        ax.axvline(limit, ls="--", color="tab:blue", label=f"budget {limit:g}")
+        ax.axvline(limit, ls="--", color="tab:blue", label=f"budget {duration(limit) if ms else plain(limit)}")
     ax.set(xscale="log", xlabel=xlabel, ylabel="accuracy (%)", title=title)
-    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.legend(loc="lower right")
-    return _png(fig)
+    ax.margins(x=0.25, y=0.12)  # room for the labels of the points at the edges
+    _log_axis(ax.xaxis, duration if ms else plain)
+    _legend_outside(ax)
+    ax.autoscale_view()
+    fig.canvas.draw()  # final limits before the labels are placed
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    place_labels(ax, list(d[x]), list(d["accuracy"]), list(d["design"]), [1.0 if o else 0.5 for o in on])
+    return fig
 
 
-def _accuracy_by_type_plot(ok: pd.DataFrame) -> str | None:
+def _accuracy_by_type_plot(ok: pd.DataFrame):
     long = [{"design": r["design"], "type": str(t), "accuracy": a}
             for _, r in ok.iterrows() if isinstance(r.get("accuracy_by_type"), dict)
             for t, a in r["accuracy_by_type"].items() if not missing(a)]
@@ -160,11 +276,11 @@ def _accuracy_by_type_plot(ok: pd.DataFrame) -> str | None:
     fig, ax = plt.subplots(figsize=(9, 5))
     sns.barplot(data=pd.DataFrame(long), x="type", y="accuracy", hue="design", ax=ax)
     ax.set(xlabel="question type", ylabel="accuracy (%)", title="Accuracy per question type")
-    ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    _legend_outside(ax)
+    return fig
 
 
-def _validation_curves_plot(ok: pd.DataFrame) -> str | None:
+def _validation_curves_plot(ok: pd.DataFrame):
     """Validation loss against training step, one line per design and seed (the run that was kept)."""
     long = [{"design": r["design"], "seed": str(seed), "step": p[0], "validation loss": p[1]}
             for _, r in ok.iterrows() if isinstance(r.get("val_curves"), list)
@@ -177,26 +293,29 @@ def _validation_curves_plot(ok: pd.DataFrame) -> str | None:
     sns.lineplot(data=pd.DataFrame(long), x="step", y="validation loss", hue="design", units="seed",
                  estimator=None, ax=ax, lw=1)
     ax.set(yscale="log", title="Validation loss while training (each seed; the best checkpoint is kept)")
-    ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    _legend_outside(ax)
+    return fig
 
 
-def _latency_breakdown_plot(ok: pd.DataFrame, device: str) -> str | None:
+def _latency_breakdown_plot(ok: pd.DataFrame, device: str):
     parts = ["est_encoder_ms", "est_projector_ms", "est_prefill_ms"]
     d = ok.set_index("design")[[c for c in parts if c in ok]].dropna(how="all")
     if d.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(d) + 2))
     d.fillna(0).rename(columns=lambda c: c[4:-3]).plot.barh(stacked=True, ax=ax)
-    ax.set(xlabel="estimated ms", ylabel="", title=f"Time to first token breakdown on {device}")
-    return _png(fig)
+    ax.set(xlabel="estimated time", ylabel="", title=f"Time to first token breakdown on {device}")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: duration(v)))
+    _legend_outside(ax)
+    return fig
 
 
-def _budget_plot(budgets: list[dict], latency_col: str, device: str) -> str | None:
+def _budget_plot(budgets: list[dict], latency_col: str, device: str):
     """Accuracy (95% interval as error bars) against `latency_col`, one colour per output budget."""
     if not any(not missing(r["latency_ms"]) for b in budgets for r in b["rows"]):
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs, ys, names = [], [], []
     for b, colour in zip(budgets, sns.color_palette(n_colors=len(budgets))):
         rows = [r for r in b["rows"] if not missing(r["latency_ms"])]
         if not rows:
@@ -204,11 +323,17 @@ def _budget_plot(budgets: list[dict], latency_col: str, device: str) -> str | No
         x, y = [r["latency_ms"] for r in rows], [r["accuracy"] for r in rows]
         err = [[a - r["ci"][0] for a, r in zip(y, rows)], [r["ci"][1] - a for a, r in zip(y, rows)]]
         ax.errorbar(x, y, yerr=err, fmt="o", color=colour, capsize=3, label=f"{b['tokens']} tokens")
-        for xi, yi, r in zip(x, y, rows):
-            ax.annotate(r["design"].replace("$", r"\$"), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xscale="log", xlabel=f"{latency_col} on {device} (log)", ylabel="accuracy %", title="Accuracy vs time per token budget")
-    ax.legend()
-    return _png(fig)
+        xs, ys, names = xs + x, ys + y, names + [r["design"].replace("$", r"\$") for r in rows]
+    ax.set(xscale="log", xlabel=f"time {_words(latency_col)} on {device} (log)", ylabel="accuracy %",
+           title="Accuracy vs time per token budget")
+    ax.margins(x=0.25, y=0.12)
+    _log_axis(ax.xaxis, duration)
+    _legend_outside(ax)
+    fig.canvas.draw()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    place_labels(ax, xs, ys, names)
+    return fig
 
 
 def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> list[dict]:
@@ -216,10 +341,11 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
     measured["design"] = measured["design"].str.replace("$", r"\$", regex=False)  # a literal $, not mathtext
     measured["gmacs"] = measured["macs"] / 1e9 if "macs" in measured else float("nan")
     ok = measured[measured["accuracy"].notna()] if "accuracy" in measured else measured.iloc[:0]
+    when = f"time {_words(latency_col)}"
     specs = [
-        ("plot-pareto-latency", f"Accuracy vs {latency_col} on {device}",
-         lambda: _pareto_plot(ok, latency_col, "pareto_latency", f"{latency_col} (log)",
-                              f"Accuracy vs {latency_col} on {device}", limits.get("latency_ms"))),
+        ("plot-pareto-latency", f"Accuracy vs {when} on {device}",
+         lambda: _pareto_plot(ok, latency_col, "pareto_latency", f"{when} on {device} (log)",
+                              f"Accuracy vs {when} on {device}", limits.get("latency_ms"), ms=True)),
         ("plot-pareto-macs", "Accuracy vs GMACs",
          lambda: _pareto_plot(ok, "gmacs", "pareto_macs", "GMACs (log)", "Accuracy vs GMACs", None)),
         ("plot-accuracy-by-type", "Accuracy per question type", lambda: _accuracy_by_type_plot(ok)),
@@ -227,18 +353,58 @@ def _plots(df: pd.DataFrame, device: str, latency_col: str, limits: dict) -> lis
         ("plot-latency-breakdown", f"Latency breakdown on {device}", lambda: _latency_breakdown_plot(measured, device)),
     ]
     with sns.axes_style("whitegrid"):
-        out = [{"id": i, "alt": alt, "b64": make()} for i, alt, make in specs]
+        out = [{"id": i, "alt": alt, "b64": _png(make())} for i, alt, make in specs]
     return [p for p in out if p["b64"]]
 
 
-COLUMNS = ["design", "status", "tokens_out", "params (M)", "GMACs", "latency_ms", "est_projector_ms", "est_ttft_ms",
-           "est_ttft_ms_bound", "est_decode_tok_s", "peak_mem_mb", "XNNPACK ms (fp32 / int8)", "exports", "accuracy [95% CI]",
-           "error / warning"]
 WARNINGS = ("accuracy_warning", "load_warning")  # row columns shown in the last column of an ok row
 
 
+def _accuracy(r: pd.Series) -> str:
+    acc = _fmt(r.get("accuracy"))
+    if acc and not missing(r.get("accuracy_ci_low")) and not missing(r.get("accuracy_ci_high")):
+        acc += f" [{_fmt(r['accuracy_ci_low'])}, {_fmt(r['accuracy_ci_high'])}]"
+    return acc
+
+
+def _notes(r: pd.Series) -> str:
+    if r.get("status") != "ok":
+        return _fmt(r.get("error"))
+    return "; ".join(str(r[w]) for w in WARNINGS if not missing(r.get(w)))
+
+
+# (header, cell, right-aligned): the table a person reads first, which fits the page; `EVERY` adds the rest
+SHOWN: list[tuple[str, Any, bool]] = [
+    ("design", lambda r, d: r["design"], False),
+    ("tokens", lambda r, d: _fmt(r.get("tokens_out"), 0), True),
+    ("params", lambda r, d: si(r.get("params")), True),
+    ("MACs", lambda r, d: si(r.get("macs")), True),
+    ("projector, measured here", lambda r, d: duration(r.get("latency_ms")), True),
+    ("to first token on {device}", lambda r, d: duration(r.get("est_ttft_ms")), True),
+    ("peak memory", lambda r, d: _mb(r.get("peak_mem_mb")), True),
+    ("accuracy % [95% CI]", lambda r, d: _accuracy(r), False),
+    ("error / warning", lambda r, d: _notes(r), False),
+]
+EVERY: list[tuple[str, Any, bool]] = SHOWN[:1] + [
+    ("status", lambda r, d: r.get("status"), False),
+    *SHOWN[1:5],
+    ("projector on {device}", lambda r, d: duration(r.get("est_projector_ms")), True),
+    *SHOWN[5:6],
+    ("… uncalibrated bound", lambda r, d: duration(r.get("est_ttft_ms_bound")), True),
+    ("decode tokens/s", lambda r, d: _fmt(r.get("est_decode_tok_s"), 1), True),
+    *SHOWN[6:7],
+    ("XNNPACK fp32 / int8", lambda r, d: _xnnpack_ms(r), True),
+    ("exports", lambda r, d: _exports(r), False),
+    *SHOWN[7:],
+]
+
+
+def _mb(x: Any) -> str:
+    return "" if missing(x) else f"{plain(x)} MB"
+
+
 def _xnnpack_ms(r: pd.Series) -> str:
-    fp32, int8 = _fmt(r.get("xnnpack_latency_ms"), 2), _fmt(r.get("xnnpack_int8_latency_ms"), 2)
+    fp32, int8 = duration(r.get("xnnpack_latency_ms")), duration(r.get("xnnpack_int8_latency_ms"))
     return f"{fp32} / {int8}" if fp32 or int8 else ""
 
 
@@ -254,20 +420,67 @@ def _exports(r: pd.Series) -> str:
     return "; ".join(parts)
 
 
-def _table_rows(df: pd.DataFrame) -> list[dict]:
-    rows = []
-    for _, r in df.iterrows():
-        acc = _fmt(r.get("accuracy"))
-        if acc and not missing(r.get("accuracy_ci_low")) and not missing(r.get("accuracy_ci_high")):
-            acc += f" [{_fmt(r['accuracy_ci_low'])}, {_fmt(r['accuracy_ci_high'])}]"
-        failed = r.get("status") != "ok"
-        cells = [r["design"], r.get("status"), _fmt(r.get("tokens_out"), 0), _fmt(r.get("params"), 2, 1e6),
-                 _fmt(r.get("macs"), 3, 1e9), _fmt(r.get("latency_ms"), 2), _fmt(r.get("est_projector_ms"), 2),
-                 _fmt(r.get("est_ttft_ms"), 1), _fmt(r.get("est_ttft_ms_bound"), 1), _fmt(r.get("est_decode_tok_s"), 1),
-                 _fmt(r.get("peak_mem_mb"), 1), _xnnpack_ms(r), _exports(r),
-                 acc, _fmt(r.get("error")) if failed else "; ".join(str(r[w]) for w in WARNINGS if not missing(r.get(w)))]
-        rows.append({"css": "failed" if failed else "", "cells": cells})
-    return rows
+def _tables(df: pd.DataFrame, device: str) -> dict[str, Any]:
+    """The results table (`SHOWN`) and every column (`EVERY`) as header and cell lists, and one note per column
+    whose cells are the same in every row (a runtime that is missing, the same encoder): said once above the
+    table, not in each row. A column empty in every row is left out."""
+    cells = {h.format(device=device): [cell(r, device) for _, r in df.iterrows()] for h, cell, _ in EVERY}
+    constant, drop = [], set()
+    for h, vals in cells.items():
+        if h == "design":
+            continue
+        texts = {str(v) for v in vals}
+        if texts <= {"", "None"}:
+            drop.add(h)
+        elif len(df) > 1 and len(texts) == 1:
+            constant.append(f"Every design: {h}: {vals[0]}")
+            drop.add(h)
+    css = ["failed" if r.get("status") != "ok" else "" for _, r in df.iterrows()]
+
+    def table(spec: list[tuple[str, Any, bool]]) -> tuple[list[str], list[dict], set[int]]:
+        heads = [h.format(device=device) for h, _, _ in spec if h.format(device=device) not in drop]
+        right = {i for i, (h, _, n) in enumerate(x for x in spec if x[0].format(device=device) not in drop) if n}
+        rows = [{"css": c, "cells": [cells[h][i] for h in heads]} for i, c in enumerate(css)]
+        return heads, rows, right
+
+    columns, rows, numeric = table(SHOWN)
+    all_columns, all_rows, _ = table(EVERY)
+    extra = len(all_columns) > len(columns)
+    return {"columns": columns, "rows": rows, "numeric": numeric, "constant": constant,
+            "all_columns": all_columns if extra else [], "all_rows": all_rows if extra else []}
+
+
+def _alternative(alt: Mapping[str, Any] | None, feasible: bool) -> str:
+    if not alt:
+        return "the pick" if feasible else ""
+    acc = "" if missing(alt.get("accuracy")) else f"{alt['accuracy']:.1f}%, "
+    return f"{alt['design']}: {acc}{duration(alt.get('latency_ms'))}"
+
+
+def _recommendation_rows(recommendations: list[dict]) -> list[dict]:
+    out = []
+    for r in recommendations:
+        scored = bool(r.get("feasible")) and not missing(r.get("accuracy"))
+        out.append({**r, "design": r.get("design") or "none", "latency_ms": duration(r.get("latency_ms")),
+                    "accuracy": "" if missing(r.get("accuracy")) else f"{r['accuracy']:.1f}%",
+                    "params": si(r.get("params")), "memory_mb": _mb(r.get("memory_mb")),
+                    "most_accurate": _alternative(r.get("most_accurate"), scored),
+                    "fastest_within": _alternative(r.get("fastest_within"), scored), "tradeoff": r.get("tradeoff") or "",
+                    "reason": r.get("reason") or "", "basis": r.get("basis") or "estimates as measured"})
+    return out
+
+
+def _pick_rule(recommendations: list[dict], latency_col: str) -> str:
+    if not recommendations:
+        return ""
+    r = recommendations[0]
+    tol = r.get("tolerance")
+    tol = 0.0 if missing(tol) else tol
+    words = _words(latency_col)
+    return (f"Budget: {r.get('budget') or 'none'}. The pick on each device: of the designs within {tol:g} accuracy "
+            f"points of the most accurate there, or statistically tied with it, the one with the lowest time "
+            f"{words}, then the least memory, then the fewest parameters (budget.accuracy_tolerance). Hover a row "
+            f"for its reason.")
 
 
 def _validation(validation: dict | None) -> dict | None:
@@ -277,7 +490,7 @@ def _validation(validation: dict | None) -> dict | None:
     for name, v in validation.get("per_design", {}).items():
         m, e = v.get("measured_ms"), v.get("estimated_ms")
         err = f"{(e - m) / m:+.0%}" if not (missing(m) or missing(e) or m == 0) else ""
-        rows.append((name, _fmt(m, 2), _fmt(e, 2), err))
+        rows.append((name, duration(m), duration(e), err))
     med = validation.get("median_abs_error")  # a fraction: 0.12 is 12 %
     return {"median": "n/a" if missing(med) else f"{med:.1%}", "rows": rows}
 
@@ -308,21 +521,26 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
     failed = df.loc[df["status"] != "ok", "design"].tolist()
     summary = f"{len(df)} designs measured, {len(failed)} failed" + (f" ({', '.join(failed)})." if failed else ".")
     basis = estimate_basis(df)
-    recs = [{**r, "design": r.get("design") or "none", "latency_ms": _fmt(r.get("latency_ms")),
-             "params": si(r.get("params")), "memory_mb": _fmt(r.get("memory_mb"))} for r in recommendations]
+    recs = _recommendation_rows(recommendations)
+    tolerance = next((r["tolerance"] for r in recommendations if not missing(r.get("tolerance"))), 0.0)
+    words = _words(latency_col)
     prov = [(k, v if isinstance(v, str) else json.dumps(v, indent=1, default=str)) for k, v in provenance.items()]
     budgets = budgets or []
     if budgets:
         with sns.axes_style("whitegrid"):
-            b64 = _budget_plot(budgets, latency_col, device)
-        extra_plots = ([{"id": "plot-token-budgets", "alt": "Accuracy vs time per token budget", "b64": b64}] if b64 else []) + (extra_plots or [])
+            b64 = _png(_budget_plot(budgets, latency_col, device))
+        extra_plots = ([{"id": "plot-token-budgets", "alt": "Accuracy vs time per token budget", "b64": b64}]
+                       if b64 else []) + (extra_plots or [])
     shown = [{**b, "rows": [{**r, "accuracy": f"{_fmt(r['accuracy'])} [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]",
-                             "acc_tokens": _fmt(r["acc_tokens"], 0), "latency_ms": _fmt(r["latency_ms"], 1)} for r in b["rows"]]}
+                             "acc_tokens": _fmt(r["acc_tokens"], 0), "latency_ms": duration(r["latency_ms"])}
+                            for r in b["rows"]]}
              for b in budgets]
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=title, device=device, basis=basis, summary=summary, recommendations=recs, columns=COLUMNS, rows=_table_rows(df),
-        plots=_plots(df, device, latency_col, limits) + (extra_plots or []), validation=_validation(validation),
-        provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [])
+        title=title, device=device, basis=basis, summary=summary, recommendations=recs,
+        rule=_pick_rule(recommendations, latency_col), latency_words=f"time {words}", tolerance=f"{tolerance:g}",
+        bases=any(r.get("basis") or r.get("reason") for r in recommendations),
+        **_tables(df, device), plots=_plots(df, device, latency_col, limits) + (extra_plots or []),
+        validation=_validation(validation), provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [])
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -526,6 +744,7 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     for note in notes:
         log.warning(note)
     plots = [p for st in studies for p in study_plots(st)]
+    print(picks(a.recommendations))
     return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
                         latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
                         provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets,

@@ -20,7 +20,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .budget import Budget
+from .budget import Budget, plain
 from .errors import ConfigError
 from .results import append_rows, jsonable
 from .runner import run
@@ -270,4 +270,4 @@ def front_table(study: optuna.Study) -> str:
             for t in sorted(study.best_trials, key=lambda t: t.number)]
     if not any(r["accuracy_warning"] for r in rows):  # the column only when a front trial has a warning (its first clause)
         rows = [{k: v for k, v in r.items() if k != "accuracy_warning"} for r in rows]
-    return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}") if rows else "(no feasible trial)"
+    return pd.DataFrame(rows).to_string(index=False, float_format=plain) if rows else "(no feasible trial)"

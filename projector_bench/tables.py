@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .choose import design_label
+from .budget import duration, plain
+from .choose import Recommendation, design_label
 
 # Columns printed at the end of a run or sweep (the table holds many more).
 SUMMARY = ["projector", "encoder", "status", "tokens_in", "tokens_out", "params", "macs", "latency_ms",
@@ -19,7 +20,23 @@ def summary(df) -> str:
             view = view.rename(columns={col: name})
     if "error" in view:
         view["error"] = view["error"].astype(object).fillna("")
-    return view.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return view.to_string(index=False, float_format=plain)
+
+
+def picks(recs: list[Recommendation]) -> str:
+    """The recommendation, one line per device: the pick, its time and accuracy, and what choosing it trades."""
+    if not recs:
+        return ""
+    rows = [{"device": r.device, "pick": r.design or "none", "time": duration(r.values.get("latency_ms")),
+             "accuracy": "" if pd.isna(r.values.get("accuracy", float("nan"))) else f"{r.values['accuracy']:.1f}%",
+             "trade-off": r.tradeoff} for r in recs]
+    head = (f"recommendation ({recs[0].budget}; designs within {recs[0].tolerance:g} accuracy points of the most "
+            "accurate, or statistically tied, count as equal and the fastest is picked):\n")
+    width = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    lines = ["  ".join(k.ljust(width[k]) for k in width)]
+    right = ("time", "accuracy")
+    lines += ["  ".join((r[k].rjust if k in right else r[k].ljust)(width[k]) for k in width) for r in rows]
+    return head + "\n".join(line.rstrip() for line in lines)
 
 
 def accuracy_table(df) -> str:

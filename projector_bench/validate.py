@@ -64,6 +64,8 @@ RULES: dict[str, tuple[Rule, str]] = {
     "budget.latency_ms": (_opt(_pos_num), "a positive number or null"),
     "budget.params": (_opt(_pos_num), "a positive number or null"),
     "budget.memory_mb": (_opt(_pos_num), "a positive number or null"),
+    "budget.accuracy_tolerance": (lambda v: _num(v) and 0 <= v < 100,
+                                  "a number of accuracy points from 0 to 100 (0: only statistical ties are equal)"),
     "accuracy.seeds": (_pos_int, "a positive integer"),
     "accuracy.val_fraction": (lambda v: _num(v) and 0 < v < 1, "a fraction between 0 and 1"),
     "accuracy.workers": (_opt(_pos_int), "a positive integer or null"),

@@ -175,7 +175,7 @@ def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
     r["xnnpack_outside"] = ["addmm", "native_layer_norm", "where.self", "clamp"]
     assert _exports(r) == ("executorch: ok; 4 ops outside XNNPACK (addmm, native_layer_norm, where.self, …); "
                            "encoder executorch: fp32: RuntimeError: no")
-    assert _xnnpack_ms(r) == "12.35 / 4.50"
+    assert _xnnpack_ms(r) == "12.3 ms / 4.5 ms"
     assert _exports(pd.Series({"exports": math.nan})) == "" and _xnnpack_ms(pd.Series({})) == ""
 
 
