@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 from timm.layers import LayerNormAct2d
@@ -26,6 +27,7 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, deploy, list_projectors
+from .agreement import agreements
 from .calibrate import Calibration, calibrate_config
 from .errors import ArgumentParser, ConfigError
 from .measure import REFERENCE_SHAPE, measure_latency, paired
@@ -243,6 +245,33 @@ def _folder() -> list[tuple[str, float, float, str, bool]]:
             ("  its wall, cold, stand-in pretraining included (s)", wall, 0.0, "info", True)]
 
 
+def agreement_targets(results: str) -> int:
+    """Print how the rows in `results` agree with every published table they cover (`agreement.agreements`),
+    pair by pair, and the target on TokenPacker Table 3's GQA column; 0 when it is met, 1 when not, 2 when the
+    rows cover no published table."""
+    path = Path(results)
+    if not path.exists():
+        print(f"error: no results at {results}: give a results folder, its runs.jsonl or a .csv of rows", file=sys.stderr)
+        return 2
+    df = pd.read_csv(path) if path.suffix == ".csv" else load_results(path.parent if path.suffix == ".jsonl" else path)
+    found = agreements(df)
+    if not found:
+        print(f"error: the rows in {results} cover no published table (conf/published/): run "
+              "python -m projector_bench +sweep=token_budget first", file=sys.stderr)
+        return 2
+    for a in found:
+        print(a.text())
+    ok = True
+    for a in (a for a in found if a.table == "tokenpacker_table3" and a.benchmark == "GQA"):
+        share = (a.count("reproduced") + a.count("tied")) / len(a.pairs) if a.pairs else 1.0
+        met = share >= AGREEMENT_TARGET and a.count("contradicted") == 0
+        ok &= met
+        print(f"TokenPacker Table 3 GQA at {a.tokens} tokens: {share:.0%} of {len(a.pairs)} robust pairs reproduced "
+              f"or tied, {a.count('contradicted')} contradicted  target >= {AGREEMENT_TARGET:.0%}, none contradicted  "
+              f"{'ok' if met else 'MISSED'}")
+    return 0 if ok else 1
+
+
 def _paired_targets(x: Tensor, rounds: int) -> list[tuple[str, float, float, str, bool]]:
     results: list[tuple[str, float, float, str, bool]] = []
 
@@ -294,7 +323,9 @@ def _at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-NO_SWEEP = ("--skip-sweep", "--digits-only", "--folder-only", "--deploy-only", "--calibration-only")  # modes that run no sweep
+NO_SWEEP = ("--skip-sweep", "--digits-only", "--folder-only", "--deploy-only", "--calibration-only",
+            "--agreement-only")  # modes that run no sweep
+AGREEMENT_TARGET = 0.9  # of TokenPacker Table 3's robust GQA pairs at each budget, reproduced or tied
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -316,6 +347,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     modes.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
     modes.add_argument("--calibration-only", action="store_true",
                        help="only the target devices' calibration on published points (a few seconds)")
+    modes.add_argument("--agreement-only", metavar="RESULTS", nargs="?", const="results", default=None,
+                       help="only the proxy against published tables (conf/published/), on the rows of a "
+                            "+sweep=token_budget run in RESULTS (a folder, its runs.jsonl, or a .csv; default: results)")
     args = ap.parse_args(argv)
     chosen = [m for m in NO_SWEEP if getattr(args, m[2:].replace("-", "_"))]
     if args.seeds is not None and chosen:  # else the seeds asked for would be silently ignored
@@ -365,6 +399,8 @@ def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float,
 def run(args: argparse.Namespace) -> int:
     """The targets `args` picks (`parse_args`), printed; 0 when every one is met."""
     torch.manual_seed(0)
+    if args.agreement_only:
+        return agreement_targets(args.agreement_only)
     cals = calibrations()
     if args.calibration_only:
         print(calibration_table(cals))

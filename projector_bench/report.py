@@ -29,6 +29,7 @@ from jinja2 import Environment
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
+from .agreement import agreements, as_records
 from .budget import LATENCY_COLUMNS, LATENCY_WORDS, duration, missing, plain, si
 from .choose import analyse, design_label
 from .errors import ConfigError
@@ -92,6 +93,21 @@ img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f
 {% for b in budgets %}{% for r in b.rows %}<tr><td>{{ b.tokens }}</td><td>{{ r.design }}</td><td>{{ r.accuracy }}</td><td>{{ r.acc_tokens }}</td><td class="n">{{ r.latency_ms }}</td></tr>
 {% endfor %}{% endfor %}
 </table>
+{% endif %}
+
+{% if agreement %}
+<h2>Against published tables</h2>
+<p>The proxy's ranking held against published ablations (conf/published/): Kendall τ between the two rankings of
+the designs both cover at a budget, and the robust pairs (a gap of at least 1 point in the source) the proxy
+reproduces, ties (within the 95% interval of its difference) or contradicts.</p>
+<div class="box"><table id="agreement">
+<tr><th>table</th><th>benchmark</th><th>tokens</th><th>designs</th><th>Kendall τ</th><th>reproduced</th><th>tied</th><th>contradicted</th></tr>
+{% for a in agreement %}<tr title="{{ a.source }}"><td>{{ a.table }}</td><td>{{ a.benchmark }}</td><td class="n">{{ a.tokens }}</td><td class="n">{{ a.designs|length }}</td>
+<td class="n">{{ a.tau_text }}</td><td class="n">{{ a.reproduced }}</td><td class="n">{{ a.tied }}</td><td class="n">{{ a.contradicted }}</td></tr>
+{% endfor %}</table></div>
+<details><summary>Every robust pair</summary><ul>
+{% for a in agreement %}{% for p in a.pairs %}<li>{{ a.table }} {{ a.benchmark }} at {{ a.tokens }}: {{ p }}</li>{% endfor %}{% endfor %}
+</ul></details>
 {% endif %}
 
 <h2>Plots</h2>
@@ -243,7 +259,7 @@ def _contains(outer, inner) -> bool:
 
 
 def _pareto_plot(ok: pd.DataFrame, x: str, front: str, xlabel: str, title: str, limit: float | None, ms: bool = False):
-    d = ok[ok[x].notna() & (ok[x] > 0)]
+    d = ok[ok[x].notna() & (ok[x] > 0)] if x in ok else ok.iloc[:0]
     if d.empty:
         return None
     on = d[front].fillna(False).astype(bool) if front in d else pd.Series(False, index=d.index)
@@ -510,10 +526,10 @@ class ReportNotWritten(OSError):
 def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: str, latency_col: str,
                  recommendations: list[dict], provenance: dict, validation: dict | None = None,
                  extra_plots: list[dict] | None = None, budgets: list[dict] | None = None,
-                 notes: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, agreement: list[dict] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
     `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`; `notes` are lines
-    shown under the plots (what could not be plotted). The file is written whole or not at all: on an OS error
+    shown under the plots (what could not be plotted); `agreement` is `agreement.as_records`. The file is written whole or not at all: on an OS error
     (a full disk) `ReportNotWritten` is raised and no partial file is left."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
@@ -540,7 +556,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
         rule=_pick_rule(recommendations, latency_col), latency_words=f"time {words}", tolerance=f"{tolerance:g}",
         bases=any(r.get("basis") or r.get("reason") for r in recommendations),
         **_tables(df, device), plots=_plots(df, device, latency_col, limits) + (extra_plots or []),
-        validation=_validation(validation), provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [])
+        validation=_validation(validation), provenance=prov, budgets=shown, latency_col=latency_col, notes=notes or [],
+        agreement=[{**a, "tau_text": "n/a" if missing(a["tau"]) else f"{a['tau']:+.2f}"} for a in agreement or []])
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -748,7 +765,7 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
     return write_report(a.df, out_dir, title=f"projector_bench: {len(a.df)} designs on {a.device}", device=a.device,
                         latency_col=a.latency_col, recommendations=[r.as_dict() for r in a.recommendations],
                         provenance=a.provenance, validation=a.validation, extra_plots=plots, budgets=a.budgets,
-                        notes=notes)
+                        notes=notes, agreement=as_records(agreements(a.df)))
 
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:

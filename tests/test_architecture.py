@@ -18,7 +18,7 @@ LAYERS = [
     ("models", ["", "_registry", "projectors", "encoders", "tasks", "lm"]),  # "": the package's __init__
     ("measurement", ["measure", "trace", "calibrate", "roofline", "deploy", "accuracy"]),
     ("job", ["validate", "runner"]),
-    ("analysis", ["choose", "tables", "report"]),
+    ("analysis", ["choose", "agreement", "tables", "report"]),
     ("entry points", ["search", "bench", "regress", "cli", "__main__"]),
 ]
 LAYER = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
