@@ -110,6 +110,19 @@ def test_ldpv2_is_mlp_then_pool_then_peg():
         assert torch.allclose(p(x), expected, atol=1e-6)
 
 
+def test_ldpv2_peg_ablations_start_as_mlp_then_pool():
+    """`peg=zero` starts as `peg=none` (MLP, then pool) and still learns a PEG; `none` has no PEG weights."""
+    torch.manual_seed(0)
+    zero, none = create_projector("ldpv2", 8, 16, peg="zero"), create_projector("ldpv2", 8, 16, peg="none")
+    none.load_state_dict({k: v for k, v in zero.state_dict().items() if not k.startswith("peg.")})
+    x = torch.randn(2, 64, 8)
+    assert torch.equal(zero(x), none(x)) and not any(k.startswith("peg.") for k in none.state_dict())
+    zero(x).square().sum().backward()
+    assert zero.peg.peg[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="ldpv2 peg='off' is not one of: default, zero, none"):
+        create_projector("ldpv2", 8, 16, peg="off")
+
+
 def test_ldp_seed_call_from_its_readme():
     assert SeedLDP(in_channels=128, out_channels=128)(torch.randn(1, 128, 64, 64)).shape == (1, 128, 32, 32)
 
