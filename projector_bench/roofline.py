@@ -63,7 +63,7 @@ class Device:
     basis: str = ""  # "calibrated on ..." when fitted; see `estimate_basis`
     bound: Device | None = None  # a calibrated device's uncalibrated twin
     roofs: Mapping[str, str] = field(default_factory=dict)  # how the host's GEMM roofs were measured (host only)
-    cpu_share: float = 1.0  # host only: the share of its calibration's wall time its threads had a core
+    cpu_share: float = 1.0  # host only: the share of its fp32 GEMMs' wall time its threads had a core
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
         """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
@@ -163,10 +163,13 @@ def calibrate_host(threads: int) -> Device:
     each other op kind. `Device.roofs` says how each GEMM roof was measured."""
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
 
-    wall, cpu = time.perf_counter(), time.process_time()
     with torch_threads(threads):
         with torch.inference_mode():
+            # the load is judged on the fp32 GEMMs alone, which keep every thread busy on a quiet machine (a slow
+            # bf16 kernel runs on one thread, a tiny op's timing is serial: counted, they read as a loaded machine)
+            wall, cpu = time.perf_counter(), time.process_time()
             fp32, fp32_n, fp32_calls = _gemm(torch.float32, start=1024)
+            share = min(1.0, (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads))
             bf16, bf16_n, bf16_calls = _gemm(torch.bfloat16)
             q, x = QLinear(2048, 2048), torch.randn(576, 2048)
             int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)).seconds / 1e9
@@ -175,7 +178,6 @@ def calibrate_host(threads: int) -> Device:
             one = torch.ones(1)
             overhead = _seconds(lambda: torch.add(one, one)).seconds * 1e6
             kinds = _kind_gflops()
-    share = min(1.0, (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads))
     roofs = {"fp32": f"fp32 GEMM {fp32:.1f} GFLOP/s at n={fp32_n} ({fp32_calls} calls)",
              "fp16": f"bf16 GEMM {bf16:.1f} GFLOP/s at n={bf16_n} ({bf16_calls} call{'s' * (bf16_calls > 1)})"
                      + (f", {fp32 / bf16:.0f}x slower than fp32: no fast bf16 kernel here, priced at the fp32 roof"
