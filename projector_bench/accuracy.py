@@ -51,6 +51,7 @@ from .util import accuracy_projector_kwargs, atomic_write, torch_threads
 log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).parent
 SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks", "util.py")
+STANDIN_SOURCES = ("accuracy.py", "encoders.py", "tasks", "util.py")  # not the designs: a new one keeps the stand-in
 SMALL_TEST = 200  # fewer test questions than this: the row says its interval is wide
 TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 
@@ -238,7 +239,9 @@ def standin_encoder(e: DictConfig, img_size: int, s: DictConfig, quiet: bool) ->
     the measured roofs, not in one results folder."""
     torch.manual_seed(int(s.seed))
     enc = TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
-    key = _key("standin", enc.name, e.stage, img_size, OmegaConf.to_container(s, resolve=True))
+    parts = [code_hash(*STANDIN_SOURCES, root=SOURCE_ROOT), enc.name, e.stage, img_size,
+             OmegaConf.to_container(s, resolve=True)]
+    key = hashlib.sha256(json.dumps(["standin", *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
     state, _ = _cached(host_cache() / "standin" / f"{enc.name}-{img_size}px-{key}.pt",
                        lambda: _pretrain_standin(enc, img_size, s, quiet))
     enc.load_state_dict(state["state_dict"])

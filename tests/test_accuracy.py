@@ -354,3 +354,18 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
     assert r["acc_encoder_fine_tuned"] is False and "kept frozen" in r["acc_encoder_source"]
     assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px")
     assert "no better than chance on its own validation" in r["accuracy_warning"]
+
+
+def test_the_stand_in_encoder_is_kept_when_a_design_is_added_or_edited(tmp_path):
+    """Its cache key hashes the code that trains it, not the projectors: adding a design (one file) must not
+    retrain a stand-in that took minutes."""
+    from projector_bench.env import code_hash
+
+    tree = tmp_path / "pkg"
+    shutil.copytree(acc.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_hash(*acc.STANDIN_SOURCES, root=tree)
+    (tree / "projectors" / "new_design.py").write_text("# a new design\n")
+    assert code_hash(*acc.STANDIN_SOURCES, root=tree) == before
+    assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
+    (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
+    assert code_hash(*acc.STANDIN_SOURCES, root=tree) != before
