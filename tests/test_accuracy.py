@@ -356,15 +356,17 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
     assert "no better than chance on its own validation" in r["accuracy_warning"]
 
 
-def test_the_stand_in_encoder_is_kept_when_a_design_is_added_or_edited(tmp_path):
-    """Its cache key hashes the code that trains it, not the projectors: adding a design (one file) must not
-    retrain a stand-in that took minutes."""
+def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited(tmp_path):
+    """Its cache key hashes the code that trains it, not the projectors or the tasks: adding a design (one file)
+    or a question type must not retrain a stand-in that took minutes."""
     from projector_bench.env import code_hash
 
     tree = tmp_path / "pkg"
     shutil.copytree(acc.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
     before = code_hash(*acc.STANDIN_SOURCES, root=tree)
     (tree / "projectors" / "new_design.py").write_text("# a new design\n")
+    assert code_hash(*acc.STANDIN_SOURCES, root=tree) == before
+    (tree / "tasks" / "shapes_vqa.py").write_text((tree / "tasks" / "shapes_vqa.py").read_text() + "\n# edited\n")
     assert code_hash(*acc.STANDIN_SOURCES, root=tree) == before
     assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
     (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
