@@ -176,13 +176,20 @@ def report_main(argv: list[str]) -> Path:
         raise SystemExit(1) from None
 
 
+_signalled: list[int] = []
+
+
 def _terminated(signum: int, frame: Any) -> None:
+    _signalled.append(signum)
     raise KeyboardInterrupt  # `kill` ends a run as Ctrl-C does: else its training workers live on, orphaned
 
 
 def main() -> None:
-    """Console entry point: Hydra runs and sweeps, or `report`. SIGTERM is handled as Ctrl-C."""
+    """Console entry point: Hydra runs and sweeps, or `report`. SIGTERM is handled as Ctrl-C. An interrupt raised
+    where a library turns it into another error (a database session cut mid-commit, say, which Hydra then
+    reports as a failed job) still ends the run as interrupted: exit 130, not 1."""
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _terminated)
     try:
         if sys.argv[1:2] == ["report"]:
             print(f"report: {report_main(sys.argv[2:])}")
@@ -196,6 +203,11 @@ def main() -> None:
         print(f"error: {e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; make it writable or "
               "set results_dir=<another folder>", file=sys.stderr)
         raise SystemExit(2) from None
+    except SystemExit as e:
+        if not _signalled or e.code in (0, None, 130):
+            raise
+        print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:  # rows are written whole (atomic rename): an interrupted job leaves none half-written
         print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
         raise SystemExit(130) from None

@@ -1,6 +1,7 @@
 """`python -m projector_bench` end to end, at tiny shapes: rows, sweeps, and one-line errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -303,3 +304,47 @@ def test_kill_9_while_workers_train_leaves_no_worker_training(tmp_path):
     assert p.returncode == -signal.SIGKILL
     assert _outlived(workers) == [], "training workers outlived their parent"
     assert rows(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_an_error_an_interrupt_caused_still_exits_as_interrupted(monkeypatch, capsys, sig):
+    """A signal's KeyboardInterrupt that a library turns into another error (Hydra then exits 1) ends the run as
+    interrupted: exit 130 and its one line, not a failed job's exit 1."""
+    import time
+
+    from projector_bench import cli
+
+    def job() -> None:
+        try:
+            os.kill(os.getpid(), getattr(signal, sig))
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemExit(1)  # as Hydra's run_and_report exits on an exception raised while the interrupt unwound
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli, "_signalled", [])
+    monkeypatch.setattr(cli, "_main", job)
+    monkeypatch.setattr(cli, "check_group_choices", lambda argv: None)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert e.value.code == 130 and capsys.readouterr().err.startswith("interrupted: ")
+
+
+def test_a_failed_job_without_a_signal_still_exits_1(monkeypatch):
+    from projector_bench import cli
+
+    monkeypatch.setattr(cli, "_signalled", [])
+    monkeypatch.setattr(cli, "_main", lambda: (_ for _ in ()).throw(SystemExit(1)))
+    monkeypatch.setattr(cli, "check_group_choices", lambda argv: None)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert e.value.code == 1

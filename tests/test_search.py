@@ -212,8 +212,8 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tmp_path, sig
     while len(rows(tmp_path)) < 1 and time.time() < deadline:
         time.sleep(0.2)
     p.send_signal(getattr(signal, sig))  # mid-run
-    p.wait()
-    assert p.returncode == (-signal.SIGKILL if sig == "SIGKILL" else 130)
+    _, err = p.communicate()
+    assert p.returncode == (-signal.SIGKILL if sig == "SIGKILL" else 130), err
     before = {g["trial"] for g in rows(tmp_path)}
     time.sleep(11)  # past the grace period: the dead trial is failed (and retried) by the next run
     r = search(tmp_path, "search.n_trials=3")
