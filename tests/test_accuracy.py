@@ -34,6 +34,12 @@ def cfg_for(tmp_path, *overrides, task="shapes_vqa"):
         return compose("config", overrides=[f"results_dir={tmp_path}", f"task={task}", *extra, *overrides])
 
 
+def test_the_opt_in_dot_type_is_scored_as_its_own_type(tmp_path):
+    r = acc.evaluate_projector(cfg_for(tmp_path, "task.dot_questions=3", "accuracy.seeds=1", "accuracy.training.lr=[0.001]"))
+    assert set(r["accuracy_by_type"]) == {*QTYPES, "dot"} and 0 <= r["accuracy_by_type"]["dot"] <= 100
+    assert r["majority_by_type"]["dot"] < 50  # four places a dot can be, about equally often
+
+
 def test_row_holds_accuracy_over_seeds_with_a_two_level_interval_and_the_training_record(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path))
     assert r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"] and 0 <= r["accuracy"] <= 100

@@ -4,7 +4,14 @@ import torch
 
 from projector_bench import ConfigError
 from projector_bench.tasks.classify import digits, image_folder, write_image_folder
-from projector_bench.tasks.shapes_vqa import COLOURS, QTYPES, SHAPES, _vocab, shapes_vqa
+from projector_bench.tasks.shapes_vqa import (
+    COLOURS,
+    DOTS,
+    QTYPES,
+    SHAPES,
+    _vocab,
+    shapes_vqa,
+)
 
 
 def test_shapes_vqa_is_deterministic_for_a_seed():
@@ -15,7 +22,7 @@ def test_shapes_vqa_is_deterministic_for_a_seed():
 
 def test_shapes_vqa_answers_agree_with_the_scene():
     d = shapes_vqa(60, img_size=48, seed=1)
-    words, answers = _vocab(3)
+    words, answers = _vocab(3, dots=False)
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
     cells = [f"{r}_{c}" for r in ("top", "middle", "bottom") for c in ("left", "center", "right")]
     assert set(d.qtype) == set(QTYPES) and d.images.shape == (60, 3, 48, 48) and d.images.dtype == torch.uint8
@@ -34,6 +41,44 @@ def test_shapes_vqa_answers_agree_with_the_scene():
         else:  # left_of: "is the c s left of the c s"
             p, o = names.index(f"{text[2]}_{text[3]}") % 3, names.index(f"{text[7]}_{text[8]}") % 3
             assert (answers[a] == "yes") == (p < o)
+
+
+def test_dot_questions_ask_where_on_a_named_object_its_dot_is():
+    """Read back from the pixels: the dark dot inside the named object's box lies off its body's centre the way
+    the answer says."""
+    d = shapes_vqa(60, img_size=64, seed=1, questions_per_image=15, dot_questions=3)
+    words, answers = _vocab(3, dots=True)
+    objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
+    asked = [i for i, t in enumerate(d.qtype) if t == "dot"]
+    assert len(asked) == 3 * 60 and set(d.qtype) == {*QTYPES, "dot"} and {answers[d.answers[i]] for i in asked} == set(DOTS)
+    for i in asked:  # "where is the dot on the c s"
+        text = [words[w] for w in d.questions[i].tolist() if w]
+        r, c = (int(x) for x in torch.nonzero(d.labels[d.image_of[i]] == objects.index(f"{text[6]}_{text[7]}") + 1)[0])
+        win = d.images[d.image_of[i], :, r * 64 // 3:(r + 1) * 64 // 3, c * 64 // 3:(c + 1) * 64 // 3].float()
+        body = (win - torch.tensor(COLOURS[text[6]]).float()[:, None, None]).norm(dim=0) < 60
+        ys, xs = torch.nonzero(body, as_tuple=True)
+        dark = torch.zeros_like(body)
+        dark[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = win.mean(0)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] < 80
+        dy, dx = torch.nonzero(dark).float().mean(0) - torch.nonzero(body | dark).float().mean(0)
+        seen = ("dot_left" if dx < 0 else "dot_right") if abs(dx) > abs(dy) else ("dot_above" if dy < 0 else "dot_below")
+        assert seen == answers[d.answers[i]]
+
+
+def test_dots_change_only_the_objects_pixels_and_add_only_dot_questions():
+    """The dots have their own random stream: the scenes, the other questions, their answers and the cells' labels
+    are those of the task without dots, so the new type adds headroom without changing what the others measure."""
+    plain, marked = (shapes_vqa(40, img_size=64, seed=2, questions_per_image=15, dot_questions=m) for m in (0, 3))
+    words, answers = _vocab(3, dots=False)
+    mwords, manswers = _vocab(3, dots=True)
+    keep = [i for i, t in enumerate(marked.qtype) if t != "dot"]
+    assert [marked.qtype[i] for i in keep] == plain.qtype and "dot" not in plain.qtype
+    assert [[mwords[w] for w in marked.questions[i].tolist() if w] for i in keep] == \
+           [[words[w] for w in q if w] for q in plain.questions.tolist()]
+    assert [manswers[marked.answers[i]] for i in keep] == [answers[a] for a in plain.answers.tolist()]
+    changed = (marked.images != plain.images).any(1)  # (N, H, W): where a glyph was drawn
+    assert changed.any(-1).any(-1).all()  # every image has marked objects
+    assert (marked.images.float().mean(1)[changed] < 80).float().mean() > 0.9  # and the marks are dark dots
+    assert torch.equal(plain.labels, marked.labels)
 
 
 def test_shapes_vqa_splits_by_image_and_validates_difficulty():
@@ -109,7 +154,7 @@ def test_an_unreadable_image_is_skipped_and_named(tmp_path, caplog):
 
 def test_left_of_asks_about_clearly_separate_columns_with_balanced_answers():
     d = shapes_vqa(400, img_size=32, seed=5, questions_per_image=15)
-    words, answers = _vocab(3)
+    words, answers = _vocab(3, dots=False)
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
     yes = []
     for q, a, i, t in zip(d.questions.tolist(), d.answers.tolist(), d.image_of.tolist(), d.qtype):

@@ -8,8 +8,17 @@ The question types need different things from the visual tokens:
   objects are `left_of_gap` columns apart, 2 by default: the left and right columns of a 3×3 grid; the answer
   is yes for half of the questions)
 - `exists`  "is there a green triangle" → yes/no                (presence anywhere)
-Each image gets `questions_per_image` questions, the types in turn in a random order (15: three of each).
-A projector that pools the grid to one token keeps presence and counts but loses the places.
+- `dot`     "where is the dot on the red circle" → `dot_left`   (detail inside an object: a dark dot of 2-3 px
+  left of, right of, above or below the middle of its body, a few pixels off it; an object spans two tokens
+  of the grid or sits inside one, so where its dot is lies in the layout within and across neighbouring
+  tokens, the way the order of the glyphs of a word does in TextVQA)
+Each image gets `questions_per_image` questions of the first five types, in turn in a random order (15: three
+of each), and `dot_questions` `dot` questions more (every object carries a dot when they are asked). A
+projector that pools the grid to one token keeps presence and counts but loses the places; one that merges
+neighbouring tokens keeps the objects and may lose where on them their dots are. The dots come from their own
+random stream: with `dot_questions=0` the task is the one without dots. A cell's label (what a stand-in
+encoder is taught) is its object, never its dot: an encoder taught the answer carries it in every token's
+features, where no merge can lose it, and a real encoder is not trained on the task's answers.
 """
 from __future__ import annotations
 
@@ -23,14 +32,16 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), 
 SHAPES = ("circle", "square", "triangle")
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 QTYPES = ("what_at", "where", "count", "left_of", "exists")
+DOTS = ("dot_left", "dot_right", "dot_above", "dot_below")  # where on its object its small dark dot sits
 
 
-def _vocab(grid: int) -> tuple[list[str], list[str]]:
+def _vocab(grid: int, dots: bool) -> tuple[list[str], list[str]]:
     rows, cols = _names(ROWS, grid), _names(COLS, grid)
     words = ["<pad>", "what", "is", "at", "where", "the", "how", "many", "left", "of", "there", "a",
-             *COLOURS, *SHAPES, *rows, *cols]
+             *COLOURS, *SHAPES, *rows, *cols, *(["dot", "on"] if dots else [])]
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
-    answers = ["nothing", *objects, *(f"{r}_{c}" for r in rows for c in cols), *map(str, range(grid * grid + 1)), "yes", "no"]
+    answers = ["nothing", *objects, *(f"{r}_{c}" for r in rows for c in cols), *map(str, range(grid * grid + 1)), "yes", "no",
+               *(DOTS if dots else ())]
     return list(dict.fromkeys(words)), answers
 
 
@@ -39,7 +50,8 @@ def _names(base: tuple[str, ...], n: int) -> list[str]:
 
 
 def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, int]], size: int, grid: int,
-            jitter: float, clutter: int, noise: float) -> np.ndarray:
+            jitter: float, clutter: int, noise: float, dots: dict[tuple[int, int], int],
+            dot_rng: np.random.Generator) -> np.ndarray:
     img = np.full((size, size, 3), 235, np.float32) + rng.normal(0, noise, (size, size, 3))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cell = size / grid
@@ -58,19 +70,24 @@ def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, in
         else:  # upward triangle
             mask = (dy <= rad * 0.8) & (dy >= -rad) & (np.abs(dx) <= (dy + rad) * 0.6)
         img[mask] = np.array(list(COLOURS.values())[ci]) + rng.normal(0, 12, 3)
+        if (r, c) in dots:  # off the middle of the shape's body (a triangle's is low: it widens downwards)
+            oy, ox = {"dot_left": (0, -1), "dot_right": (0, 1), "dot_above": (-1, 0), "dot_below": (1, 0)}[DOTS[dots[r, c]]]
+            my = yy - (cy + (rad * 0.3 if SHAPES[si] == "triangle" else 0) + oy * rad * 0.45)
+            mx = xx - (cx + ox * rad * 0.45)
+            img[(np.abs(my) <= 1.0) & (np.abs(mx) <= 1.0)] = 25 + dot_rng.normal(0, 8, 3)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_objects: int = 2, max_objects: int = 6,
                questions_per_image: int = 5, jitter: float = 0.12, clutter: int = 6, noise: float = 6.0,
-               test_fraction: float = 0.2, seed: int = 0, left_of_gap: int = 2) -> TaskData:
+               test_fraction: float = 0.2, seed: int = 0, left_of_gap: int = 2, dot_questions: int = 0) -> TaskData:
     """Generate the task deterministically from `seed`; sizes and difficulty are the arguments."""
     if not 1 <= left_of_gap < grid:
         raise ConfigError(f"shapes_vqa needs 1 <= left_of_gap < grid ({grid}), got {left_of_gap}")
     if not 1 <= min_objects <= max_objects <= grid * grid:
         raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, got {min_objects}..{max_objects}")
-    rng = np.random.default_rng(seed)
-    words, answers = _vocab(grid)
+    rng, dot_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    words, answers = _vocab(grid, dot_questions > 0)
     w, a = {t: i for i, t in enumerate(words)}, {t: i for i, t in enumerate(answers)}
     rows, cols = _names(ROWS, grid), _names(COLS, grid)
     images, labels, qs, ans, img_of, types = [], [], [], [], [], []
@@ -79,9 +96,10 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
         k = rng.integers(min_objects, max_objects + 1)
         chosen = rng.choice(len(all_cells), k, replace=False)
         cells = {all_cells[j]: (int(rng.integers(len(COLOURS))), int(rng.integers(len(SHAPES)))) for j in chosen}
-        images.append(_render(rng, cells, img_size, grid, jitter, clutter, noise))
+        dots = {rc: int(dot_rng.integers(len(DOTS))) for rc in cells} if dot_questions else {}
+        images.append(_render(rng, cells, img_size, grid, jitter, clutter, noise, dots, dot_rng))
         lab = np.zeros((grid, grid), np.int64)
-        for (r, c), (ci, si) in cells.items():
+        for (r, c), (ci, si) in cells.items():  # a cell's label: its object, not its dot
             lab[r, c] = 1 + ci * len(SHAPES) + si
         labels.append(lab)
         name = {rc: f"{list(COLOURS)[ci]}_{SHAPES[si]}" for rc, (ci, si) in cells.items()}
@@ -108,6 +126,13 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
                 q, answer = ["is", "there", "a", *obj.split("_")], "yes" if obj in name.values() else "no"
             else:
                 continue
+            qs.append([w[t_] for t_ in q])
+            ans.append(a[answer])
+            img_of.append(i)
+            types.append(str(t))
+        for _ in range(dot_questions if unique else 0):  # of an object named once in the image
+            rc = unique[dot_rng.integers(len(unique))]
+            q, answer, t = ["where", "is", "the", "dot", "on", "the", *name[rc].split("_")], DOTS[dots[rc]], "dot"
             qs.append([w[t_] for t_ in q])
             ans.append(a[answer])
             img_of.append(i)
