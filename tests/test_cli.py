@@ -306,13 +306,31 @@ def test_kill_9_while_workers_train_leaves_no_worker_training(tmp_path):
     assert rows(tmp_path) == []
 
 
+@pytest.fixture
+def cli_main(monkeypatch):
+    """`cli.main` with the job `_main` replaced; the signal handlers it installs are put back afterwards."""
+    from projector_bench import cli
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(cli, "_signalled", [])
+    monkeypatch.setattr(cli, "check_group_choices", lambda argv: None)
+
+    def run(job) -> int:
+        monkeypatch.setattr(cli, "_main", job)
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        return e.value.code
+
+    yield run
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_an_error_an_interrupt_caused_still_exits_as_interrupted(monkeypatch, capsys, sig):
+def test_an_error_an_interrupt_caused_still_exits_as_interrupted(cli_main, capsys, sig):
     """A signal's KeyboardInterrupt that a library turns into another error (Hydra then exits 1) ends the run as
     interrupted: exit 130 and its one line, not a failed job's exit 1."""
     import time
-
-    from projector_bench import cli
 
     def job() -> None:
         try:
@@ -321,30 +339,11 @@ def test_an_error_an_interrupt_caused_still_exits_as_interrupted(monkeypatch, ca
         except KeyboardInterrupt:
             raise SystemExit(1)  # as Hydra's run_and_report exits on an exception raised while the interrupt unwound
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    monkeypatch.setattr(cli, "_signalled", [])
-    monkeypatch.setattr(cli, "_main", job)
-    monkeypatch.setattr(cli, "check_group_choices", lambda argv: None)
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    assert e.value.code == 130 and capsys.readouterr().err.startswith("interrupted: ")
+    assert cli_main(job) == 130 and capsys.readouterr().err.startswith("interrupted: ")
 
 
-def test_a_failed_job_without_a_signal_still_exits_1(monkeypatch):
-    from projector_bench import cli
+def test_a_failed_job_without_a_signal_still_exits_1(cli_main):
+    def job() -> None:
+        raise SystemExit(1)
 
-    monkeypatch.setattr(cli, "_signalled", [])
-    monkeypatch.setattr(cli, "_main", lambda: (_ for _ in ()).throw(SystemExit(1)))
-    monkeypatch.setattr(cli, "check_group_choices", lambda argv: None)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    assert e.value.code == 1
+    assert cli_main(job) == 1
