@@ -87,6 +87,8 @@ def test_shapes_vqa_splits_by_image_and_validates_difficulty():
     assert set(d.image_of[d.split("test")].tolist()) <= set(d.test.tolist())
     with pytest.raises(ConfigError, match="min_objects"):
         shapes_vqa(5, min_objects=4, max_objects=2)
+    with pytest.raises(ConfigError, match="dot_questions >= 0"):
+        shapes_vqa(5, dot_questions=-1)
 
 
 def test_digits_come_from_scikit_learn():

@@ -86,6 +86,8 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
         raise ConfigError(f"shapes_vqa needs 1 <= left_of_gap < grid ({grid}), got {left_of_gap}")
     if not 1 <= min_objects <= max_objects <= grid * grid:
         raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, got {min_objects}..{max_objects}")
+    if dot_questions < 0:
+        raise ConfigError(f"shapes_vqa needs dot_questions >= 0 (0: no dots), got {dot_questions}")
     rng, dot_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     words, answers = _vocab(grid, dot_questions > 0)
     w, a = {t: i for i, t in enumerate(words)}, {t: i for i, t in enumerate(answers)}
