@@ -51,7 +51,8 @@ from .util import accuracy_projector_kwargs, atomic_write, torch_threads
 log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).parent
 SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks", "util.py")
-STANDIN_SOURCES = ("accuracy.py", "encoders.py", "tasks/__init__.py", "tasks/scenes.py", "util.py")  # not the designs or tasks
+# the stand-in's: not the designs, nor the tasks it does not train on (a new one keeps the stand-in)
+STANDIN_SOURCES = ("accuracy.py", "encoders.py", "tasks/__init__.py", "tasks/scenes.py", "util.py")
 SMALL_TEST = 200  # fewer test questions than this: the row says its interval is wide
 TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 

@@ -32,7 +32,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), 
 SHAPES = ("circle", "square", "triangle")
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 QTYPES = ("what_at", "where", "count", "left_of", "exists")
-DOTS = ("dot_left", "dot_right", "dot_above", "dot_below")  # where on its object its small dark dot sits
+OFFSETS = {"dot_left": (0, -1), "dot_right": (0, 1), "dot_above": (-1, 0), "dot_below": (1, 0)}  # (rows, columns)
+DOTS = tuple(OFFSETS)  # where on its object its small dark dot sits
 
 
 def _vocab(grid: int, dots: bool) -> tuple[list[str], list[str]]:
@@ -40,8 +41,8 @@ def _vocab(grid: int, dots: bool) -> tuple[list[str], list[str]]:
     words = ["<pad>", "what", "is", "at", "where", "the", "how", "many", "left", "of", "there", "a",
              *COLOURS, *SHAPES, *rows, *cols, *(["dot", "on"] if dots else [])]
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
-    answers = ["nothing", *objects, *(f"{r}_{c}" for r in rows for c in cols), *map(str, range(grid * grid + 1)), "yes", "no",
-               *(DOTS if dots else ())]
+    answers = ["nothing", *objects, *(f"{r}_{c}" for r in rows for c in cols), *map(str, range(grid * grid + 1)),
+               "yes", "no", *(DOTS if dots else ())]
     return list(dict.fromkeys(words)), answers
 
 
@@ -70,8 +71,8 @@ def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, in
         else:  # upward triangle
             mask = (dy <= rad * 0.8) & (dy >= -rad) & (np.abs(dx) <= (dy + rad) * 0.6)
         img[mask] = np.array(list(COLOURS.values())[ci]) + rng.normal(0, 12, 3)
-        if (r, c) in dots:  # off the middle of the shape's body (a triangle's is low: it widens downwards)
-            oy, ox = {"dot_left": (0, -1), "dot_right": (0, 1), "dot_above": (-1, 0), "dot_below": (1, 0)}[DOTS[dots[r, c]]]
+        if (rc := (r, c)) in dots:  # off the middle of the shape's body (a triangle's is low: it widens downwards)
+            oy, ox = OFFSETS[DOTS[dots[rc]]]
             my = yy - (cy + (rad * 0.3 if SHAPES[si] == "triangle" else 0) + oy * rad * 0.45)
             mx = xx - (cx + ox * rad * 0.45)
             img[(np.abs(my) <= 1.0) & (np.abs(mx) <= 1.0)] = 25 + dot_rng.normal(0, 8, 3)
