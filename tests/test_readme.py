@@ -1,5 +1,5 @@
 """The README's Quick start is what CI runs, and what the README names exists: its links, paths, config options
-and modules. It stays a user's page (at most 12 KB); depth goes to docs/."""
+and modules. It stays a user's page (at most 8 KB); depth goes to docs/."""
 import re
 from pathlib import Path
 
@@ -24,7 +24,7 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
 
 
 def test_readme_is_a_users_page():
-    assert len(README.encode()) <= 12 * 1024
+    assert len(README.encode()) <= 8 * 1024
 
 
 @pytest.mark.parametrize("link", sorted(set(re.findall(r"\]\(((?:docs|conf|projector_bench|tests)/[^)#]*)", README))))
