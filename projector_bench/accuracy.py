@@ -20,7 +20,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,27 +42,21 @@ from .encoders import TimmEncoder, Variant
 from .env import available_memory, code_hash, usable_cores
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
-from .settings import host_cache
 from .tasks import TaskData, carve
-from .tasks.scenes import COLOUR_BINS, KINDS, cell_targets, scenes
-from .util import accuracy_projector_kwargs, atomic_write, torch_threads
+from .standin import standin_encoder
+from .training import DivergedError, batches, better_than_chance, cached, fit, normalize
+from .util import accuracy_projector_kwargs, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
 log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).parent
-SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "tasks", "util.py")
-# the stand-in's: not the designs, nor the tasks it does not train on (a new one keeps the stand-in)
-STANDIN_SOURCES = ("accuracy.py", "encoders.py", "tasks/__init__.py", "tasks/scenes.py", "util.py")
+SOURCES = ("_registry.py", "accuracy.py", "encoders.py", "projectors", "standin.py", "tasks", "training.py", "util.py")
 SMALL_TEST = 200  # fewer test questions than this: the row says its interval is wide
 TOO_SMALL_TEST = 30  # fewer than this: the row warns that its accuracy and interval mean little
 
 
 class WorkerDiedError(RuntimeError):
     """A training worker was killed (the out-of-memory killer, a `kill`) while it trained a model."""
-
-
-class DivergedError(RuntimeError):
-    """Training produced a non-finite loss."""
 
 
 def code_version() -> str:
@@ -72,21 +66,6 @@ def code_version() -> str:
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([code_version(), *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _cached(path: Path, build: Callable[[], Any]) -> tuple[Any, bool]:
-    """(value, True) from `path` if present, else (build(), False) after saving it atomically. An entry that
-    cannot be read (truncated, not a torch file) is named in a warning, discarded and rebuilt."""
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=False), True
-        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
-            log.warning("cache entry %s could not be read (%s: %s); discarding and rebuilding it",
-                        path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-            path.unlink(missing_ok=True)
-    value = build()
-    atomic_write(path, lambda tmp: torch.save(value, tmp))  # per process: search workers may cache the same entry
-    return value, False
 
 
 def task_key(task_cfg: DictConfig) -> str:
@@ -112,147 +91,7 @@ def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
                 raise cause from None
             raise ConfigError(f"task {name}: {type(cause or e).__name__}: {str(cause or e).splitlines()[0]}") from e
 
-    return _cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", build)[0]
-
-
-def _normalize(images: Tensor) -> Tensor:
-    """uint8 images as the encoder reads them, channels last: its convolutions train a fifth faster so on CPUs."""
-    return ((images.float() / 255.0 - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
-
-
-def _batches(idx: Tensor, size: int, seed: int) -> Iterator[Tensor]:
-    """Endless shuffled batches of `idx` (a new permutation each pass; the last short batch is kept)."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield from idx[torch.randperm(len(idx), generator=gen)].split(size)
-
-
-def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callable[[], tuple[float, float]],
-        batches: Iterator[Tensor], t: DictConfig, lr: float, label: str, quiet: bool) -> dict[str, Any]:
-    """Train `model` until its validation loss stops improving; return its best checkpoint and the run.
-
-    AdamW, linear warm-up over `t.warmup_steps`, then a constant rate. Every `t.eval_every` steps the
-    validation loss is measured; evaluations without a gain over the last gain of both `t.min_delta`
-    (relative) and `t.min_delta_abs` (absolute, default 0) make a plateau: `t.drop_patience` of them (default
-    `t.patience`) divide the rate by 10 (`t.lr_drops` times), then `t.patience` end the run (`converged`) once
-    `t.min_steps` are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored.
-    """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
-    warm = max(1, int(t.warmup_steps))
-    best = {"loss": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict()), "accuracy": math.nan}
-    curve: list[list[float]] = []
-    drops, stale, step, converged, ref = int(t.lr_drops), 0, 0, False, math.inf
-    drop_patience = t.get("drop_patience") or t.patience  # a drop cannot be undone: it may wait longer than the stop
-    scale, start = 1.0, time.perf_counter()
-    model.train()
-    with tqdm(total=int(t.max_steps), desc=f"train {label} lr={lr:g}", disable=quiet, leave=False) as bar:
-        while step < t.max_steps:
-            for g in opt.param_groups:
-                g["lr"] = lr * scale * min(1.0, (step + 1) / warm)
-            loss = loss_on(next(batches))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"training diverged: loss is {loss.item()} at step {step} (lr={lr:g}); "
-                                    "lower accuracy.training.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            bar.update()
-            if step % t.eval_every and step < t.max_steps:
-                continue
-            model.eval()
-            with torch.inference_mode():
-                val_loss, val_acc = validate()
-            model.train()
-            curve.append([step, val_loss, val_acc])
-            bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.1f}")
-            if not math.isfinite(val_loss):
-                raise DivergedError(f"training diverged: validation loss is {val_loss} at step {step} (lr={lr:g}); "
-                                    "lower accuracy.training.lr")
-            if val_loss < best["loss"]:  # the checkpoint kept: the lowest validation loss
-                best = {"loss": val_loss, "step": step, "state": copy.deepcopy(model.state_dict()), "accuracy": val_acc}
-            if ref == math.inf or val_loss < ref - max(ref * t.min_delta, t.get("min_delta_abs", 0.0)):  # progress
-                ref, stale = val_loss, 0
-                continue
-            stale += 1
-            if stale < (drop_patience if drops else t.patience):
-                continue
-            if drops:
-                drops, stale, scale = drops - 1, 0, scale * 0.1
-            elif step >= t.min_steps:
-                converged = True
-                break
-    model.load_state_dict(best["state"])
-    model.eval()
-    elapsed = time.perf_counter() - start
-    return {"state_dict": best["state"], "steps": step, "best_step": best["step"], "converged": converged,
-            "val_loss": best["loss"], "val_accuracy": best["accuracy"], "curve": curve, "lr": lr,
-            "time_s": elapsed, "steps_per_s": step / elapsed}
-
-
-def _pretrain_standin(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool) -> dict[str, Any]:
-    """Train `enc` on `s.images` generated scenes (`tasks.scenes`) at `img_size` px: per cell of its feature grid,
-    the kind of thing covering it, its colour and the cell's pooled pixels; a tenth of them validate. Returns
-    its weights, the run, and its validation kind accuracy beside chance (the majority kind's share of cells)."""
-    images, kinds, colours = scenes(int(s.images), img_size, int(s.seed))
-    enc.model.to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        grid = tuple(enc.model(torch.zeros(1, 3, img_size, img_size))[-1].shape[-2:])
-    kind, colour, pix = cell_targets(kinds, colours, images, grid)
-    del kinds, colours
-    n_kind, n_colour = len(KINDS), COLOUR_BINS + 1
-    head = nn.Conv2d(enc.channels, n_kind + n_colour + pix.shape[-1], 1)
-    model = nn.ModuleDict({"enc": enc.model, "head": head})
-    n_val = max(1, len(images) // 10)
-    val, train = torch.arange(n_val), torch.arange(n_val, len(images))
-
-    def outputs(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = head(enc.model(_normalize(images[b]))[-1]).permute(0, 2, 3, 1)  # (B, h, w, heads)
-        return out[..., :n_kind], out[..., n_kind:n_kind + n_colour], out[..., n_kind + n_colour:]
-
-    def loss_on(b: Tensor) -> Tensor:
-        k, c, p = outputs(b)
-        return (F.cross_entropy(k.flatten(0, 2), kind[b].flatten()) + F.cross_entropy(c.flatten(0, 2), colour[b].flatten())
-                + F.mse_loss(p, pix[b].float()))
-
-    def correct() -> Tensor:
-        return torch.cat([(outputs(b)[0].argmax(-1) == kind[b]).flatten() for b in val.split(256)])
-
-    def validate() -> tuple[float, float]:
-        loss = sum(loss_on(b).item() * len(b) for b in val.split(256)) / len(val)
-        return loss, 100 * correct().float().mean().item()
-
-    torch.manual_seed(int(s.seed))
-    run = fit(model, loss_on, validate, _batches(train, s.batch_size, int(s.seed)), s, s.lr, f"stand-in {enc.name}", quiet)
-    cells = kind[val].flatten()
-    chance = float(torch.bincount(cells).max()) / len(cells)
-    with torch.inference_mode():
-        better = _better(correct(), chance)
-    return ({"state_dict": enc.state_dict(), "images": int(s.images), "img_size": img_size, "chance": 100 * chance,
-             "better_than_chance": better} | {k: v for k, v in run.items() if k not in ("state_dict", "curve")})
-
-
-def standin_encoder(e: DictConfig, img_size: int, s: DictConfig, quiet: bool) -> tuple[TimmEncoder, dict[str, Any]]:
-    """The encoder `e` as it stands in for pretrained weights it has not got: trained once on generated scenes at
-    `img_size` px (`accuracy.standin`), then shared by every task, design and seed, as pretrained weights are:
-    cached per encoder, stage, image size and recipe in the machine's cache (`settings.host_cache`), beside
-    the measured roofs, not in one results folder."""
-    torch.manual_seed(int(s.seed))
-    enc = TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
-    parts = [code_hash(*STANDIN_SOURCES, root=SOURCE_ROOT), enc.name, e.stage, img_size,
-             OmegaConf.to_container(s, resolve=True)]
-    key = hashlib.sha256(json.dumps(["standin", *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    state, _ = _cached(host_cache() / "standin" / f"{enc.name}-{img_size}px-{key}.pt",
-                       lambda: _pretrain_standin(enc, img_size, s, quiet))
-    enc.load_state_dict(state["state_dict"])
-    return enc, {k: v for k, v in state.items() if k != "state_dict"}
-
-
-def _better(correct: Tensor, chance: float) -> bool:
-    """Whether validation hits `correct` (0/1) beat the `chance` share (one-sided binomial test at 1%)."""
-    hits, n = int(correct.sum()), correct.numel()
-    return bool(hits / n > chance and binomtest(hits, n, chance, alternative="greater").pvalue < 0.01)
+    return cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", build)[0]
 
 
 def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: DictConfig, seed: int,
@@ -266,7 +105,7 @@ def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: Dict
     dense = labels.ndim == 3
     classes = int(labels.max()) + 1
     with torch.no_grad():  # the frozen stand-in's maps, once: the head alone trains on them
-        maps = torch.cat([enc.model(_normalize(task.images[b]))[-1] for b in torch.arange(len(task.images)).split(256)])
+        maps = torch.cat([enc.model(normalize(task.images[b]))[-1] for b in torch.arange(len(task.images)).split(256)])
     c, h, w = maps.shape[1:]
     target = (F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long() if dense else labels)
     head = nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
@@ -291,14 +130,14 @@ def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: Dict
 
     torch.manual_seed(seed)
     loss_on, validate, correct = scored(lambda b: maps[b])
-    probe = fit(head, loss_on, validate, _batches(train, t.batch_size, seed), t, t.lr, f"probe {enc.name}", quiet)
+    probe = fit(head, loss_on, validate, batches(train, t.batch_size, seed), t, t.lr, f"probe {enc.name}", quiet)
     with torch.inference_mode():
         frozen = correct()
     standin = copy.deepcopy(enc.state_dict())
     enc.model.to(memory_format=torch.channels_last)
-    loss_on, validate, correct = scored(lambda b: enc.model(_normalize(task.images[b]))[-1])
+    loss_on, validate, correct = scored(lambda b: enc.model(normalize(task.images[b]))[-1])
     tuned = fit(nn.ModuleDict({"enc": enc.model, "head": head}), loss_on, validate,
-                _batches(train, t.batch_size, seed + 1), t, t.lr, f"fine-tune {enc.name}", quiet)
+                batches(train, t.batch_size, seed + 1), t, t.lr, f"fine-tune {enc.name}", quiet)
     enc.eval()
     with torch.inference_mode():
         after = correct()
@@ -309,7 +148,7 @@ def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: Dict
     return {"state_dict": enc.state_dict() if keep else standin, "fine_tuned": bool(keep), "labels": "per cell" if dense else "per image",
             "frozen_val_accuracy": 100 * frozen.float().mean().item(), "tuned_val_accuracy": 100 * after.float().mean().item(),
             "val_accuracy": 100 * kept.float().mean().item(), "chance": 100 * chance,
-            "better_than_chance": _better(kept, chance), "probe_steps": probe["steps"], "steps": tuned["steps"]}
+            "better_than_chance": better_than_chance(kept, chance), "probe_steps": probe["steps"], "steps": tuned["steps"]}
 
 
 def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], dict[str, Any]]:
@@ -326,7 +165,7 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         train, val = carve(task.train, cfg.accuracy.val_fraction, cfg.seed)
         recipe = OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True)
         key += [OmegaConf.to_container(cfg.accuracy.standin, resolve=True), cfg.seed, cfg.accuracy.val_fraction, recipe]
-        adapted, _ = _cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
+        adapted, _ = cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
                              lambda: _adapt(enc, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
         enc.load_state_dict(adapted.pop("state_dict"))
         how = (f"fine-tuned on {task.name}'s {adapted['labels']} labels ({adapted['steps']} steps): validation "
@@ -343,11 +182,11 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         out = []
         with torch.inference_mode():
             for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {enc.name}", disable=quiet, leave=False):
-                tokens, grid = enc(_normalize(task.images[b]))
+                tokens, grid = enc(normalize(task.images[b]))
                 out.append(tokens.to(torch.float16))
         return {"features": torch.cat(out), "grid": grid}
 
-    feats, _ = _cached(cache / "features" / f"{enc.name}-{_key(*key)}.pt", extract)
+    feats, _ = cached(cache / "features" / f"{enc.name}-{_key(*key)}.pt", extract)
     return feats["features"], tuple(feats["grid"]), info
 
 
@@ -524,12 +363,12 @@ def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, l
             logits, qi, correct = _score(model, s.feats, s.task, s.slots, s.val)
             return F.cross_entropy(logits, s.task.answers[qi]).item(), 100 * correct.float().mean().item()
 
-        return fit(model, loss_on, validate, _batches(s.train, t.batch_size, seed), t, lr,
+        return fit(model, loss_on, validate, batches(s.train, t.batch_size, seed), t, lr,
                    f"{s.name} seed {seed}", quiet)
 
     try:
         with torch_threads(threads):
-            run, hit = _cached(path, make)
+            run, hit = cached(path, make)
     except DivergedError as e:
         return {"error": str(e), "seed": seed, "lr": lr}
     return run | {"cached": hit, "seed": seed}

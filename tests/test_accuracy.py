@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import projector_bench.accuracy as acc
+from projector_bench import standin, training
 from projector_bench import ConfigError
 from projector_bench.settings import config_dir
 from projector_bench.tasks import carve
@@ -78,7 +79,7 @@ def _fit_line(max_steps, patience, lr=0.05):
         loss = torch.nn.functional.mse_loss(model(x), y).item()
         return loss, 100.0 - loss
 
-    batches = acc._batches(torch.arange(64), 16, seed=0)
+    batches = training.batches(torch.arange(64), 16, seed=0)
     run = acc.fit(model, lambda b: torch.nn.functional.mse_loss(model(x[b]), y[b]), val, batches, t, lr, "line", True)
     return model, run, val
 
@@ -104,7 +105,7 @@ def test_a_loss_that_keeps_halving_near_zero_is_a_plateau_only_with_an_absolute_
     t = OmegaConf.create({"warmup_steps": 1, "min_steps": 10, "max_steps": 200, "eval_every": 5, "patience": 3,
                           "min_delta": 0.01, "min_delta_abs": floor, "lr_drops": 1})
     run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (next(losses), 100.0),
-                  acc._batches(torch.arange(8), 4, seed=0), t, 1e-3, "halving", True)
+                  training.batches(torch.arange(8), 4, seed=0), t, 1e-3, "halving", True)
     assert run["converged"] is converged and (run["steps"] < 200) is converged
 
 
@@ -116,7 +117,7 @@ def test_the_rate_drop_waits_drop_patience_evaluations_and_the_stop_waits_patien
     t = OmegaConf.create({"warmup_steps": 1, "min_steps": 1, "max_steps": 100, "eval_every": 1, "patience": 2,
                           "drop_patience": drop_patience, "min_delta": 0.01, "lr_drops": 1})
     run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (1.0, 50.0),
-                  acc._batches(torch.arange(8), 4, seed=0), t, 1e-3, "flat", True)
+                  training.batches(torch.arange(8), 4, seed=0), t, 1e-3, "flat", True)
     assert run["converged"] and run["steps"] == steps
 
 
@@ -153,7 +154,7 @@ def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("recomputed what the cache holds")
 
-    monkeypatch.setattr(acc, "_pretrain_standin", forbidden)
+    monkeypatch.setattr(standin, "pretrain", forbidden)
     monkeypatch.setattr(acc.TimmEncoder, "forward", forbidden)
     r = acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp"))  # another design: same features
     assert r["acc_tokens_out"] == 4
@@ -321,11 +322,11 @@ def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_de
 
 def test_a_damaged_cache_entry_is_named_discarded_and_rebuilt(tmp_path, caplog):
     path = tmp_path / "models" / "x.pt"
-    assert acc._cached(path, lambda: {"a": 1}) == ({"a": 1}, False)
+    assert training.cached(path, lambda: {"a": 1}) == ({"a": 1}, False)
     path.write_bytes(path.read_bytes()[:20])  # truncated
-    assert acc._cached(path, lambda: {"a": 2}) == ({"a": 2}, False)
+    assert training.cached(path, lambda: {"a": 2}) == ({"a": 2}, False)
     assert any(str(path) in r.getMessage() and "discarding and rebuilding" in r.getMessage() for r in caplog.records)
-    assert acc._cached(path, lambda: {"a": 3}) == ({"a": 2}, True)
+    assert training.cached(path, lambda: {"a": 3}) == ({"a": 2}, True)
 
 
 def test_training_workers_are_capped_at_the_trainings_and_the_free_memory(monkeypatch):
@@ -363,17 +364,19 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
 
 
 def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited(tmp_path):
-    """Its cache key hashes the code that trains it, not the projectors or the tasks: adding a design (one file)
-    or a question type must not retrain a stand-in that took minutes."""
+    """Its cache key hashes the code that trains it, not the projectors, the tasks or the proxy VLM: adding a design
+    (one file), a question type or editing the proxy must not retrain a stand-in that took minutes."""
     from projector_bench.env import code_hash
 
     tree = tmp_path / "pkg"
     shutil.copytree(acc.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
-    before = code_hash(*acc.STANDIN_SOURCES, root=tree)
+    before = code_hash(*standin.STANDIN_SOURCES, root=tree)
     (tree / "projectors" / "new_design.py").write_text("# a new design\n")
-    assert code_hash(*acc.STANDIN_SOURCES, root=tree) == before
+    assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "shapes_vqa.py").write_text((tree / "tasks" / "shapes_vqa.py").read_text() + "\n# edited\n")
-    assert code_hash(*acc.STANDIN_SOURCES, root=tree) == before
+    assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
+    (tree / "accuracy.py").write_text((tree / "accuracy.py").read_text() + "\n# the proxy VLM edited\n")
+    assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
-    assert code_hash(*acc.STANDIN_SOURCES, root=tree) != before
+    assert code_hash(*standin.STANDIN_SOURCES, root=tree) != before

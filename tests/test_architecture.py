@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "projector_bench"
 LAYERS = [
     ("leaves", ["errors", "settings", "util", "env", "ops", "budget", "results", "studies", "_worker"]),
     ("models", ["", "_registry", "projectors", "encoders", "tasks", "lm"]),  # "": the package's __init__
-    ("measurement", ["measure", "trace", "calibrate", "roofline", "deploy", "accuracy"]),
+    ("measurement", ["measure", "trace", "calibrate", "roofline", "deploy", "training", "standin", "accuracy"]),
     ("job", ["validate", "runner"]),
     ("analysis", ["choose", "agreement", "tables", "report"]),
     ("entry points", ["search", "bench", "regress", "cli", "__main__"]),
