@@ -94,13 +94,27 @@ def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
     return cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", build)[0]
 
 
-def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: DictConfig, seed: int,
-           quiet: bool) -> dict[str, Any]:
-    """What the stand-in learns from the task's own labels (`TaskData.labels` of its train split), kept only if
-    validation shows it. A head is first trained on the frozen stand-in (per cell, or over the whole grid for an
-    image's class, so that where things are counts); then the encoder is fine-tuned with it, and the fine-tuned
-    encoder is kept only when it beats the frozen one on the validation labels (paired exact test at 5%): a
-    task too small to teach it anything (a folder of a few hundred images) keeps the stand-in frozen."""
+def _beats(new: Tensor, old: Tensor) -> bool:
+    """Whether validation hits `new` beat `old` (0/1, the same questions): paired exact test at 5%."""
+    gained, lost = int((new & ~old).sum()), int((old & ~new).sum())
+    return gained > lost and binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue < 0.05
+
+
+# how the encoder a task's features come from was obtained, in the order the candidates are tried
+KEPT = ("frozen", "fine-tuned", "task only")
+KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tuned"), ("alone_val_accuracy", "task only"))
+
+
+def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, train: Tensor, val: Tensor,
+           t: DictConfig, seed: int, quiet: bool) -> dict[str, Any]:
+    """The encoder a task's features come from, chosen on the task's validation labels (`TaskData.labels`) as
+    one chooses between a pretrained model and one trained from scratch. Three candidates, each with a head
+    (per cell, or over the whole grid for an image's class, so that where things are counts): the stand-in
+    frozen (a head trained on it), the stand-in fine-tuned with that head, and the encoder `fresh()` from random
+    weights trained on the task's train labels alone. The frozen stand-in is the default, as pretrained weights
+    are; a later candidate replaces the one kept only when it beats it on validation (paired exact test at 5%):
+    a folder of a few hundred images keeps the stand-in frozen, a task with enough images of its own (scikit's
+    digits) may be better served by training on them, as it would with pretrained weights from another domain."""
     labels = task.labels
     dense = labels.ndim == 3
     classes = int(labels.max()) + 1
@@ -108,47 +122,61 @@ def _adapt(enc: TimmEncoder, task: TaskData, train: Tensor, val: Tensor, t: Dict
         maps = torch.cat([enc.model(normalize(task.images[b]))[-1] for b in torch.arange(len(task.images)).split(256)])
     c, h, w = maps.shape[1:]
     target = (F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long() if dense else labels)
-    head = nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
 
-    def logits(fmap: Tensor) -> Tensor:
-        out = head(fmap)
-        return out.permute(0, 2, 3, 1).flatten(0, 2) if dense else out
+    def new_head() -> nn.Module:
+        return nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
 
-    def scored(encode: Callable[[Tensor], Tensor]) -> tuple[Callable[[Tensor], Tensor], Callable[[], tuple[float, float]],
-                                                              Callable[[], Tensor]]:
+    def scored(encode: Callable[[Tensor], Tensor], head: nn.Module) -> tuple[Callable[[Tensor], Tensor],
+                                                                              Callable[[], tuple[float, float]],
+                                                                              Callable[[], Tensor]]:
+        def logits(b: Tensor) -> Tensor:
+            out = head(encode(b))
+            return out.permute(0, 2, 3, 1).flatten(0, 2) if dense else out
+
         def loss_on(b: Tensor) -> Tensor:
-            return F.cross_entropy(logits(encode(b)), target[b].flatten())
+            return F.cross_entropy(logits(b), target[b].flatten())
 
         def correct() -> Tensor:
-            return torch.cat([logits(encode(b)).argmax(-1) == target[b].flatten() for b in val.split(256)])
+            return torch.cat([logits(b).argmax(-1) == target[b].flatten() for b in val.split(256)])
 
         def validate() -> tuple[float, float]:
-            loss = sum(F.cross_entropy(logits(encode(b)), target[b].flatten(), reduction="sum").item() for b in val.split(256))
+            loss = sum(F.cross_entropy(logits(b), target[b].flatten(), reduction="sum").item() for b in val.split(256))
             return loss / target[val].numel(), 100 * correct().float().mean().item()
 
         return loss_on, validate, correct
 
+    def train_with(encoder: TimmEncoder | None, head: nn.Module, offset: int, label: str) -> tuple[Tensor, int]:
+        if encoder is None:
+            loss_on, validate, correct = scored(lambda b: maps[b], head)
+            model: nn.Module = head
+        else:
+            encoder.model.to(memory_format=torch.channels_last)
+            loss_on, validate, correct = scored(lambda b: encoder.model(normalize(task.images[b]))[-1], head)
+            model = nn.ModuleDict({"enc": encoder.model, "head": head})
+        run = fit(model, loss_on, validate, batches(train, t.batch_size, seed + offset), t, t.lr, label, quiet)
+        with torch.inference_mode():
+            return correct(), run["steps"]
+
     torch.manual_seed(seed)
-    loss_on, validate, correct = scored(lambda b: maps[b])
-    probe = fit(head, loss_on, validate, batches(train, t.batch_size, seed), t, t.lr, f"probe {enc.name}", quiet)
-    with torch.inference_mode():
-        frozen = correct()
+    head = new_head()
+    frozen, probe_steps = train_with(None, head, 0, f"probe {enc.name}")
     standin = copy.deepcopy(enc.state_dict())
-    enc.model.to(memory_format=torch.channels_last)
-    loss_on, validate, correct = scored(lambda b: enc.model(normalize(task.images[b]))[-1])
-    tuned = fit(nn.ModuleDict({"enc": enc.model, "head": head}), loss_on, validate,
-                batches(train, t.batch_size, seed + 1), t, t.lr, f"fine-tune {enc.name}", quiet)
-    enc.eval()
-    with torch.inference_mode():
-        after = correct()
-    gained, lost = int((after & ~frozen).sum()), int((frozen & ~after).sum())
-    keep = gained > lost and binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue < 0.05
-    kept = after if keep else frozen
+    tuned, tuned_steps = train_with(enc, head, 1, f"fine-tune {enc.name}")
+    tuned_state = copy.deepcopy(enc.state_dict())
+    torch.manual_seed(seed)
+    alone_enc = fresh()
+    alone, alone_steps = train_with(alone_enc, new_head(), 2, f"train {enc.name} on {task.name} alone")
+    kept, hits, state = "frozen", frozen, standin
+    for name, new, new_state in (("fine-tuned", tuned, tuned_state), ("task only", alone, alone_enc.state_dict())):
+        if _beats(new, hits):
+            kept, hits, state = name, new, new_state
     chance = float(torch.bincount(target[val].flatten(), minlength=classes).max()) / target[val].numel()
-    return {"state_dict": enc.state_dict() if keep else standin, "fine_tuned": bool(keep), "labels": "per cell" if dense else "per image",
-            "frozen_val_accuracy": 100 * frozen.float().mean().item(), "tuned_val_accuracy": 100 * after.float().mean().item(),
-            "val_accuracy": 100 * kept.float().mean().item(), "chance": 100 * chance,
-            "better_than_chance": better_than_chance(kept, chance), "probe_steps": probe["steps"], "steps": tuned["steps"]}
+    pct = {name: 100 * x.float().mean().item() for name, x in zip(KEPT, (frozen, tuned, alone))}
+    return {"state_dict": state, "kept": kept, "fine_tuned": kept == "fine-tuned", "labels": "per cell" if dense else "per image",
+            "frozen_val_accuracy": pct["frozen"], "tuned_val_accuracy": pct["fine-tuned"],
+            "alone_val_accuracy": pct["task only"], "val_accuracy": pct[kept], "chance": 100 * chance,
+            "better_than_chance": better_than_chance(hits, chance), "probe_steps": probe_steps, "steps": tuned_steps,
+            "alone_steps": alone_steps}
 
 
 def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], dict[str, Any]]:
@@ -162,20 +190,26 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
     if enc.weights_source == "random":  # no pretrained weights: the stand-in, pretrained on generated scenes
         img_size = int(task.images.shape[-1])
         enc, record = standin_encoder(e, img_size, cfg.accuracy.standin, quiet)
+
+        def fresh() -> TimmEncoder:
+            return TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
+
         train, val = carve(task.train, cfg.accuracy.val_fraction, cfg.seed)
         recipe = OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True)
         key += [OmegaConf.to_container(cfg.accuracy.standin, resolve=True), cfg.seed, cfg.accuracy.val_fraction, recipe]
         adapted, _ = cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
-                             lambda: _adapt(enc, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
+                             lambda: _adapt(enc, fresh, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
         enc.load_state_dict(adapted.pop("state_dict"))
-        how = (f"fine-tuned on {task.name}'s {adapted['labels']} labels ({adapted['steps']} steps): validation "
-               f"{adapted['tuned_val_accuracy']:.1f}% against {adapted['frozen_val_accuracy']:.1f}% frozen"
-               if adapted["fine_tuned"] else
-               f"kept frozen: fine-tuning on {task.name}'s {adapted['labels']} labels did not beat it on validation "
-               f"({adapted['tuned_val_accuracy']:.1f}% against {adapted['frozen_val_accuracy']:.1f}%)")
-        info = {"source": (f"stand-in: trained from random weights on {record['images']:,} generated scenes at {img_size} px "
-                           f"({record['steps']} steps; validation {record['val_accuracy']:.1f}% of cells' kind, chance "
-                           f"{record['chance']:.1f}%), {how}"), "standin": record, "adapted": adapted}
+        than = (f"validation {adapted['val_accuracy']:.1f}% of {task.name}'s {adapted['labels']} labels against "
+                f"{', '.join(f'{adapted[k]:.1f}% {n}' for k, n in KEPT_NAMES if n != adapted['kept'])}")
+        standin_how = (f"trained from random weights on {record['images']:,} generated scenes at {img_size} px "
+                       f"({record['steps']} steps; validation {record['val_accuracy']:.1f}% of cells' kind, chance "
+                       f"{record['chance']:.1f}%)")
+        info = {"source": {"frozen": f"stand-in: {standin_how}, kept frozen ({than})",
+                           "fine-tuned": f"stand-in: {standin_how}, fine-tuned ({adapted['steps']} steps; {than})",
+                           "task only": (f"trained from random weights on {task.name} alone ({adapted['alone_steps']} steps; "
+                                         f"{than}): the stand-in, {standin_how}, did not serve this task as well")
+                           }[adapted["kept"]], "standin": record, "adapted": adapted}
 
     def extract() -> dict[str, Any]:
         enc.eval()
@@ -543,6 +577,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "acc_encoder_val_accuracy": s.adapted["val_accuracy"] if s.adapted else None,
         "acc_encoder_chance": s.adapted["chance"] if s.adapted else None,
         "acc_encoder_fine_tuned": s.adapted["fine_tuned"] if s.adapted else None,
+        "acc_encoder_kept": s.adapted["kept"] if s.adapted else None,
         "acc_grid": f"{grid[0]}x{grid[1]}", "acc_tokens_in": grid[0] * grid[1],
         "acc_tokens_out": s.build(0, t).projector.num_tokens_out(grid), "acc_test_questions": len(test_q),
         "acc_val_questions": int((slots[s.val] >= 0).sum()),

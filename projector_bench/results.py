@@ -84,9 +84,10 @@ COLUMNS = {
     "val_loss": "", "val_accuracy": "", "train_time_s": "", "train_steps_per_s": "",
     "train_questions_per_s": "", "train_workers": "", "acc_cached": "models from the cache",
     "acc_code_version": "accuracy.code_version()", "acc_encoder": "", "acc_encoder_source": "pretrained weights, a checkpoint, or the stand-in and its pretraining",
-    "acc_encoder_val_accuracy": "the stand-in's accuracy, with a head, on the task's validation labels, %",
+    "acc_encoder_val_accuracy": "the kept encoder's accuracy, with a head, on the task's validation labels, %",
     "acc_encoder_chance": "the majority label's share of them, %",
     "acc_encoder_fine_tuned": "whether fine-tuning on the task's train labels beat the frozen stand-in on validation",
+    "acc_encoder_kept": "which encoder validation chose: the stand-in frozen, fine-tuned, or trained on the task alone",
     "acc_grid": "",
     "acc_tokens_in": "", "acc_tokens_out": "", "acc_test_questions": "", "acc_val_questions": "",
 }

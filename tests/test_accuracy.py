@@ -1,5 +1,6 @@
 """The accuracy pipeline at a tiny scale: splits, training to convergence, the learning-rate choice, seeds,
 the two-level interval, caches keyed by code, the packed VLM, every task."""
+import re
 import shutil
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_row_holds_accuracy_over_seeds_with_a_two_level_interval_and_the_trainin
     assert all(4 <= s <= 8 for s in r["train_steps"]) and all(0 < b <= s for b, s in zip(r["best_step"], r["train_steps"]))
     assert isinstance(r["converged"], bool) and len(r["val_curves"]) == 2 and 0 <= r["val_accuracy"] <= 100
     assert [p[0] for p in r["val_curves"][0]][:2] == [2, 4] and r["acc_val_questions"] > 0
-    assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px (")
+    assert "stand-in, trained from random weights on 40 generated scenes at 32 px (" in r["acc_encoder_source"].replace(":", ",")
     assert r["acc_grid"] == "4x4" and 0 <= r["acc_encoder_chance"] <= 100 and 0 <= r["acc_encoder_val_accuracy"] <= 100
     assert r["accuracy_note"].startswith("small test split: ") and r["acc_cached"] is False
 
@@ -358,9 +359,25 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
 
     root = write_blob_folder(tmp_path / "blobs", classes=3, per_class=10, size=32, blob=6)
     r = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
-    assert r["acc_encoder_fine_tuned"] is False and "kept frozen" in r["acc_encoder_source"]
+    assert r["acc_encoder_fine_tuned"] is False and r["acc_encoder_kept"] == "frozen" and "kept frozen" in r["acc_encoder_source"]
     assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px")
     assert "no better than chance on its own validation" in r["accuracy_warning"]
+
+
+def test_a_candidate_encoder_replaces_the_kept_one_only_when_validation_shows_it():
+    """Paired exact test at 5%: more questions gained than lost is not enough on a handful of them."""
+    old = torch.zeros(40, dtype=torch.bool)
+    assert not acc._beats(old.clone(), old)
+    assert not acc._beats(torch.arange(40) < 3, old)  # 3 gained, none lost: p = 0.125
+    assert acc._beats(torch.arange(40) < 5, old)  # 5 gained: p = 0.031
+    assert not acc._beats(torch.arange(40) < 12, torch.arange(40) >= 32)  # 12 gained, 8 lost
+
+
+def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(tmp_path):
+    r = acc.evaluate_projector(cfg_for(tmp_path))
+    scores = {name: float(m) for m, name in re.findall(r"([\d.]+)% (frozen|fine-tuned|task only)", r["acc_encoder_source"])}
+    assert r["acc_encoder_kept"] in acc.KEPT and r["acc_encoder_kept"] not in scores and len(scores) == 2
+    assert f"validation {r['acc_encoder_val_accuracy']:.1f}% of shapes_vqa's per cell labels" in r["acc_encoder_source"]
 
 
 def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited(tmp_path):
