@@ -11,7 +11,6 @@ versions, so edited code retrains.
 from __future__ import annotations
 
 import atexit
-import copy
 import gc
 import multiprocessing as mp
 import hashlib
@@ -39,12 +38,12 @@ from tqdm.auto import tqdm
 from ._registry import create_projector
 from . import _worker
 from .encoders import TimmEncoder, Variant
-from .env import available_memory, code_hash, usable_cores
+from .env import available_memory, code_hash, device_label, training_device, usable_cores
 from .errors import ConfigError
 from .projectors.int8 import Int8Projector, quantize_linear_int8
 from .tasks import TaskData, carve
 from .standin import standin_encoder
-from .training import DivergedError, batches, better_than_chance, cached, fit, normalize
+from .training import DivergedError, batches, better_than_chance, cached, cpu_state, fit, normalize
 from .util import accuracy_projector_kwargs, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
@@ -62,6 +61,12 @@ class WorkerDiedError(RuntimeError):
 def code_version() -> str:
     """Hash of the source files the accuracy pipeline runs (`SOURCES`) and of the torch and timm versions."""
     return code_hash(*SOURCES, root=SOURCE_ROOT)
+
+
+def device_key(device: torch.device) -> list[str]:
+    """What a cached encoder, feature set or model adds to its key for the device it was made on: nothing on the
+    CPU (the caches made before devices existed stay valid), the device's type elsewhere (not the CPU's bit for bit)."""
+    return [] if device.type == "cpu" else [device.type]
 
 
 def _key(*parts: Any) -> str:
@@ -106,7 +111,7 @@ KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tu
 
 
 def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, train: Tensor, val: Tensor,
-           t: DictConfig, seed: int, quiet: bool) -> dict[str, Any]:
+           t: DictConfig, seed: int, quiet: bool, device: torch.device) -> dict[str, Any]:
     """The encoder a task's features come from, chosen on the task's validation labels (`TaskData.labels`) as
     one chooses between a pretrained model and one trained from scratch. Three candidates, each with a head
     (per cell, or over the whole grid for an image's class, so that where things are counts): the stand-in
@@ -114,17 +119,21 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     weights trained on the task's train labels alone. The frozen stand-in is the default, as pretrained weights
     are; a later candidate replaces the one kept only when it beats it on validation (paired exact test at 5%):
     a folder of a few hundred images keeps the stand-in frozen, a task with enough images of its own (scikit's
-    digits) may be better served by training on them, as it would with pretrained weights from another domain."""
+    digits) may be better served by training on them, as it would with pretrained weights from another domain.
+    Every candidate trains on `device`; the weights returned are on the CPU."""
     labels = task.labels
     dense = labels.ndim == 3
     classes = int(labels.max()) + 1
+    enc.model.to(device)
     with torch.no_grad():  # the frozen stand-in's maps, once: the head alone trains on them
-        maps = torch.cat([enc.model(normalize(task.images[b]))[-1] for b in torch.arange(len(task.images)).split(256)])
+        maps = torch.cat([enc.model(normalize(task.images[b].to(device)))[-1]
+                          for b in torch.arange(len(task.images)).split(256)])
     c, h, w = maps.shape[1:]
     target = (F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long() if dense else labels)
 
     def new_head() -> nn.Module:
-        return nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
+        head = nn.Conv2d(c, classes, 1) if dense else nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes))
+        return head.to(device)
 
     def scored(encode: Callable[[Tensor], Tensor], head: nn.Module) -> tuple[Callable[[Tensor], Tensor],
                                                                               Callable[[], tuple[float, float]],
@@ -134,24 +143,25 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
             return out.permute(0, 2, 3, 1).flatten(0, 2) if dense else out
 
         def loss_on(b: Tensor) -> Tensor:
-            return F.cross_entropy(logits(b), target[b].flatten())
+            return F.cross_entropy(logits(b), target[b].flatten().to(device))
 
         def correct() -> Tensor:
-            return torch.cat([logits(b).argmax(-1) == target[b].flatten() for b in val.split(256)])
+            return torch.cat([logits(b).argmax(-1).cpu() == target[b].flatten() for b in val.split(256)])
 
         def validate() -> tuple[float, float]:
-            loss = sum(F.cross_entropy(logits(b), target[b].flatten(), reduction="sum").item() for b in val.split(256))
+            loss = sum(F.cross_entropy(logits(b), target[b].flatten().to(device), reduction="sum").item()
+                       for b in val.split(256))
             return loss / target[val].numel(), 100 * correct().float().mean().item()
 
         return loss_on, validate, correct
 
     def train_with(encoder: TimmEncoder | None, head: nn.Module, offset: int, label: str) -> tuple[Tensor, int]:
         if encoder is None:
-            loss_on, validate, correct = scored(lambda b: maps[b], head)
+            loss_on, validate, correct = scored(lambda b: maps[b.to(device)], head)
             model: nn.Module = head
         else:
-            encoder.model.to(memory_format=torch.channels_last)
-            loss_on, validate, correct = scored(lambda b: encoder.model(normalize(task.images[b]))[-1], head)
+            encoder.model.to(device, memory_format=torch.channels_last)
+            loss_on, validate, correct = scored(lambda b: encoder.model(normalize(task.images[b].to(device)))[-1], head)
             model = nn.ModuleDict({"enc": encoder.model, "head": head})
         run = fit(model, loss_on, validate, batches(train, t.batch_size, seed + offset), t, t.lr, label, quiet)
         with torch.inference_mode():
@@ -160,14 +170,14 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     torch.manual_seed(seed)
     head = new_head()
     frozen, probe_steps = train_with(None, head, 0, f"probe {enc.name}")
-    standin = copy.deepcopy(enc.state_dict())
+    standin = cpu_state(enc)
     tuned, tuned_steps = train_with(enc, head, 1, f"fine-tune {enc.name}")
-    tuned_state = copy.deepcopy(enc.state_dict())
+    tuned_state = cpu_state(enc)
     torch.manual_seed(seed)
     alone_enc = fresh()
     alone, alone_steps = train_with(alone_enc, new_head(), 2, f"train {enc.name} on {task.name} alone")
     kept, hits, state = "frozen", frozen, standin
-    for name, new, new_state in (("fine-tuned", tuned, tuned_state), ("task only", alone, alone_enc.state_dict())):
+    for name, new, new_state in (("fine-tuned", tuned, tuned_state), ("task only", alone, cpu_state(alone_enc))):
         if _beats(new, hits):
             kept, hits, state = name, new, new_state
     chance = float(torch.bincount(target[val].flatten(), minlength=classes).max()) / target[val].numel()
@@ -183,13 +193,13 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
     """Features `(N, h·w, C)` of every image of `task` from the frozen encoder, the grid, and how the encoder was
     obtained: `source` and, for the stand-in, its pretraining (`standin`) and what the task taught it (`adapted`).
     Cached."""
-    e = cfg.accuracy.encoder
+    e, device = cfg.accuracy.encoder, training_device(str(cfg.accuracy.device))
     enc = TimmEncoder(e.name, e.stage, e.weights, Variant.from_config(e))
     info: dict[str, Any] = {"source": enc.weights_source}
-    key = [enc.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task)]
+    key = [enc.name, e.stage, e.weights, enc.weights_source, task_key(cfg.task), *device_key(device)]
     if enc.weights_source == "random":  # no pretrained weights: the stand-in, pretrained on generated scenes
         img_size = int(task.images.shape[-1])
-        enc, record = standin_encoder(e, img_size, cfg.accuracy.standin, quiet)
+        enc, record = standin_encoder(e, img_size, cfg.accuracy.standin, quiet, device)
 
         def fresh() -> TimmEncoder:
             return TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
@@ -198,7 +208,7 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         recipe = OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True)
         key += [OmegaConf.to_container(cfg.accuracy.standin, resolve=True), cfg.seed, cfg.accuracy.val_fraction, recipe]
         adapted, _ = cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
-                             lambda: _adapt(enc, fresh, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet))
+                             lambda: _adapt(enc, fresh, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet, device))
         enc.load_state_dict(adapted.pop("state_dict"))
         than = (f"validation {adapted['val_accuracy']:.1f}% of {task.name}'s {adapted['labels']} labels against "
                 f"{', '.join(f'{adapted[k]:.1f}% {n}' for k, n in KEPT_NAMES if n != adapted['kept'])}")
@@ -212,12 +222,13 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
                            }[adapted["kept"]], "standin": record, "adapted": adapted}
 
     def extract() -> dict[str, Any]:
+        enc.model.to(device)
         enc.eval()
         out = []
         with torch.inference_mode():
             for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {enc.name}", disable=quiet, leave=False):
-                tokens, grid = enc(normalize(task.images[b]))
-                out.append(tokens.to(torch.float16))
+                tokens, grid = enc(normalize(task.images[b].to(device)))
+                out.append(tokens.to(torch.float16).cpu())
         return {"features": torch.cat(out), "grid": grid}
 
     feats, _ = cached(cache / "features" / f"{enc.name}-{_key(*key)}.pt", extract)
@@ -293,16 +304,17 @@ class TinyVLM(nn.Module):
 
 
 def _forward(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits and question indices of every question about `images` (one row per question)."""
+    """Logits (on the model's device) and question indices of every question about `images` (one row per question)."""
     q = slots[images]
-    logits = model(feats[images].float(), task.questions[q.clamp(min=0)] * (q >= 0)[..., None])
-    return logits[q >= 0], q[q >= 0]
+    dev = model.head.weight.device
+    logits = model(feats[images].to(dev).float(), (task.questions[q.clamp(min=0)] * (q >= 0)[..., None]).to(dev))
+    return logits[(q >= 0).to(dev)], q[q >= 0]
 
 
 def _score(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits, question indices, correct) over `images`, in batches."""
+    """(logits, question indices, correct) over `images`, in batches, on the CPU."""
     out = [_forward(model, feats, task, slots, b) for b in images.split(256)]
-    logits, qi = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    logits, qi = torch.cat([o[0].float().cpu() for o in out]), torch.cat([o[1] for o in out])
     return logits, qi, logits.argmax(-1) == task.answers[qi]
 
 
@@ -351,6 +363,7 @@ class _Setup(NamedTuple):
     base_key: tuple
     standin: dict | None  # the stand-in encoder's pretraining record, when it stood in for pretrained weights
     adapted: dict | None  # and what the task's own labels taught it (`_adapt`)
+    device: str           # where the models train (`accuracy.device`, resolved)
 
     def build(self, seed: int, t: DictConfig) -> TinyVLM:
         torch.manual_seed(seed)
@@ -373,9 +386,10 @@ def _setup(cfg: DictConfig, quiet: bool) -> _Setup:
     if int8:
         name, kwargs = design.float_twin
     recipe = {k: v for k, v in OmegaConf.to_container(t, resolve=True).items() if k != "lr"}
-    base_key = (name, kwargs, in_dim, grid, source, task_key(cfg.task), a.val_fraction, recipe)
+    device = training_device(str(a.device))
+    base_key = (name, kwargs, in_dim, grid, source, task_key(cfg.task), a.val_fraction, recipe, *device_key(device))
     return _Setup(task, feats, grid, source, train, val, question_slots(task), name, kwargs, int8, base_key,
-                  info.get("standin"), info.get("adapted"))
+                  info.get("standin"), info.get("adapted"), str(device))
 
 
 def _model_path(s: _Setup, models: Path, seed: int, lr: float) -> Path:
@@ -384,14 +398,14 @@ def _model_path(s: _Setup, models: Path, seed: int, lr: float) -> Path:
 
 def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, lr: float, threads: int) -> dict[str, Any]:
     """Train (or load from the cache file `path`) the model of setup `s` for one seed and learning rate; the
-    returned run has `cached` and, if it diverged, `error`. Runs in a worker process or in this one."""
+    returned run has `cached` and, if it diverged, `error`. Runs in a worker process or in this one, on `s.device`."""
 
     def make() -> dict[str, Any]:
-        model = s.build(seed, t)
+        model = s.build(seed, t).to(s.device)
 
         def loss_on(b: Tensor) -> Tensor:
             logits, qi = _forward(model, s.feats, s.task, s.slots, b)
-            return F.cross_entropy(logits, s.task.answers[qi])
+            return F.cross_entropy(logits, s.task.answers[qi].to(logits.device))
 
         def validate() -> tuple[float, float]:
             logits, qi, correct = _score(model, s.feats, s.task, s.slots, s.val)
@@ -446,10 +460,13 @@ def _result(r: Any, procs: list[Any], name: str) -> dict[str, Any]:
 WORKER_BYTES = 0.7e9  # what one training worker holds: torch and the package imported, the task and its features
 
 
-def training_workers(asked: int | None, trainings: int) -> int:
-    """How many training processes a design gets: `accuracy.workers` (default: 2, or 1 on one core), never more than
-    its trainings (seeds × rates), nor more than the free memory holds (each is a process of `WORKER_BYTES`)."""
-    n = min(asked if asked is not None else min(2, usable_cores()), trainings)
+def training_workers(asked: int | None, trainings: int, device: str = "cpu") -> int:
+    """How many training processes a design gets: `accuracy.workers`, by default a core each on the CPU (the cores
+    this process may use: `taskset` and containers are honoured) and one on an accelerator (its trainings run one
+    after another there); never more than its trainings (seeds × rates), nor more than the free memory holds
+    (each is a process of `WORKER_BYTES`)."""
+    default = usable_cores() if torch.device(device).type == "cpu" else 1
+    n = min(asked if asked is not None else default, trainings)
     free = available_memory()
     if free is not None and n > (fit := max(1, int(free // WORKER_BYTES))):
         log.warning("accuracy: %d training workers would need about %.1f GB, %.1f GB is free: training with %d",
@@ -501,7 +518,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     a, t = cfg.accuracy, cfg.accuracy.training
     seeds = [cfg.seed + i for i in range(int(a.seeds))]
     jobs = [(seed, lr) for lr in _lr_grid(t.lr) for seed in seeds]
-    workers = training_workers(a.workers, len(jobs))
+    workers = training_workers(a.workers, len(jobs), s.device)
     done = _train_all(s, t, Path(cfg.results_dir) / "cache" / "models", quiet, jobs, workers)
     by_lr: dict[float, list[dict[str, Any]]] = {}
     for run in done:
@@ -577,7 +594,7 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "acc_encoder_val_accuracy": s.adapted["val_accuracy"] if s.adapted else None,
         "acc_encoder_chance": s.adapted["chance"] if s.adapted else None,
         "acc_encoder_fine_tuned": s.adapted["fine_tuned"] if s.adapted else None,
-        "acc_encoder_kept": s.adapted["kept"] if s.adapted else None,
+        "acc_encoder_kept": s.adapted["kept"] if s.adapted else None, "acc_device": device_label(torch.device(s.device)),
         "acc_grid": f"{grid[0]}x{grid[1]}", "acc_tokens_in": grid[0] * grid[1],
         "acc_tokens_out": s.build(0, t).projector.num_tokens_out(grid), "acc_test_questions": len(test_q),
         "acc_val_questions": int((slots[s.val] >= 0).sum()),

@@ -9,7 +9,6 @@ of the difference, `choose.tie`) or contradicts (the other way round, outside th
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -75,6 +75,35 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def training_device(name: str) -> torch.device:
+    """The device `accuracy.device` names: `auto` is the first of CUDA, Apple's MPS and the CPU that torch can use;
+    `cpu`, `cuda`, `cuda:1`, `mps` name one. ValueError, naming the fix, for one torch cannot use here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name!r} is not a device the proxy trains on; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"{name!r}: torch sees {torch.cuda.device_count() if torch.cuda.is_available() else 'no'} "
+                         "CUDA device(s) here; use accuracy.device=auto or cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r}: torch cannot use Apple's MPS here; use accuracy.device=auto or cpu")
+    return dev
+
+
+def device_label(dev: torch.device) -> str:
+    """`dev` as a row records it: its type and index, and a GPU's name."""
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(dev)
+
+
 PACKAGE = Path(__file__).resolve().parent
 
 

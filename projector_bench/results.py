@@ -88,6 +88,7 @@ COLUMNS = {
     "acc_encoder_chance": "the majority label's share of them, %",
     "acc_encoder_fine_tuned": "whether fine-tuning on the task's train labels beat the frozen stand-in on validation",
     "acc_encoder_kept": "which encoder validation chose: the stand-in frozen, fine-tuned, or trained on the task alone",
+    "acc_device": "where the encoder and the models trained (accuracy.device)",
     "acc_grid": "",
     "acc_tokens_in": "", "acc_tokens_out": "", "acc_test_questions": "", "acc_val_questions": "",
 }

@@ -20,16 +20,17 @@ from .encoders import TimmEncoder, Variant
 from .env import code_hash
 from .settings import host_cache
 from .tasks.scenes import COLOUR_BINS, KINDS, cell_targets, scenes
-from .training import batches, better_than_chance, cached, fit, normalize
+from .training import batches, better_than_chance, cached, cpu_state, fit, normalize
 
 SOURCE_ROOT = Path(__file__).parent
 STANDIN_SOURCES = ("standin.py", "training.py", "encoders.py", "tasks/__init__.py", "tasks/scenes.py", "util.py")
 
 
-def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool) -> dict[str, Any]:
+def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool, device: torch.device) -> dict[str, Any]:
     """Train `enc` on `s.images` generated scenes (`tasks.scenes`) at `img_size` px: per cell of its feature grid,
     the kind of thing covering it, its colour and the cell's pooled pixels; a tenth of them validate. Returns
-    its weights, the run, and its validation kind accuracy beside chance (the majority kind's share of cells)."""
+    its weights (on the CPU), the run, and its validation kind accuracy beside chance (the majority kind's share of
+    cells). It trains on `device`; the scenes stay on the CPU and go there a batch at a time."""
     images, kinds, colours = scenes(int(s.images), img_size, int(s.seed))
     enc.model.to(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -38,21 +39,21 @@ def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool) -> dic
     del kinds, colours
     n_kind, n_colour = len(KINDS), COLOUR_BINS + 1
     head = nn.Conv2d(enc.channels, n_kind + n_colour + pix.shape[-1], 1)
-    model = nn.ModuleDict({"enc": enc.model, "head": head})
+    model = nn.ModuleDict({"enc": enc.model, "head": head}).to(device)
     n_val = max(1, len(images) // 10)
     val, train = torch.arange(n_val), torch.arange(n_val, len(images))
 
     def outputs(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = head(enc.model(normalize(images[b]))[-1]).permute(0, 2, 3, 1)  # (B, h, w, heads)
+        out = head(enc.model(normalize(images[b].to(device)))[-1]).permute(0, 2, 3, 1)  # (B, h, w, heads)
         return out[..., :n_kind], out[..., n_kind:n_kind + n_colour], out[..., n_kind + n_colour:]
 
     def loss_on(b: Tensor) -> Tensor:
         k, c, p = outputs(b)
-        return (F.cross_entropy(k.flatten(0, 2), kind[b].flatten()) + F.cross_entropy(c.flatten(0, 2), colour[b].flatten())
-                + F.mse_loss(p, pix[b].float()))
+        return (F.cross_entropy(k.flatten(0, 2), kind[b].flatten().to(device))
+                + F.cross_entropy(c.flatten(0, 2), colour[b].flatten().to(device)) + F.mse_loss(p, pix[b].to(device).float()))
 
     def correct() -> Tensor:
-        return torch.cat([(outputs(b)[0].argmax(-1) == kind[b]).flatten() for b in val.split(256)])
+        return torch.cat([(outputs(b)[0].argmax(-1).cpu() == kind[b]).flatten() for b in val.split(256)])
 
     def validate() -> tuple[float, float]:
         loss = sum(loss_on(b).item() * len(b) for b in val.split(256)) / len(val)
@@ -64,21 +65,24 @@ def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool) -> dic
     chance = float(torch.bincount(cells).max()) / len(cells)
     with torch.inference_mode():
         better = better_than_chance(correct(), chance)
-    return ({"state_dict": enc.state_dict(), "images": int(s.images), "img_size": img_size, "chance": 100 * chance,
+    return ({"state_dict": cpu_state(enc), "images": int(s.images), "img_size": img_size, "chance": 100 * chance,
              "better_than_chance": better} | {k: v for k, v in run.items() if k not in ("state_dict", "curve")})
 
 
-def standin_encoder(e: DictConfig, img_size: int, s: DictConfig, quiet: bool) -> tuple[TimmEncoder, dict[str, Any]]:
+def standin_encoder(e: DictConfig, img_size: int, s: DictConfig, quiet: bool,
+                    device: torch.device) -> tuple[TimmEncoder, dict[str, Any]]:
     """The encoder `e` as it stands in for pretrained weights it has not got: trained once on generated scenes at
     `img_size` px (`accuracy.standin`), then shared by every task, design and seed, as pretrained weights are:
     cached per encoder, stage, image size and recipe in the machine's cache (`settings.host_cache`), beside
-    the measured roofs, not in one results folder."""
+    the measured roofs, not in one results folder. One trained on an accelerator is keyed apart: it is not the
+    CPU's bit for bit. The encoder is returned on the CPU."""
     torch.manual_seed(int(s.seed))
     enc = TimmEncoder(e.name, e.stage, "random", Variant.from_config(e))
     parts = [code_hash(*STANDIN_SOURCES, root=SOURCE_ROOT), enc.name, e.stage, img_size,
-             OmegaConf.to_container(s, resolve=True)]
+             OmegaConf.to_container(s, resolve=True)] + ([] if device.type == "cpu" else [device.type])
     key = hashlib.sha256(json.dumps(["standin", *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
     state, _ = cached(host_cache() / "standin" / f"{enc.name}-{img_size}px-{key}.pt",
-                       lambda: pretrain(enc, img_size, s, quiet))
+                      lambda: pretrain(enc, img_size, s, quiet, device))
+    enc.model.cpu()
     enc.load_state_dict(state["state_dict"])
     return enc, {k: v for k, v in state.items() if k != "state_dict"}

@@ -2,7 +2,6 @@
 encoder, the proxy VLM), its batches, its images' normalisation and its on-disk cache."""
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -52,6 +51,11 @@ def batches(idx: Tensor, size: int, seed: int) -> Iterator[Tensor]:
         yield from idx[torch.randperm(len(idx), generator=gen)].split(size)
 
 
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of `model`'s weights on the CPU, wherever it trains: what the caches hold, readable on any machine."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callable[[], tuple[float, float]],
         batches: Iterator[Tensor], t: DictConfig, lr: float, label: str, quiet: bool) -> dict[str, Any]:
     """Train `model` until its validation loss stops improving; return its best checkpoint and the run.
@@ -60,11 +64,12 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
     validation loss is measured; evaluations without a gain over the last gain of both `t.min_delta`
     (relative) and `t.min_delta_abs` (absolute, default 0) make a plateau: `t.drop_patience` of them (default
     `t.patience`) divide the rate by 10 (`t.lr_drops` times), then `t.patience` end the run (`converged`) once
-    `t.min_steps` are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored.
+    `t.min_steps` are done; `t.max_steps` ends it unconverged. The weights of the best validation loss are restored
+    (and returned on the CPU). `loss_on` and `validate` put their batches on the model's device.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
     warm = max(1, int(t.warmup_steps))
-    best = {"loss": math.inf, "step": 0, "state": copy.deepcopy(model.state_dict()), "accuracy": math.nan}
+    best = {"loss": math.inf, "step": 0, "state": cpu_state(model), "accuracy": math.nan}
     curve: list[list[float]] = []
     drops, stale, step, converged, ref = int(t.lr_drops), 0, 0, False, math.inf
     drop_patience = t.get("drop_patience") or t.patience  # a drop cannot be undone: it may wait longer than the stop
@@ -96,7 +101,7 @@ def fit(model: nn.Module, loss_on: Callable[[Tensor], Tensor], validate: Callabl
                 raise DivergedError(f"training diverged: validation loss is {val_loss} at step {step} (lr={lr:g}); "
                                     "lower accuracy.training.lr")
             if val_loss < best["loss"]:  # the checkpoint kept: the lowest validation loss
-                best = {"loss": val_loss, "step": step, "state": copy.deepcopy(model.state_dict()), "accuracy": val_acc}
+                best = {"loss": val_loss, "step": step, "state": cpu_state(model), "accuracy": val_acc}
             if ref == math.inf or val_loss < ref - max(ref * t.min_delta, t.get("min_delta_abs", 0.0)):  # progress
                 ref, stale = val_loss, 0
                 continue

@@ -19,6 +19,7 @@ from ._registry import create_projector
 from .budget import DEPLOY_RUNTIMES, Budget
 from .calibrate import load_points
 from .encoders import TimmEncoder, Variant
+from .env import training_device
 from .errors import ConfigError
 from .projectors.base import token_grid
 from .results import COLUMNS, COST_COLUMNS
@@ -102,7 +103,8 @@ NOT_NUMERIC = NOT_NUMERIC_COSTS | {
     "encoder_weights", "e2e_encoder", "grid", "load_basis", "load_warning", "device", "est_basis", "task",
     "accuracy_ci_method", "accuracy_by_seed", "accuracy_by_type", "accuracy_ci_by_type", "accuracy_note",
     "accuracy_warning", "majority_by_type", "types_not_learned", "seeds", "lr_grid", "train_steps", "best_step",
-    "converged", "val_curves", "acc_cached", "acc_code_version", "acc_encoder", "acc_encoder_source", "acc_grid"}
+    "converged", "val_curves", "acc_cached", "acc_code_version", "acc_encoder", "acc_encoder_source", "acc_grid",
+    "acc_encoder_kept", "acc_device"}
 
 
 def _value(cfg: DictConfig, key: str) -> tuple[bool, Any]:
@@ -174,6 +176,13 @@ def _check_steps(cfg: DictConfig) -> None:
         if node is not None and node.min_steps > node.max_steps:
             raise ConfigError(f"{group}.min_steps={node.min_steps} is above {group}.max_steps={node.max_steps}: a run "
                               "would end before it may stop; raise max_steps or lower min_steps")
+
+
+def _check_device(cfg: DictConfig) -> None:
+    try:
+        training_device(str(cfg.accuracy.get("device", "auto")))
+    except ValueError as e:
+        raise ConfigError(f"accuracy.device={e}") from None
 
 
 def _check_results_dir(cfg: DictConfig) -> None:
@@ -304,6 +313,8 @@ def validate(cfg: DictConfig, jobs: bool = True) -> None:
     _check_rules(cfg)
     if "accuracy" in cfg:
         _check_steps(cfg)
+        if jobs and cfg.get("task") and cfg.task.get("_target_"):  # a job that trains
+            _check_device(cfg)
     if jobs:
         _check_results_dir(cfg)
         if "deploy" in cfg and "budget" in cfg:
