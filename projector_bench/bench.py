@@ -8,6 +8,7 @@ errors per point, against the roofline bound) runs alone in seconds: `--calibrat
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import statistics
 import subprocess
@@ -28,8 +29,10 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, deploy, list_projectors
+from .accuracy import KEPT
 from .agreement import agreements
 from .calibrate import Calibration, calibrate_config
+from .env import training_device
 from .errors import ArgumentParser, ConfigError
 from .measure import REFERENCE_SHAPE, measure_latency, paired
 from .results import load_results
@@ -216,33 +219,40 @@ def _accuracy_targets(df) -> list[tuple[str, float, float, str, bool]]:
     return out
 
 
-def _digits_job() -> tuple[float, Any]:
+def _kept(row: Any) -> tuple[str, float, float, str, bool]:
+    """Which encoder validation chose for the row's task, as a target line (`accuracy.KEPT`'s index)."""
+    kept = row.get("acc_encoder_kept")
+    return (f"  its encoder: {kept or 'pretrained'} ({', '.join(f'{i} {k}' for i, k in enumerate(KEPT))})",
+            float(KEPT.index(kept)) if kept in KEPT else math.nan, 0.0, "info", True)
+
+
+def _digits_job(extra: list[str]) -> tuple[float, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         _run_child(["task=digits", "projector=mlp", "quiet=true", "deploy.runtime=null", f"results_dir={tmp}",
-                    f"hydra.run.dir={tmp}/hydra"])
+                    f"hydra.run.dir={tmp}/hydra", *extra])
         wall = time.perf_counter() - t0
         return wall, load_results(tmp).iloc[-1]
 
 
-def _digits() -> list[tuple[str, float, float, str, bool]]:
+def _digits(extra: list[str]) -> list[tuple[str, float, float, str, bool]]:
     """`task=digits projector=mlp` with cold results caches, without the ExecuTorch lowering (a Quick start install
     does not lower). Without pretrained weights a machine trains its stand-in encoder once per image size, as it
     would download weights once: when this run had to, its wall is shown and the job is timed again with the
     stand-in in place, which is what the target bounds."""
     standins = host_cache() / "standin"
     before = set(standins.glob("*.pt"))
-    wall, row = _digits_job()
+    wall, row = _digits_job(extra)
     out = []
     if set(standins.glob("*.pt")) - before:
         out.append(("task=digits first run, stand-in pretraining included (s)", wall, 0.0, "info", True))
-        wall, row = _digits_job()
+        wall, row = _digits_job(extra)
     return out + [("task=digits projector=mlp accuracy (%)", row.accuracy, 0.0, ">= 95", row.accuracy >= 95),
                   ("task=digits projector=mlp wall, cold results (s)", wall, 0.0, "<= 120", wall <= 120),
-                  ("  its load ratio (its load_basis says why)", row.load_ratio, 0.0, "info", True)]
+                  ("  its load ratio (its load_basis says why)", row.load_ratio, 0.0, "info", True), _kept(row)]
 
 
-def _folder() -> list[tuple[str, float, float, str, bool]]:
+def _folder(extra: list[str]) -> list[tuple[str, float, float, str, bool]]:
     """A user's small folder on a machine without pretrained weights, cold: 3 classes × 60 PNGs at 96 px told apart
     only by where a bright spot sits (`write_blob_folder`), `projector=mlp`. The stand-in encoder is pretrained at
     96 px first (its share of the wall), then the folder trains only what the proxy trains."""
@@ -250,11 +260,11 @@ def _folder() -> list[tuple[str, float, float, str, bool]]:
         root = write_blob_folder(Path(tmp) / "folder")
         t0 = time.perf_counter()
         _run_child(["task=image_folder", f"task.root={root}", "projector=mlp", "quiet=true", "deploy.runtime=null",
-                    f"results_dir={tmp}/results"])
+                    f"results_dir={tmp}/results", *extra])
         wall = time.perf_counter() - t0
         row = load_results(f"{tmp}/results").iloc[-1]
     return [("blob folder 3x60 at 96 px, mlp accuracy (%)", row.accuracy, 0.0, ">= 90", row.accuracy >= 90),
-            ("  its encoder fine-tuned on the folder (1: yes)", float(bool(row.acc_encoder_fine_tuned)), 0.0, "info", True),
+            _kept(row),
             ("  its wall, cold, stand-in pretraining included (s)", wall, 0.0, "info", True)]
 
 
@@ -348,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=_at_least(3), default=15, help="interleaved rounds of the paired ratios (>= 3)")
     ap.add_argument("--seeds", type=_at_least(1), default=None,
                     help="accuracy.seeds for the sweep (default: the config's)")
+    ap.add_argument("--device", default=None, help="accuracy.device of the runs that train (auto, cpu, cuda, cuda:N, mps; "
+                    "default: the config's)")
     modes = ap.add_mutually_exclusive_group()  # each picks which targets run: two of them would run none or guess
     modes.add_argument("--skip-sweep", action="store_true",
                        help="skip the end-to-end sweeps (and the accuracy targets)")
@@ -367,6 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chosen = [m for m in NO_SWEEP if getattr(args, m[2:].replace("-", "_"))]
     if args.seeds is not None and chosen:  # else the seeds asked for would be silently ignored
         raise ConfigError(f"--seeds sets the sweep's accuracy.seeds, but {chosen[0]} runs no sweep; drop one of them")
+    if args.device is not None:
+        if chosen and chosen[0] not in ("--digits-only", "--folder-only"):  # else the device asked for would be ignored
+            raise ConfigError(f"--device sets where the accuracy runs train, but {chosen[0]} trains nothing; drop one of them")
+        try:
+            training_device(args.device)
+        except ValueError as e:
+            raise ConfigError(f"--device {e}") from None
     return args
 
 
@@ -384,18 +403,19 @@ def main(argv: list[str] | None = None) -> int:
 def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float, str, bool]]) -> None:
     """The sweeps' and the digits job's targets, appended to `results` as each is measured (so that the ones
     measured before a child run fails are still printed)."""
+    extra = [f"accuracy.device={args.device}"] if args.device else []
     if args.digits_only:
-        results += _digits()
+        results += _digits(extra)
         return
     if args.folder_only:
-        results += _folder()
+        results += _folder(extra)
         return
     if not args.accuracy_only:
         with tempfile.TemporaryDirectory() as tmp:
             wall = _sweep(tmp, "task=none", "deploy.runtime=null")
             results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
     with tempfile.TemporaryDirectory() as tmp:
-        wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds is not None else []))
+        wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds is not None else []), *extra)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
         results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))
@@ -405,8 +425,8 @@ def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float,
                         "info", True))
         results += _accuracy_targets(df)
         print(accuracy_table(df.reset_index()))
-    results += _digits()
-    results += _folder()
+    results += _digits(extra)
+    results += _folder(extra)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ def _refuse(*_a, **_k):
 def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypatch, capsys, accuracy):
     for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets"):
         monkeypatch.setattr(bench, name, _refuse)
-    monkeypatch.setattr(bench, "_digits", lambda: [("task=digits projector=mlp accuracy (%)", accuracy, 0.0, ">= 95",
+    monkeypatch.setattr(bench, "_digits", lambda extra: [("task=digits projector=mlp accuracy (%)", accuracy, 0.0, ">= 95",
                                                      accuracy >= 95)])
     assert bench.main(["--digits-only"]) == (0 if accuracy >= 95 else 1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task=digits projector=mlp accuracy (%)")]
@@ -23,7 +23,7 @@ def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypa
 def test_folder_only_runs_the_folder_job_alone_and_exits_on_its_target(monkeypatch, capsys, accuracy):
     for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets", "_digits"):
         monkeypatch.setattr(bench, name, _refuse)
-    monkeypatch.setattr(bench, "_folder", lambda: [("blob folder 3x60 at 96 px, mlp accuracy (%)", accuracy, 0.0, ">= 90",
+    monkeypatch.setattr(bench, "_folder", lambda extra: [("blob folder 3x60 at 96 px, mlp accuracy (%)", accuracy, 0.0, ">= 90",
                                                      accuracy >= 90)])
     assert bench.main(["--folder-only"]) == (0 if accuracy >= 90 else 1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("blob folder 3x60")]
@@ -44,6 +44,8 @@ BAD_ARGS = [
     (["--accuracy-only", "--digits-only"], "argument --digits-only: not allowed with argument --accuracy-only"),
     (["--accuracy-only", "--skip-sweep"], "argument --skip-sweep: not allowed with argument --accuracy-only"),
     (["--digits-only", "--seeds", "2"], "--seeds sets the sweep's accuracy.seeds, but --digits-only runs no sweep"),
+    (["--deploy-only", "--device", "cpu"], "--device sets where the accuracy runs train, but --deploy-only trains nothing"),
+    (["--digits-only", "--device", "gpu"], "--device 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 
@@ -99,14 +101,23 @@ def test_a_digits_run_that_trained_the_stand_in_is_timed_again_with_it_in_place(
     monkeypatch.setenv("PROJECTOR_BENCH_CACHE", str(tmp_path))
     walls = iter([900.0, 80.0, 70.0])
 
-    def job():
+    def job(extra):
         (tmp_path / "standin").mkdir(exist_ok=True)
         (tmp_path / "standin" / "mobilevit_xxs-32px-k.pt").touch()
-        return next(walls), pd.Series({"accuracy": 98.0, "load_ratio": 1.0})
+        return next(walls), pd.Series({"accuracy": 98.0, "load_ratio": 1.0, "acc_encoder_kept": "task only"})
 
     monkeypatch.setattr(bench, "_digits_job", job)
-    first, *rest = bench._digits()
+    first, *rest = bench._digits([])
     assert first[:2] == ("task=digits first run, stand-in pretraining included (s)", 900.0)
     assert ("task=digits projector=mlp wall, cold results (s)", 80.0, 0.0, "<= 120", True) in rest
-    again = bench._digits()  # the stand-in is cached now: one run, no first-run line
+    assert rest[-1][:2] == ("  its encoder: task only (0 frozen, 1 fine-tuned, 2 task only)", 2.0)
+    again = bench._digits([])  # the stand-in is cached now: one run, no first-run line
     assert [r[0] for r in again][0] == "task=digits projector=mlp accuracy (%)" and again[1][1] == 70.0
+
+
+def test_device_reaches_every_run_that_trains(monkeypatch, capsys):
+    seen = []
+    for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets", "_folder"):
+        monkeypatch.setattr(bench, name, _refuse)
+    monkeypatch.setattr(bench, "_digits", lambda extra: seen.append(extra) or [])
+    assert bench.main(["--digits-only", "--device", "cpu"]) == 0 and seen == [["accuracy.device=cpu"]]
