@@ -430,7 +430,17 @@ def _pool(workers: int) -> Any:
     torch and the package)."""
     if workers not in _POOL:
         close_pool()
-        _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker.init)
+        ours = mp.get_start_method(allow_none=True)
+        # In a launcher's worker (joblib's loky) the default start method is the launcher's own, and a spawned
+        # child is told to use it, which it cannot: the default is spawn while the pool starts.
+        foreign = ours not in (None, *mp.get_all_start_methods())
+        if foreign:
+            mp.set_start_method("spawn", force=True)
+        try:
+            _POOL[workers] = mp.get_context("spawn").Pool(workers, _worker.init)
+        finally:
+            if foreign:
+                mp.set_start_method(ours, force=True)
     return _POOL[workers]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -28,9 +29,9 @@ from omegaconf import DictConfig
 
 from .choose import token_budgets
 from .errors import ArgumentParser, ConfigError
-from .results import TABLE, load_results, read_sweep, table_path
+from .results import TABLE, load_results, merge_job_rows, read_sweep, table_path
 from .runner import job_identity, run
-from .settings import GROUPS, SWEEP_ENV, config_dir, folder_problem, group_choices
+from .settings import DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem, group_choices
 from .tables import accuracy_table, summary
 from .validate import job_configs, validate
 
@@ -101,7 +102,8 @@ def _main(cfg: DictConfig) -> None:
         row = run(cfg)
     except ConfigError as e:  # the row could not be written: say so in one line (and end the sweep, if one)
         print(f"error: {e}", file=sys.stderr)
-        os.environ.pop(SWEEP_ENV, None)  # Hydra will not reach on_multirun_end, which would pop it
+        for name in (SWEEP_ENV, THREADS_ENV, LAUNCHER_ENV):  # Hydra will not reach on_multirun_end, which would pop them
+            os.environ.pop(name, None)
         raise SystemExit(1) from None
     if multirun:
         return  # PrintSweepTable prints the sweep's table at the end
@@ -244,11 +246,16 @@ class PrintSweepTable(Callback):
                   f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
             raise SystemExit(1) from None
         os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
+        os.environ[THREADS_ENV] = f"{socket.gethostname()}:{DEFAULT_THREADS}"  # a launcher's workers time as this one
+        os.environ[LAUNCHER_ENV] = f"{socket.gethostname()}:{os.getpid()}"  # jobs elsewhere write their rows apart
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = os.environ.pop(SWEEP_ENV, None)
+        os.environ.pop(THREADS_ENV, None)
+        os.environ.pop(LAUNCHER_ENV, None)
         table = f"{config.results_dir}/runs.jsonl"
         try:  # Hydra turns an exception here into a warning and exit 0: every failure must be an exit 1 instead
+            merge_job_rows(config.results_dir)  # the rows of jobs launched elsewhere, into the table by one writer
             df = load_results(config.results_dir)
             df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
             if not len(df):

@@ -698,7 +698,7 @@ def reportable(rows: list[tuple[int, dict[str, Any]]], table: Path) -> pd.DataFr
     keep, skipped = [], []
     for n, row in rows:
         if why := row_problem(row):
-            skipped.append(f"line {n} ({why})")
+            skipped.append(f"{f'line {n}' if isinstance(n, int) else n} ({why})")
         else:
             keep.append(row)
     listed = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")

@@ -7,6 +7,12 @@ row half-written or lost, and a reader never sees one.
 `load_results` also reads a damaged table: lines that are not a JSON object are skipped with one warning
 naming the file and their line numbers; appending keeps them as they are. `read_sweep` reads one sweep's rows
 line by line, with their line numbers (the report: its memory follows the sweep, not the table).
+
+A job launched in another process than its multirun's (a parallel launcher's worker, another machine of a
+cluster) takes no lock: a lock on a shared file system cannot be trusted. It writes its row as its own file in
+`results/rows/` (`write_job_row`, one rename), and the process that launched the multirun appends those to the
+table at its end (`merge_job_rows`), one writer on one machine. Until then, and if that process died, readers
+merge them on read: `load_results` and `read_sweep` see every row recorded.
 """
 from __future__ import annotations
 
@@ -25,9 +31,11 @@ from typing import Any, BinaryIO
 import pandas as pd
 
 from .errors import ConfigError
+from .util import atomic_write
 
 log = logging.getLogger(__name__)
 TABLE = "runs.jsonl"
+JOB_ROWS = "rows"  # beside the table: one <run_id>.json per row of a job launched in another process
 
 # The columns of a row, with their meaning (docs/costs.md, docs/devices.md, docs/accuracy.md say more).
 # A column not listed here is a bug: a test runs jobs and checks every column they write against this.
@@ -178,9 +186,7 @@ def append_rows(results_dir: str | Path, rows: list[dict[str, Any]], unique: str
     line is torn is refused with a `ConfigError` and left as it is."""
     path = table_path(results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir() or (path.exists() and (not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK))):
-        raise ConfigError(f"{path} is {'a directory' if path.is_dir() else 'read-only'}: the row was not recorded; "
-                          "make it a writable file or set results_dir=<another folder>")
+    _writable(path)
     with _locked(path):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
@@ -212,6 +218,51 @@ def append_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
     return table_path(results_dir)
 
 
+def _writable(path: Path) -> None:
+    if path.is_dir() or (path.exists() and (not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK))):
+        raise ConfigError(f"{path} is {'a directory' if path.is_dir() else 'read-only'}: the row was not recorded; "
+                          "make it a writable file or set results_dir=<another folder>")
+
+
+def write_job_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
+    """Record the row of a job launched in another process as its own file, `rows/<run_id>.json`, written whole in
+    one rename and without a lock; `merge_job_rows` appends it to the table. Returns the file."""
+    _writable(table_path(results_dir))
+    path = Path(results_dir) / JOB_ROWS / f"{row['run_id']}.json"
+    atomic_write(path, _line(row))
+    return path
+
+
+def _job_rows(results_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The job rows not yet in the table, oldest first; a file that is not one JSON row is named in a warning."""
+    folder = Path(results_dir) / JOB_ROWS
+    out, bad = [], []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:  # a temporary .<name>.tmp is not matched
+        try:
+            row = _row(path.read_bytes())
+        except OSError:  # merged and removed by another reader meanwhile
+            continue
+        if row is None:
+            bad.append(path.name)
+        else:
+            out.append((path, row))
+    if bad:
+        log.warning("%s: skipped %d damaged job row file(s): %s", folder, len(bad), ", ".join(bad[:10]))
+    return sorted(out, key=lambda pr: (str(pr[1].get("timestamp")), str(pr[1].get("run_id"))))
+
+
+def merge_job_rows(results_dir: str | Path) -> int:
+    """Append the job rows of `rows/` to the table (skipping a row whose run_id it already holds, so a merge cut
+    short is finished by the next one), then remove their files. Returns how many were appended."""
+    pending = _job_rows(results_dir)
+    if not pending:
+        return 0
+    n = append_rows(results_dir, [row for _, row in pending], unique="run_id")
+    for path, _ in pending:
+        path.unlink(missing_ok=True)
+    return n
+
+
 ID_COLUMNS = ("run_id", "sweep_id", "env_git_commit", "acc_code_version")
 
 
@@ -227,15 +278,18 @@ def _warn_damaged(path: Path, bad: list[int]) -> None:
 
 
 def load_results(results_dir: str | Path = "results") -> pd.DataFrame:
-    """All rows of the table (empty frame if there is none yet); damaged lines are skipped with one warning."""
+    """All rows of the table and the job rows not yet merged into it (empty frame if there is none yet); damaged
+    lines are skipped with one warning."""
     path = table_path(results_dir)
     _not_a_directory(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    with _locked(path, shared=True):
-        data = path.read_bytes()
-    _, good, bad = _parse(data)
+    data = b""
+    if path.exists() and path.stat().st_size:
+        with _locked(path, shared=True):
+            data = path.read_bytes()
+    rows, good, bad = _parse(data)
     _warn_damaged(path, bad)
+    have = {r.get("run_id") for r in rows}
+    good += [_line(row).encode().rstrip() for _, row in _job_rows(results_dir) if row.get("run_id") not in have]
     if not good:
         return pd.DataFrame()
     # ids and hashes stay strings: pandas would read a hex id such as "123456789e12" as a float
@@ -256,7 +310,7 @@ def _row(line: bytes) -> dict[str, Any] | None:
 class Selection:
     """The rows of one sweep of a table, each with its (1-based) line number, and the table's sweep ids."""
 
-    rows: list[tuple[int, dict[str, Any]]]
+    rows: list[tuple[int | str, dict[str, Any]]]  # a job row not yet merged: its file's name, not a line number
     sweeps: list[str]  # every sweep id of the table, in the order of their first rows
     total: int  # rows in the table, every sweep's
 
@@ -285,17 +339,33 @@ def read_sweep(path: str | Path, sweep: str = "all") -> Selection:
     the selected lines, so the memory it takes follows the rows selected, not the size of the table."""
     path = Path(path)
     _not_a_directory(path)
-    if not path.exists():
+    jobs = [(f"{JOB_ROWS}/{p.name}", row) for p, row in (_job_rows(path.parent) if path.name == TABLE else [])]
+    if not path.exists() and not jobs:
         return Selection([], [], 0)
-    with _locked(path, shared=True), open(path, "rb") as f:  # no append lands between the two passes
-        where, bad = _index(f)
-        _warn_damaged(path, bad)
-        ids = [sid for _, _, sid in where if sid is not None]
-        if sweep == "last":
-            sweep = ids[-1] if ids else "all"
-        rows = []
-        for n, start, sid in where:
-            if sweep == "all" or sid == sweep:
-                f.seek(start)
-                rows.append((n, _row(f.readline())))
-    return Selection(rows, list(dict.fromkeys(ids)), len(where))
+    rows: list[tuple[int | str, dict[str, Any]]] = []
+    where: list[tuple[int, int, str | None]] = []
+    if path.exists():
+        with _locked(path, shared=True), open(path, "rb") as f:  # no append lands between the two passes
+            where, bad = _index(f)
+            _warn_damaged(path, bad)
+            wanted = _wanted(sweep, [sid for _, _, sid in where], jobs)
+            for n, start, sid in where:
+                if wanted is None or sid == wanted:
+                    f.seek(start)
+                    rows.append((n, _row(f.readline())))
+    wanted = _wanted(sweep, [sid for _, _, sid in where], jobs)
+    have = {row.get("run_id") for _, row in rows}
+    rows += [(name, row) for name, row in jobs
+             if (wanted is None or row.get("sweep_id") == wanted) and row.get("run_id") not in have]
+    ids = [sid for _, _, sid in where if sid is not None] + [r["sweep_id"] for _, r in jobs if isinstance(r.get("sweep_id"), str)]
+    return Selection(rows, list(dict.fromkeys(ids)), len(where) + len(jobs))
+
+
+def _wanted(sweep: str, table_ids: list[str | None], jobs: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The sweep id `sweep` selects (None: every row): `last` is the last row's that has one, job rows last."""
+    if sweep == "all":
+        return None
+    if sweep != "last":
+        return sweep
+    ids = [i for i in table_ids if i is not None] + [r["sweep_id"] for _, r in jobs if isinstance(r.get("sweep_id"), str)]
+    return ids[-1] if ids else None

@@ -28,9 +28,9 @@ from .errors import ConfigError
 from .lm import LanguageModel
 from .measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
 from .projectors.base import Grid, token_grid
-from .results import append_row, jsonable, load_results
+from .results import append_row, jsonable, load_results, write_job_row
 from .roofline import device_from_config, estimate_row, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache
-from .settings import DEFAULT_THREADS, SWEEP_ENV, host_cache
+from .settings import DEFAULT_THREADS, SWEEP_ENV, host_cache, host_lock, launched_elsewhere
 from .util import projector_kwargs, torch_threads
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,13 @@ def _run(cfg: DictConfig, extra: dict[str, Any] | None, record: bool) -> dict[st
     try:
         with torch_threads(threads):
             used = torch.get_num_threads()  # what the job's kernels ran with (the row's `threads`)
-            row |= measure(cfg)
-            row |= _load(threads)
-            row |= estimates(cfg, row)
+            with host_lock(timing=True):  # parallel jobs on this host: no training beside a timing
+                row |= measure(cfg)
+                row |= _load(threads)
+                row |= estimates(cfg, row)
             if cfg.task.get("_target_"):
-                row |= evaluate_projector(cfg)
+                with host_lock(timing=False):
+                    row |= evaluate_projector(cfg)
                 said = [row.get("accuracy_warning"), compression_warning(row)]
                 row["accuracy_warning"] = "; ".join(w for w in said if w) or None
         row["status"], row["error"] = "ok", None
@@ -244,7 +246,7 @@ def _run(cfg: DictConfig, extra: dict[str, Any] | None, record: bool) -> dict[st
     row |= environment() | {"threads": used, "config": OmegaConf.to_container(cfg, resolve=True)}
     if record:
         try:
-            append_row(cfg.results_dir, row)
+            (write_job_row if launched_elsewhere() else append_row)(cfg.results_dir, row)
         except (OSError, ValueError) as e:
             raise ConfigError(f"could not record the row: {e}") from e
     return row

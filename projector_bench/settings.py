@@ -1,8 +1,13 @@
-"""Where things are and process-wide defaults: `conf/`, the host cache folder, the default thread count, the
-sweep-id variable. A leaf: it imports only the package's errors."""
+"""Where things are and process-wide defaults: `conf/`, the host cache folder and this host's measurement lock,
+the default thread count, the sweep-id variable. A leaf: it imports only the package's errors."""
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -10,8 +15,28 @@ import torch
 from .errors import ConfigError
 
 GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task", "at_budget")  # conf/<group>/<option>.yaml
-DEFAULT_THREADS = torch.get_num_threads()  # `device.threads: null`; jobs of a multirun share this process
 SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"     # a multirun's id, inherited by its jobs (in-process or launched)
+THREADS_ENV = "PROJECTOR_BENCH_HOST_THREADS"  # "host:threads" of the process that launched a multirun
+LAUNCHER_ENV = "PROJECTOR_BENCH_LAUNCHER"  # "host:pid" of that process: a job elsewhere writes its row apart
+log = logging.getLogger(__name__)
+
+
+def launched_elsewhere() -> bool:
+    """Whether this job runs in another process than the multirun that launched it (a parallel launcher's worker,
+    another machine): its row is then written as its own file (`results.write_job_row`), not under a lock."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    return launcher is not None and launcher != f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _default_threads() -> int:
+    """torch's own thread count; in a job that a parallel launcher started on the host of the multirun (joblib's
+    loky gives each worker a share of the cores), the launching process's: a latency is timed at the host's
+    threads however its job was launched. A job on another machine (a SLURM node) keeps its own."""
+    host, _, threads = os.environ.get(THREADS_ENV, "").rpartition(":")
+    return int(threads) if host == socket.gethostname() and threads.isdigit() else torch.get_num_threads()
+
+
+DEFAULT_THREADS = _default_threads()  # `device.threads: null`; jobs of a multirun share this process
 CACHE_ENV = "PROJECTOR_BENCH_CACHE"
 
 
@@ -55,3 +80,38 @@ def check_host_cache() -> None:
     if problem := folder_problem(path):
         where = f"{CACHE_ENV}={os.environ[CACHE_ENV]}" if os.environ.get(CACHE_ENV) else f"the host cache {path}"
         raise ConfigError(f"{where} {problem}; point {CACHE_ENV} at a folder you can write in")
+
+
+@contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def host_lock(timing: bool) -> Iterator[None]:
+    """This host's measurement lock, held across processes: a timing holds it alone (`timing=True`), trainings
+    share it. Jobs run in parallel (a joblib launcher, a search's workers, two terminals) then never time a
+    latency beside another's training, and still train side by side. A waiting timing goes first: trainings
+    pass a gate that it holds. Where the cache folder cannot hold a lock (a file system without `flock`), the
+    jobs run unlocked after one warning."""
+    folder, host = host_cache(), socket.gethostname()
+    held = ExitStack()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if timing:
+            held.enter_context(_flock(folder / f"gate-{host}.lock", fcntl.LOCK_EX))
+        else:
+            with _flock(folder / f"gate-{host}.lock", fcntl.LOCK_SH):
+                pass
+        held.enter_context(_flock(folder / f"measure-{host}.lock", fcntl.LOCK_EX if timing else fcntl.LOCK_SH))
+    except OSError as e:
+        held.close()
+        log.warning("no measurement lock in %s (%s): jobs run in parallel on this host may time beside each other",
+                    folder, e)
+    with held:
+        yield

@@ -21,7 +21,15 @@ from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 
 REQUIRE_EXTRAS = "PROJECTOR_BENCH_REQUIRE_EXTRAS"  # comma-separated extras whose absence fails their tests
-EXTRAS = {"deploy": lambda: __import__("projector_bench.deploy", fromlist=["unavailable"]).unavailable()}  # why not, or None
+def _launchers() -> str | None:
+    from importlib.util import find_spec
+
+    missing = [m for m in ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher") if not find_spec(m)]
+    return f"{', '.join(missing)} not importable: pip install -e '.[launchers]'" if missing else None
+
+
+EXTRAS = {"deploy": lambda: __import__("projector_bench.deploy", fromlist=["unavailable"]).unavailable(),  # why not, or None
+          "launchers": _launchers}
 
 
 def pytest_runtest_setup(item):

@@ -176,3 +176,35 @@ def test_read_sweep_of_a_directory_is_refused(tmp_path):
     (tmp_path / "runs.jsonl").mkdir()
     with pytest.raises(ConfigError, match="is a directory, not a results table"):
         read_sweep(tmp_path / "runs.jsonl")
+
+
+def test_a_job_launched_elsewhere_writes_its_row_apart_and_readers_see_it_until_it_is_merged_once(tmp_path):
+    """No lock across machines: the job's row is its own file; load_results and read_sweep merge it on read, and
+    the launching process appends it to the table once (a merge cut short before the files went is finished)."""
+    from projector_bench.results import JOB_ROWS, merge_job_rows, read_sweep, write_job_row
+
+    append_row(tmp_path, {"run_id": "a", "sweep_id": "s1", "timestamp": "2026-01-01T00:00:00", "projector": "mlp"})
+    for rid in ("c", "b"):
+        write_job_row(tmp_path, {"run_id": rid, "sweep_id": "s2", "timestamp": f"2026-01-02T00:00:0{rid == 'c':d}",
+                                 "projector": "ldp"})
+    assert list(load_results(tmp_path)["run_id"]) == ["a", "b", "c"]
+    sel = read_sweep(tmp_path / "runs.jsonl", "last")
+    assert [r["run_id"] for _, r in sel.rows] == ["b", "c"] and sel.rows[0][0] == f"{JOB_ROWS}/b.json"
+    assert sel.sweeps == ["s1", "s2"] and sel.total == 3
+    append_row(tmp_path, {"run_id": "b", "sweep_id": "s2", "timestamp": "2026-01-02T00:00:00", "projector": "ldp"})
+    assert merge_job_rows(tmp_path) == 1 and merge_job_rows(tmp_path) == 0  # b was in already: only c appended
+    assert not list((tmp_path / JOB_ROWS).glob("*.json"))
+    assert [json.loads(line)["run_id"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_only_a_job_in_another_process_than_its_launcher_writes_its_row_apart(monkeypatch):
+    import socket
+
+    from projector_bench.settings import LAUNCHER_ENV, launched_elsewhere
+
+    monkeypatch.delenv(LAUNCHER_ENV, raising=False)
+    assert not launched_elsewhere()  # a single run
+    monkeypatch.setenv(LAUNCHER_ENV, f"{socket.gethostname()}:{os.getpid()}")
+    assert not launched_elsewhere()  # Hydra's basic launcher: the jobs run in the launching process
+    monkeypatch.setenv(LAUNCHER_ENV, f"{socket.gethostname()}:{os.getpid() + 1}")
+    assert launched_elsewhere()  # joblib's worker, a SLURM job
