@@ -112,8 +112,8 @@ def _beats(new: Tensor, old: Tensor) -> bool:
 
 
 # how the encoder a task's features come from was obtained, in the order the candidates are tried
-KEPT = ("frozen", "fine-tuned", "task only")
-KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tuned"), ("alone_val_accuracy", "task only"))
+KEPT = ("frozen", "fine-tuned", "task-only")
+KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tuned"), ("alone_val_accuracy", "task-only"))
 
 
 def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, train: Tensor, val: Tensor,
@@ -126,7 +126,8 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     are; a later candidate replaces the one kept only when it beats it on validation (`_beats`, at 5%):
     a folder of a few hundred images keeps the stand-in frozen, a task with enough images of its own (scikit's
     digits) may be better served by training on them, as it would with pretrained weights from another domain.
-    Every candidate trains on `device`; the weights returned are on the CPU."""
+    `t.keep` names the candidate to keep instead (an ablation). Every candidate trains on `device`; the weights
+    returned are on the CPU."""
     labels = task.labels
     dense = labels.ndim == 3
     classes = int(labels.max()) + 1
@@ -187,16 +188,18 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     torch.manual_seed(seed)
     alone_enc = fresh()
     alone, alone_steps = train_with(alone_enc, new_head(), 2, f"train {enc.name} on {task.name} alone")
-    kept, (hits, losses), state = "frozen", frozen, standin
-    for name, new, new_state in (("fine-tuned", tuned, tuned_state), ("task only", alone, cpu_state(alone_enc))):
-        if _beats(new[1], losses):
-            kept, (hits, losses), state = name, new, new_state
+    candidates = {"frozen": (frozen, standin), "fine-tuned": (tuned, tuned_state), "task-only": (alone, cpu_state(alone_enc))}
+    kept = "frozen" if t.get("keep", "best") == "best" else t.keep  # an ablation may name the one to keep
+    for name in KEPT[1:] if t.get("keep", "best") == "best" else []:
+        if _beats(candidates[name][0][1], candidates[kept][0][1]):
+            kept = name
+    (hits, losses), state = candidates[kept]
     chance = float(torch.bincount(target[val].flatten(), minlength=classes).max()) / target[val].numel()
     pct = {name: 100 * x[0].float().mean().item() for name, x in zip(KEPT, (frozen, tuned, alone))}
     loss = {name: x[1].mean().item() for name, x in zip(KEPT, (frozen, tuned, alone))}
     return {"state_dict": state, "kept": kept, "fine_tuned": kept == "fine-tuned", "labels": "per cell" if dense else "per image",
             "frozen_val_accuracy": pct["frozen"], "tuned_val_accuracy": pct["fine-tuned"],
-            "alone_val_accuracy": pct["task only"], "val_accuracy": pct[kept], "chance": 100 * chance,
+            "alone_val_accuracy": pct["task-only"], "val_accuracy": pct[kept], "chance": 100 * chance,
             "better_than_chance": better_than_chance(hits, chance), "probe_steps": probe_steps, "steps": tuned_steps,
             "alone_steps": alone_steps, "val_loss": loss}
 
@@ -231,7 +234,7 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
                        f"{record['chance']:.1f}%)")
         info = {"source": {"frozen": f"stand-in: {standin_how}, kept frozen ({than})",
                            "fine-tuned": f"stand-in: {standin_how}, fine-tuned ({adapted['steps']} steps; {than})",
-                           "task only": (f"trained from random weights on {task.name} alone ({adapted['alone_steps']} steps; "
+                           "task-only": (f"trained from random weights on {task.name} alone ({adapted['alone_steps']} steps; "
                                          f"{than}): the stand-in, {standin_how}, did not serve this task as well")
                            }[adapted["kept"]], "standin": record, "adapted": adapted}
 

@@ -93,6 +93,8 @@ for _group in ("accuracy.training", "accuracy.standin", "accuracy.encoder_traini
 RULES["accuracy.standin.lr"] = RULES["accuracy.encoder_training.lr"] = (_pos_num, "a positive number")
 RULES["accuracy.standin.images"] = (lambda v: _int(v) and v >= 20, "an integer of at least 20 (images)")
 RULES["accuracy.standin.seed"] = (lambda v: _int(v) and v >= 0, "a non-negative integer")
+RULES["accuracy.encoder_training.keep"] = (lambda v: v in ("best", "frozen", "fine-tuned", "task-only"),
+                                           "one of best, frozen, fine-tuned, task-only")
 NEEDS_ACCURACY = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "val_accuracy"}
 # Row columns that hold text, lists, mappings or flags: nothing a search can maximize or minimize
 NOT_NUMERIC_COSTS = {"macs_by_op", "torch_flops_agree", "uncounted_ops", "ops", "exports", "xnnpack_outside",

@@ -376,7 +376,7 @@ def test_a_candidate_encoder_replaces_the_kept_one_only_when_validation_shows_it
 
 def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path))
-    scores = {name: float(m) for name, m in re.findall(r"(frozen|fine-tuned|task only) ([\d.]+)% / ", r["acc_encoder_source"])}
+    scores = {name: float(m) for name, m in re.findall(r"(frozen|fine-tuned|task-only) ([\d.]+)% / ", r["acc_encoder_source"])}
     assert r["acc_encoder_kept"] in acc.KEPT and r["acc_encoder_kept"] not in scores and len(scores) == 2
     assert f"on shapes_vqa's per cell validation labels {r['acc_encoder_val_accuracy']:.1f}% right, loss " in r["acc_encoder_source"]
 
@@ -398,3 +398,19 @@ def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) != before
+
+
+@pytest.mark.parametrize("keep", ["frozen", "task-only"])
+def test_an_ablation_names_the_encoder_to_keep(tmp_path, keep):
+    r = acc.evaluate_projector(cfg_for(tmp_path, f"accuracy.encoder_training.keep={keep}", "accuracy.seeds=1",
+                                       "accuracy.training.lr=[0.001]"))
+    assert r["acc_encoder_kept"] == keep
+    assert r["acc_encoder_source"].startswith("trained from random weights on shapes_vqa alone" if keep == "task-only"
+                                              else "stand-in: ")
+
+
+def test_an_encoder_to_keep_that_is_not_a_candidate_is_refused(tmp_path):
+    from projector_bench.validate import validate
+
+    with pytest.raises(ConfigError, match="accuracy.encoder_training.keep='scratch' is not valid: .*task-only"):
+        validate(cfg_for(tmp_path, "accuracy.encoder_training.keep=scratch"))

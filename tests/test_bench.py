@@ -104,13 +104,13 @@ def test_a_digits_run_that_trained_the_stand_in_is_timed_again_with_it_in_place(
     def job(extra):
         (tmp_path / "standin").mkdir(exist_ok=True)
         (tmp_path / "standin" / "mobilevit_xxs-32px-k.pt").touch()
-        return next(walls), pd.Series({"accuracy": 98.0, "load_ratio": 1.0, "acc_encoder_kept": "task only"})
+        return next(walls), pd.Series({"accuracy": 98.0, "load_ratio": 1.0, "acc_encoder_kept": "task-only"})
 
     monkeypatch.setattr(bench, "_digits_job", job)
     first, *rest = bench._digits([])
     assert first[:2] == ("task=digits first run, stand-in pretraining included (s)", 900.0)
     assert ("task=digits projector=mlp wall, cold results (s)", 80.0, 0.0, "<= 120", True) in rest
-    assert rest[-1][:2] == ("  its encoder: task only (0 frozen, 1 fine-tuned, 2 task only)", 2.0)
+    assert rest[-1][:2] == ("  its encoder: task-only (0 frozen, 1 fine-tuned, 2 task-only)", 2.0)
     again = bench._digits([])  # the stand-in is cached now: one run, no first-run line
     assert [r[0] for r in again][0] == "task=digits projector=mlp accuracy (%)" and again[1][1] == 70.0
 
