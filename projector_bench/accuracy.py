@@ -113,7 +113,8 @@ def _beats(new: Tensor, old: Tensor) -> bool:
 
 # how the encoder a task's features come from was obtained, in the order the candidates are tried
 KEPT = ("frozen", "fine-tuned", "task-only")
-KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tuned"), ("alone_val_accuracy", "task-only"))
+KEPT_NAMES = (("frozen_val_accuracy", "frozen"), ("tuned_val_accuracy", "fine-tuned"),
+              ("alone_val_accuracy", "task-only"))
 
 
 def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, train: Tensor, val: Tensor,
@@ -167,7 +168,8 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
 
         return loss_on, validate, scores
 
-    def train_with(encoder: TimmEncoder | None, head: nn.Module, offset: int, label: str) -> tuple[tuple[Tensor, Tensor], int]:
+    def train_with(encoder: TimmEncoder | None, head: nn.Module, offset: int,
+                   label: str) -> tuple[tuple[Tensor, Tensor], int]:
         if encoder is None:
             loss_on, validate, scores = scored(lambda b: maps[b.to(device)], head)
             model: nn.Module = head
@@ -188,7 +190,8 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     torch.manual_seed(seed)
     alone_enc = fresh()
     alone, alone_steps = train_with(alone_enc, new_head(), 2, f"train {enc.name} on {task.name} alone")
-    candidates = {"frozen": (frozen, standin), "fine-tuned": (tuned, tuned_state), "task-only": (alone, cpu_state(alone_enc))}
+    candidates = {"frozen": (frozen, standin), "fine-tuned": (tuned, tuned_state),
+                  "task-only": (alone, cpu_state(alone_enc))}
     kept = "frozen" if t.get("keep", "best") == "best" else t.keep  # an ablation may name the one to keep
     for name in KEPT[1:] if t.get("keep", "best") == "best" else []:
         if _beats(candidates[name][0][1], candidates[kept][0][1]):
@@ -197,7 +200,8 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
     chance = float(torch.bincount(target[val].flatten(), minlength=classes).max()) / target[val].numel()
     pct = {name: 100 * x[0].float().mean().item() for name, x in zip(KEPT, (frozen, tuned, alone))}
     loss = {name: x[1].mean().item() for name, x in zip(KEPT, (frozen, tuned, alone))}
-    return {"state_dict": state, "kept": kept, "fine_tuned": kept == "fine-tuned", "labels": "per cell" if dense else "per image",
+    return {"state_dict": state, "kept": kept, "fine_tuned": kept == "fine-tuned",
+            "labels": "per cell" if dense else "per image",
             "frozen_val_accuracy": pct["frozen"], "tuned_val_accuracy": pct["fine-tuned"],
             "alone_val_accuracy": pct["task-only"], "val_accuracy": pct[kept], "chance": 100 * chance,
             "better_than_chance": better_than_chance(hits, chance), "probe_steps": probe_steps, "steps": tuned_steps,
@@ -223,7 +227,8 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         recipe = OmegaConf.to_container(cfg.accuracy.encoder_training, resolve=True)
         key += [OmegaConf.to_container(cfg.accuracy.standin, resolve=True), cfg.seed, cfg.accuracy.val_fraction, recipe]
         adapted, _ = cached(cache / "encoders" / f"{enc.name}-{task.name}-{_key(*key)}.pt",
-                             lambda: _adapt(enc, fresh, task, train, val, cfg.accuracy.encoder_training, cfg.seed, quiet, device))
+                            lambda: _adapt(enc, fresh, task, train, val, cfg.accuracy.encoder_training, cfg.seed,
+                                           quiet, device))
         enc.load_state_dict(adapted.pop("state_dict"))
         loss = adapted["val_loss"]
         than = (f"on {task.name}'s {adapted['labels']} validation labels {adapted['val_accuracy']:.1f}% right, loss "
@@ -234,8 +239,9 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
                        f"{record['chance']:.1f}%)")
         info = {"source": {"frozen": f"stand-in: {standin_how}, kept frozen ({than})",
                            "fine-tuned": f"stand-in: {standin_how}, fine-tuned ({adapted['steps']} steps; {than})",
-                           "task-only": (f"trained from random weights on {task.name} alone ({adapted['alone_steps']} steps; "
-                                         f"{than}): the stand-in, {standin_how}, did not serve this task as well")
+                           "task-only": (f"trained from random weights on {task.name} alone "
+                                         f"({adapted['alone_steps']} steps; {than}): the stand-in, {standin_how}, "
+                                         "did not serve this task as well")
                            }[adapted["kept"]], "standin": record, "adapted": adapted}
 
     def extract() -> dict[str, Any]:
@@ -621,7 +627,8 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "acc_encoder_val_accuracy": s.adapted["val_accuracy"] if s.adapted else None,
         "acc_encoder_chance": s.adapted["chance"] if s.adapted else None,
         "acc_encoder_fine_tuned": s.adapted["fine_tuned"] if s.adapted else None,
-        "acc_encoder_kept": s.adapted["kept"] if s.adapted else None, "acc_device": device_label(torch.device(s.device)),
+        "acc_encoder_kept": s.adapted["kept"] if s.adapted else None,
+        "acc_device": device_label(torch.device(s.device)),
         "acc_grid": f"{grid[0]}x{grid[1]}", "acc_tokens_in": grid[0] * grid[1],
         "acc_tokens_out": s.build(0, t).projector.num_tokens_out(grid), "acc_test_questions": len(test_q),
         "acc_val_questions": int((slots[s.val] >= 0).sum()),

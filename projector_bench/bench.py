@@ -358,8 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=_at_least(3), default=15, help="interleaved rounds of the paired ratios (>= 3)")
     ap.add_argument("--seeds", type=_at_least(1), default=None,
                     help="accuracy.seeds for the sweep (default: the config's)")
-    ap.add_argument("--device", default=None, help="accuracy.device of the runs that train (auto, cpu, cuda, cuda:N, mps; "
-                    "default: the config's)")
+    ap.add_argument("--device", default=None,
+                    help="accuracy.device of the runs that train (auto, cpu, cuda, cuda:N, mps; default: the config's)")
     modes = ap.add_mutually_exclusive_group()  # each picks which targets run: two of them would run none or guess
     modes.add_argument("--skip-sweep", action="store_true",
                        help="skip the end-to-end sweeps (and the accuracy targets)")
@@ -381,7 +381,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise ConfigError(f"--seeds sets the sweep's accuracy.seeds, but {chosen[0]} runs no sweep; drop one of them")
     if args.device is not None:
         if chosen and chosen[0] not in ("--digits-only", "--folder-only"):  # else the device asked for would be ignored
-            raise ConfigError(f"--device sets where the accuracy runs train, but {chosen[0]} trains nothing; drop one of them")
+            raise ConfigError(f"--device sets where the accuracy runs train, but {chosen[0]} trains nothing; "
+                              "drop one of them")
         try:
             training_device(args.device)
         except ValueError as e:
@@ -415,7 +416,8 @@ def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float,
             wall = _sweep(tmp, "task=none", "deploy.runtime=null")
             results.append(("+sweep=ldp_vs_mlp task=none wall (s)", wall, 0.0, "<= 180", wall <= 180))
     with tempfile.TemporaryDirectory() as tmp:
-        wall = _sweep(tmp, "deploy.runtime=null", *([f"accuracy.seeds={args.seeds}"] if args.seeds is not None else []), *extra)
+        seeds = [f"accuracy.seeds={args.seeds}"] if args.seeds is not None else []
+        wall = _sweep(tmp, "deploy.runtime=null", *seeds, *extra)
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         results.append(("+sweep=ldp_vs_mlp wall, cold caches (s)", wall, 0.0, "<= 600", wall <= 600))
         results.append(("peak RSS of the sweeps (MiB)", rss, 0.0, "< 4096", rss < 4096))

@@ -31,7 +31,8 @@ from .choose import token_budgets
 from .errors import ArgumentParser, ConfigError
 from .results import TABLE, load_results, merge_job_rows, read_sweep, table_path
 from .runner import job_identity, run
-from .settings import DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem, group_choices
+from .settings import (DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem,
+                       group_choices)
 from .tables import accuracy_table, summary
 from .validate import job_configs, validate
 
@@ -102,7 +103,7 @@ def _main(cfg: DictConfig) -> None:
         row = run(cfg)
     except ConfigError as e:  # the row could not be written: say so in one line (and end the sweep, if one)
         print(f"error: {e}", file=sys.stderr)
-        for name in (SWEEP_ENV, THREADS_ENV, LAUNCHER_ENV):  # Hydra will not reach on_multirun_end, which would pop them
+        for name in (SWEEP_ENV, THREADS_ENV, LAUNCHER_ENV):  # Hydra will not reach on_multirun_end, which pops them
             os.environ.pop(name, None)
         raise SystemExit(1) from None
     if multirun:

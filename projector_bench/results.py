@@ -357,7 +357,7 @@ def read_sweep(path: str | Path, sweep: str = "all") -> Selection:
     have = {row.get("run_id") for _, row in rows}
     rows += [(name, row) for name, row in jobs
              if (wanted is None or row.get("sweep_id") == wanted) and row.get("run_id") not in have]
-    ids = [sid for _, _, sid in where if sid is not None] + [r["sweep_id"] for _, r in jobs if isinstance(r.get("sweep_id"), str)]
+    ids = [sid for _, _, sid in where if sid is not None] + _job_sweeps(jobs)
     return Selection(rows, list(dict.fromkeys(ids)), len(where) + len(jobs))
 
 
@@ -367,5 +367,9 @@ def _wanted(sweep: str, table_ids: list[str | None], jobs: list[tuple[str, dict[
         return None
     if sweep != "last":
         return sweep
-    ids = [i for i in table_ids if i is not None] + [r["sweep_id"] for _, r in jobs if isinstance(r.get("sweep_id"), str)]
+    ids = [i for i in table_ids if i is not None] + _job_sweeps(jobs)
     return ids[-1] if ids else None
+
+
+def _job_sweeps(jobs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [r["sweep_id"] for _, r in jobs if isinstance(r.get("sweep_id"), str)]
