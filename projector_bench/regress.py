@@ -85,7 +85,8 @@ def _encoder_case(cfg: DictConfig) -> Case:
 
 
 def case_names() -> list[str]:
-    """`projector/<name>` for every `conf/projector/*.yaml`, `encoder/<name>` for every `conf/encoder/*.yaml` but none."""
+    """`projector/<name>` for every `conf/projector/*.yaml`; `encoder/<name>` for every `conf/encoder/*.yaml`
+    but `none`."""
     return [f"{g}/{n}" for g in ("projector", "encoder") for n in group_choices(g) if (g, n) != ("encoder", "none")]
 
 
