@@ -365,13 +365,12 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
 
 
 def test_a_candidate_encoder_replaces_the_kept_one_only_when_validation_shows_it():
-    """Per-image validation losses, paired (Wilcoxon, 5%): a lower mean is not enough on a handful of images."""
-    old = torch.ones(40)
-    assert not acc._beats(old.clone(), old)  # no change
-    assert not acc._beats(old - 0.5 * (torch.arange(40) < 4), old)  # 4 images better, none worse: p = 0.0625
-    assert acc._beats(old - 0.5 * (torch.arange(40) < 5), old)  # 5: p = 0.031
-    assert acc._beats(old - 0.01, old)  # a little better on every image
-    assert not acc._beats(old + 0.01, old) and not acc._beats(old - torch.linspace(-1, 0.9, 40), old)  # worse
+    """Paired exact test at 5%: more labels gained than lost is not enough on a handful of them."""
+    old = torch.zeros(40, dtype=torch.bool)
+    assert not acc._beats(old.clone(), old)
+    assert not acc._beats(torch.arange(40) < 4, old)  # 4 gained, none lost: p = 0.0625
+    assert acc._beats(torch.arange(40) < 5, old)  # 5 gained: p = 0.031
+    assert not acc._beats(torch.arange(40) < 12, torch.arange(40) >= 32)  # 12 gained, 8 lost
 
 
 def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(tmp_path):
