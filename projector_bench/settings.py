@@ -85,7 +85,12 @@ def check_host_cache() -> None:
 @contextmanager
 def _flock(path: Path, mode: int) -> Iterator[None]:
     with open(path, "a") as f:
-        fcntl.flock(f, mode)
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:  # another job holds it: say why this one waits, then wait
+            log.warning("waiting for another job on this host (%s): %s", path.name,
+                        "its training, to time alone" if mode == fcntl.LOCK_EX else "its timing, to train")
+            fcntl.flock(f, mode)
         try:
             yield
         finally:

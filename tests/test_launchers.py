@@ -65,7 +65,7 @@ def test_a_job_launched_on_the_multirun_s_host_times_at_the_launching_process_s_
         assert _default_threads() == torch.get_num_threads()
 
 
-def test_a_timing_waits_for_the_trainings_of_other_processes_and_trainings_share(tmp_path, monkeypatch):
+def test_a_timing_waits_for_the_trainings_of_other_processes_and_trainings_share(tmp_path, monkeypatch, caplog):
     """A training holds the host's lock shared in another process: a second training enters beside it, a timing
     enters only once it is released."""
     monkeypatch.setenv("PROJECTOR_BENCH_CACHE", str(tmp_path))
@@ -87,7 +87,8 @@ def test_a_timing_waits_for_the_trainings_of_other_processes_and_trainings_share
         t.start()
         t.join(timeout=60)
         assert entered == [False]  # entered while the child still trained
-        with host_lock(timing=True):
+        with caplog.at_level("WARNING"), host_lock(timing=True):
             assert marker.exists()  # the timing waited for the child's training to end
+        assert "waiting for another job on this host" in caplog.text and "to time alone" in caplog.text
     finally:
         child.wait(timeout=60)
