@@ -108,6 +108,21 @@ def test_every_token_budget_job_keeps_its_ratio_on_both_grids(name):
     assert cost in (576, 144, 64) and name.endswith(f"_{cost}") and cost == 4 * acc and cfg.token_budget == cost
 
 
+def test_peg_ablation_sweeps_ldpv2s_peg_on_independent_and_related_scenes():
+    """`+sweep=peg_ablation`: the token-budget job of `ldpv2` at 144, its PEG three ways, on two kinds of scene;
+    each job validates and builds the PEG it names."""
+    from projector_bench.validate import validate
+
+    params = compose_cfg("+sweep=peg_ablation", hydra=True).hydra.sweeper.params
+    assert params["+at_budget"] == "ldpv2_144" and params["projector.peg"].split(",") == ["default", "zero", "none"]
+    for peg in ("default", "zero", "none"):
+        cfg = compose_cfg("+sweep=peg_ablation", "+at_budget=ldpv2_144", f"projector.peg={peg}", "task.related=0.75")
+        validate(cfg)
+        p = create_projector(cfg.projector.name, 32, 16, **projector_kwargs(cfg.projector))
+        assert cfg.token_budget == 144 and cfg.task.related == 0.75 and (p.peg is None) == (peg == "none")
+        assert peg != "zero" or not p.peg.peg[0].weight.any()
+
+
 def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
     from projector_bench.encoders import EFFICIENT
     from projector_bench.validate import validate

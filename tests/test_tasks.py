@@ -198,3 +198,40 @@ def test_a_cells_targets_are_the_thing_covering_it_its_colour_and_its_pooled_pix
     kind, colour, pix = cell_targets(kinds, colours, images, (2, 2))
     assert kind.tolist() == [[[2, 0], [0, 0]]] and colour.tolist() == [[[5, COLOUR_BINS], [COLOUR_BINS, COLOUR_BINS]]]
     assert pix.shape == (1, 2, 2, 48) and pix[0, 0, 0, :16].eq(1).all() and pix[0, 1, 1].eq(-1).all() and pix.dtype == torch.half
+
+
+def _clusters(lab: torch.Tensor) -> list[set]:
+    """The 4-connected groups of occupied cells that hold one object."""
+    seen, groups = set(), []
+    for start in map(tuple, torch.nonzero(lab).tolist()):
+        if start in seen:
+            continue
+        group, todo = set(), [start]
+        while todo:
+            r, c = todo.pop()
+            if (r, c) in group:
+                continue
+            group.add((r, c))
+            todo += [(r + dr, c + dc) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                     if 0 <= r + dr < lab.shape[0] and 0 <= c + dc < lab.shape[1] and lab[r + dr, c + dc] == lab[r, c]]
+        seen |= group
+        groups.append(group)
+    return groups
+
+
+def test_related_scenes_cluster_repeats_of_an_object_and_keep_the_object_count():
+    """`related` turns independent cells into clusters of one object (the neighbouring tokens of a real image are
+    alike); 0 is the independent task itself, 1 one cluster an image; as many objects an image as before."""
+    plain = shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5)
+    assert all(torch.equal(getattr(plain, f), getattr(shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5,
+                                                                  related=0.0), f))
+               for f in ("images", "questions", "answers", "labels"))
+    one = shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5, related=1.0)
+    some = shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5, related=0.75)
+    count = lambda d: (d.labels > 0).sum((1, 2))  # noqa: E731
+    assert all(abs(count(d).float().mean() - count(plain).float().mean()) < 0.6 for d in (one, some))  # 2-6 each
+    assert all(len(_clusters(lab)) == 1 for lab in one.labels)
+    alone = lambda d: sum(len(g) == 1 for lab in d.labels for g in _clusters(lab)) / count(d).sum().item()  # noqa: E731
+    assert alone(some) < 0.5 < 0.8 < alone(plain)
+    with pytest.raises(ConfigError, match="0 <= related <= 1"):
+        shapes_vqa(5, related=1.5)

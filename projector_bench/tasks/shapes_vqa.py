@@ -19,6 +19,11 @@ neighbouring tokens keeps the objects and may lose where on them their dots are.
 random stream: with `dot_questions=0` the task is the one without dots. A cell's label (what a stand-in
 encoder is taught) is its object, never its dot: an encoder taught the answer carries it in every token's
 features, where no merge can lose it, and a real encoder is not trained on the task's answers.
+
+`related` makes neighbouring cells related, as the tokens of a real image are (an object spans several, a
+region shares its content): each object after the first, with that probability, is instead a repeat of one
+already placed, in a free cell beside it, so objects come in clusters. The repeats come from their own random
+stream: `related=0` is the task of independent cells.
 """
 from __future__ import annotations
 
@@ -48,6 +53,22 @@ def _vocab(grid: int, dots: bool) -> tuple[list[str], list[str]]:
 
 def _names(base: tuple[str, ...], n: int) -> list[str]:
     return list(base) if n == 3 else [f"{base[0]}{i}" for i in range(n)]
+
+
+def _relate(cells: dict[tuple[int, int], tuple[int, int]], grid: int, p: float,
+            rng: np.random.Generator) -> dict[tuple[int, int], tuple[int, int]]:
+    """The same number of objects, each after the first a repeat of a placed one beside it with probability `p`."""
+    placed: dict[tuple[int, int], tuple[int, int]] = {}
+    for rc, obj in cells.items():
+        beside = [((r + dr, c + dc), (r, c)) for r, c in placed for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                  if 0 <= r + dr < grid and 0 <= c + dc < grid and (r + dr, c + dc) not in placed]
+        if beside and rng.random() < p:
+            rc, src = beside[rng.integers(len(beside))]
+            obj = placed[src]
+        elif rc in placed:  # its own cell was taken by a repeat: the first free one
+            rc = next(x for x in sorted({(r, c) for r in range(grid) for c in range(grid)} - placed.keys()))
+        placed[rc] = obj
+    return placed
 
 
 def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, int]], size: int, grid: int,
@@ -81,7 +102,8 @@ def _render(rng: np.random.Generator, cells: dict[tuple[int, int], tuple[int, in
 
 def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_objects: int = 2, max_objects: int = 6,
                questions_per_image: int = 5, jitter: float = 0.12, clutter: int = 6, noise: float = 6.0,
-               test_fraction: float = 0.2, seed: int = 0, left_of_gap: int = 2, dot_questions: int = 0) -> TaskData:
+               test_fraction: float = 0.2, seed: int = 0, left_of_gap: int = 2, dot_questions: int = 0,
+               related: float = 0.0) -> TaskData:
     """Generate the task deterministically from `seed`; sizes and difficulty are the arguments."""
     if not 1 <= left_of_gap < grid:
         raise ConfigError(f"shapes_vqa needs 1 <= left_of_gap < grid ({grid}), got {left_of_gap}")
@@ -89,7 +111,9 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
         raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, got {min_objects}..{max_objects}")
     if dot_questions < 0:
         raise ConfigError(f"shapes_vqa needs dot_questions >= 0 (0: no dots), got {dot_questions}")
-    rng, dot_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    if not 0.0 <= related <= 1.0:
+        raise ConfigError(f"shapes_vqa needs 0 <= related <= 1 (a probability; 0: independent cells), got {related}")
+    rng, dot_rng, rel_rng = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))
     words, answers = _vocab(grid, dot_questions > 0)
     w, a = {t: i for i, t in enumerate(words)}, {t: i for i, t in enumerate(answers)}
     rows, cols = _names(ROWS, grid), _names(COLS, grid)
@@ -99,6 +123,8 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
         k = rng.integers(min_objects, max_objects + 1)
         chosen = rng.choice(len(all_cells), k, replace=False)
         cells = {all_cells[j]: (int(rng.integers(len(COLOURS))), int(rng.integers(len(SHAPES)))) for j in chosen}
+        if related:
+            cells = _relate(cells, grid, related, rel_rng)
         dots = {rc: int(dot_rng.integers(len(DOTS))) for rc in cells} if dot_questions else {}
         images.append(_render(rng, cells, img_size, grid, jitter, clutter, noise, dots, dot_rng))
         lab = np.zeros((grid, grid), np.int64)
