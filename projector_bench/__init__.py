@@ -7,8 +7,8 @@ from typing import Any
 
 __all__ = ["ConfigError", "Projector", "create_projector", "list_projectors", "register_projector"]
 __version__ = "0.1.0"
-_HOME = {"ConfigError": ".errors", "Projector": ".projectors", "create_projector": "._registry",
-         "list_projectors": "._registry", "register_projector": "._registry"}
+_HOME = {"ConfigError": ".core.errors", "Projector": ".models.projectors", "create_projector": ".models._registry",
+         "list_projectors": ".models._registry", "register_projector": ".models._registry"}
 
 
 def __getattr__(name: str) -> Any:

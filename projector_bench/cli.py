@@ -27,14 +27,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .choose import token_budgets
-from .errors import ArgumentParser, ConfigError
-from .results import TABLE, load_results, merge_job_rows, read_sweep, table_path
-from .runner import job_identity, run
-from .settings import (DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem,
-                       group_choices)
-from .tables import accuracy_table, summary
-from .validate import job_configs, validate
+from .analysis.choose import token_budgets
+from .core.errors import ArgumentParser, ConfigError
+from .jobs.results import TABLE, load_results, merge_job_rows, read_sweep, table_path
+from .jobs.runner import job_identity, run
+from .core.settings import (
+    DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem, group_choices)
+from .analysis.tables import accuracy_table, summary
+from .jobs.validate import job_configs, validate
 
 
 def check_group_choices(args: list[str]) -> None:
@@ -72,7 +72,7 @@ def _main(cfg: DictConfig) -> None:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
     if cfg.get("search"):
-        from .report import report_at_end  # imported when used: optuna, matplotlib and seaborn take seconds
+        from .analysis.report import report_at_end
         from .search import front_table, open_study, run_search
 
         before = load_results(cfg.results_dir)
@@ -148,7 +148,7 @@ def _check_reports_dir(reports_dir: str) -> None:
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
-    from .report import ReportNotWritten, build_report, reportable
+    from .analysis.report import ReportNotWritten, build_report, reportable
 
     ap = ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
@@ -268,7 +268,7 @@ class PrintSweepTable(Callback):
             for b in token_budgets(df):
                 print(b["verdict"])
             if config.get("report"):
-                from .report import report_at_end
+                from .analysis.report import report_at_end
 
                 report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
         except ConfigError as e:

@@ -24,14 +24,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from scipy.stats import binomtest
 
-from .encoders import Variant, create_encoder
-from .env import code_hash, cpu_id
-from .errors import ArgumentParser, ConfigError
-from .measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
-from .projectors.base import token_grid
-from .runner import build_projector
-from .settings import config_dir, group_choices
-from .util import atomic_write, torch_threads
+from .models.encoders import Variant, create_encoder
+from .core.env import code_hash, cpu_id
+from .core.errors import ArgumentParser, ConfigError
+from .costs.measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
+from .models.projectors.base import token_grid
+from .jobs.runner import build_projector
+from .core.settings import config_dir, group_choices
+from .core.util import atomic_write, torch_threads
 
 GATE = Path(__file__).resolve().parent / "gate"  # shipped with the package: the gate runs from a wheel too
 GOLDEN, BASELINE = GATE / "golden.json", GATE / "baseline.json"
@@ -105,7 +105,8 @@ def machine(threads: int) -> str:
     return f"{cpu_id()} | {threads} thread{'s' * (threads > 1)} | torch {torch.__version__.split('+')[0]}"
 
 
-TIMED_CODE = ("projectors", "_registry.py", "encoders.py", "measure.py", "util.py", "regress.py")  # what a case runs
+TIMED_CODE = ("models/projectors", "models/_registry.py", "models/encoders.py", "costs/measure.py", "core/util.py",
+              "regress.py")  # what a case runs
 
 
 def timed_code() -> str:

@@ -20,11 +20,11 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .budget import Budget, plain
-from .errors import ConfigError
-from .results import append_rows, jsonable
-from .runner import run
-from .studies import storage
+from .core.budget import Budget, plain
+from .core.errors import ConfigError
+from .jobs.results import append_rows, jsonable
+from .jobs.runner import run
+from .core.studies import storage
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from projector_bench import cli
-from projector_bench.env import code_hash, cpu_model
-from projector_bench.roofline import Device
-from projector_bench.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
+from projector_bench.costs.roofline import Device, host_key
+from projector_bench.core.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 
@@ -28,7 +27,7 @@ def _launchers() -> str | None:
     return f"{', '.join(missing)} not importable: pip install -e '.[launchers]'" if missing else None
 
 
-EXTRAS = {"deploy": lambda: __import__("projector_bench.deploy", fromlist=["unavailable"]).unavailable(),  # why not, or None
+EXTRAS = {"deploy": lambda: __import__("projector_bench.costs.deploy", fromlist=["unavailable"]).unavailable(),  # why not, or None
           "launchers": _launchers}
 
 
@@ -59,8 +58,7 @@ def _host_cache(tmp_path_factory):
     """Every test, and every process a test starts, keeps the host cache in one temporary folder, seeded with
     `HOST` for every thread count: the user's cache is never read or written, and no job calibrates."""
     folder = tmp_path_factory.mktemp("host_cache")
-    code = code_hash("roofline.py", "measure.py")
-    seeded = {f"{cpu_model()}|{t}|{code}": asdict(HOST) for t in range(1, max(os.cpu_count() or 1, DEFAULT_THREADS) + 1)}
+    seeded = {host_key(t): asdict(HOST) for t in range(1, max(os.cpu_count() or 1, DEFAULT_THREADS) + 1)}
     (folder / "host_device.json").write_text(json.dumps(seeded))
     mp = pytest.MonkeyPatch()
     mp.setenv(CACHE_ENV, str(folder))

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import projector_bench.accuracy as acc
-from projector_bench import standin, training
+import projector_bench.accuracy.evaluate as acc
+from projector_bench.accuracy import standin, training
 from projector_bench import ConfigError
-from projector_bench.settings import config_dir
+from projector_bench.core.settings import config_dir
 from projector_bench.tasks import carve
 from projector_bench.tasks.classify import write_image_folder
 from projector_bench.tasks.shapes_vqa import QTYPES
@@ -172,7 +172,7 @@ def test_an_edited_projector_is_retrained_not_served_from_the_cache(tmp_path, mo
     first = acc.evaluate_projector(cfg)
     again = acc.evaluate_projector(cfg)
     assert not first["acc_cached"] and again["acc_cached"] and again["accuracy"] == first["accuracy"]
-    mlp = src / "projectors" / "mlp.py"
+    mlp = src / "models" / "projectors" / "mlp.py"
     mlp.write_text(mlp.read_text().replace('"""', '"""Edited. ', 1))
     edited = acc.evaluate_projector(cfg)
     assert not edited["acc_cached"] and edited["acc_code_version"] != first["acc_code_version"]
@@ -307,7 +307,7 @@ def _catch(out: dict, cfg) -> None:
 def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_design():
     import pandas as pd
 
-    from projector_bench.tables import accuracy_table
+    from projector_bench.analysis.tables import accuracy_table
 
     def row(name, left, where, converged):
         return {"projector": name, "acc_tokens_out": 4, "accuracy": 60.0, "accuracy_ci_low": 58.0, "accuracy_ci_high": 62.0,
@@ -346,8 +346,8 @@ def test_a_training_worker_watches_its_parent_before_it_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import projector_bench._worker as w; w.init(); "
-            "print(sorted(m for m in ('torch', 'timm', 'hydra', 'projector_bench.accuracy') if m in sys.modules))")
+    code = ("import sys; import projector_bench.core._worker as w; w.init(); "
+            "print(sorted(m for m in ('torch', 'timm', 'hydra', 'projector_bench.accuracy.evaluate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
@@ -383,17 +383,17 @@ def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(
 def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited(tmp_path):
     """Its cache key hashes the code that trains it, not the projectors, the tasks or the proxy VLM: adding a design
     (one file), a question type or editing the proxy must not retrain a stand-in that took minutes."""
-    from projector_bench.env import code_hash
+    from projector_bench.core.env import code_hash
 
     tree = tmp_path / "pkg"
     shutil.copytree(acc.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
     before = code_hash(*standin.STANDIN_SOURCES, root=tree)
-    (tree / "projectors" / "new_design.py").write_text("# a new design\n")
+    (tree / "models" / "projectors" / "new_design.py").write_text("# a new design\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "shapes_vqa.py").write_text((tree / "tasks" / "shapes_vqa.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
-    (tree / "accuracy.py").write_text((tree / "accuracy.py").read_text() + "\n# the proxy VLM edited\n")
+    (tree / "accuracy" / "evaluate.py").write_text((tree / "accuracy" / "evaluate.py").read_text() + "\n# the proxy VLM edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) != before
@@ -409,7 +409,7 @@ def test_an_ablation_names_the_encoder_to_keep(tmp_path, keep):
 
 
 def test_an_encoder_to_keep_that_is_not_a_candidate_is_refused(tmp_path):
-    from projector_bench.validate import validate
+    from projector_bench.jobs.validate import validate
 
     with pytest.raises(ConfigError, match="accuracy.encoder_training.keep='scratch' is not valid: .*task-only"):
         validate(cfg_for(tmp_path, "accuracy.encoder_training.keep=scratch"))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from projector_bench.agreement import ROBUST, Published, agreement, agreements, as_records, published_tables
-from projector_bench.errors import ConfigError
+from projector_bench.analysis.agreement import ROBUST, Published, agreement, agreements, as_records, published_tables
+from projector_bench.core.errors import ConfigError
 
 ROWS_0612 = Path(__file__).resolve().parent.parent / "docs" / "results" / "2026-12-06-token-budget-rows.csv"
 
@@ -82,7 +82,7 @@ def test_bench_prints_every_pair_and_the_gqa_target(capsys, tmp_path):
 
 
 def test_the_report_shows_the_agreement(tmp_path):
-    from projector_bench.report import write_report
+    from projector_bench.analysis.report import write_report
 
     df = pd.read_csv(ROWS_0612)
     html = write_report(df, tmp_path, title="t", device="phone", latency_col="est_ttft_ms", recommendations=[],

@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.settings import config_dir, group_choices
-from projector_bench.encoders import list_encoders
-from projector_bench.util import projector_kwargs
+from projector_bench.core.settings import config_dir, group_choices
+from projector_bench.models.encoders import list_encoders
+from projector_bench.core.util import projector_kwargs
 
 CONF = config_dir()
 
@@ -95,8 +95,8 @@ def test_shared_keys_are_written_once():
 def test_every_token_budget_job_keeps_its_ratio_on_both_grids(name):
     """`+sweep=token_budget`: each job's design makes 576, 144 or 64 tokens from CLIP's 24x24 and the same
     ratio from the 12x12 accuracy grid (shapes_vqa at 96 px), counts fixed for accuracy included."""
-    from projector_bench.util import accuracy_projector_kwargs
-    from projector_bench.validate import validate
+    from projector_bench.core.util import accuracy_projector_kwargs
+    from projector_bench.jobs.validate import validate
 
     cfg = compose_cfg("+sweep=token_budget", f"+at_budget={name}")
     validate(cfg)
@@ -111,7 +111,7 @@ def test_every_token_budget_job_keeps_its_ratio_on_both_grids(name):
 def test_peg_ablation_sweeps_ldpv2s_peg_on_independent_and_related_scenes():
     """`+sweep=peg_ablation`: the token-budget job of `ldpv2` at 144, its PEG three ways, on two kinds of scene;
     each job validates and builds the PEG it names."""
-    from projector_bench.validate import validate
+    from projector_bench.jobs.validate import validate
 
     params = compose_cfg("+sweep=peg_ablation", hydra=True).hydra.sweeper.params
     assert params["+at_budget"] == "ldpv2_144" and params["projector.peg"].split(",") == ["default", "zero", "none"]
@@ -124,8 +124,8 @@ def test_peg_ablation_sweeps_ldpv2s_peg_on_independent_and_related_scenes():
 
 
 def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
-    from projector_bench.encoders import EFFICIENT
-    from projector_bench.validate import validate
+    from projector_bench.models.encoders import EFFICIENT
+    from projector_bench.jobs.validate import validate
 
     sweep = OmegaConf.load(CONF / "sweep" / "encoders.yaml").hydra.sweeper.params
     assert set(EFFICIENT) <= set(sweep.encoder.split(",")) and sweep.projector.split(",") == ["mlp", "ldpv2", "c_abstractor"]

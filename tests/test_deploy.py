@@ -1,4 +1,4 @@
-"""ExecuTorch / XNNPACK: designs lowered and run by the real runtime (installed by `python -m projector_bench.deploy
+"""ExecuTorch / XNNPACK: designs lowered and run by the real runtime (installed by `python -m projector_bench.costs.deploy
 install`, which the README's test command runs), the `exports` verdict, and `budget.deployable`."""
 import math
 import multiprocessing
@@ -10,19 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from projector_bench import create_projector, deploy, list_projectors
-from projector_bench.budget import Budget
-from projector_bench.choose import recommend
-from projector_bench.errors import ConfigError
-from projector_bench.measure import _Call, float_twin
-from projector_bench.projectors.int8 import Int8Projector
+from projector_bench import create_projector, list_projectors
+from projector_bench.costs import deploy
+from projector_bench.core.budget import Budget
+from projector_bench.analysis.choose import recommend
+from projector_bench.core.errors import ConfigError
+from projector_bench.costs.measure import _Call, float_twin
+from projector_bench.models.projectors.int8 import Int8Projector
 
 from .test_cli import cli, rows  # noqa: F401 (cli: the command line in this process, a fixture)
 
 
 @pytest.mark.extra("deploy")
 def test_executorch_is_installed_with_xnnpack():
-    assert deploy.unavailable() is None, "install the deploy extra: python -m projector_bench.deploy install"
+    assert deploy.unavailable() is None, "install the deploy extra: python -m projector_bench.costs.deploy install"
 
 
 @pytest.mark.extra("deploy")
@@ -166,7 +167,7 @@ def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
 
 
 def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
-    from projector_bench.report import _exports, _xnnpack_ms
+    from projector_bench.analysis.report import _exports, _xnnpack_ms
 
     r = pd.Series({"exports": {"executorch": "ok", "executorch_fp32": "ok"},
                    "encoder_exports": {"executorch": "fp32: RuntimeError: no", "executorch_fp32": "fp32: RuntimeError: no"},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import projector_bench.accuracy as acc
+import projector_bench.accuracy.evaluate as acc
 from projector_bench import ConfigError
-from projector_bench.env import training_device
-from projector_bench.validate import validate
+from projector_bench.core.env import training_device
+from projector_bench.jobs.validate import validate
 from tests.test_accuracy import cfg_for
 
 CUDA = torch.cuda.is_available()

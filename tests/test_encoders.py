@@ -8,7 +8,7 @@ from projector_bench import ConfigError
 from timm.models import build_model_with_cfg
 from timm.models.byobnet import ByobNet
 
-from projector_bench.encoders import Variant, create_encoder, list_encoders
+from projector_bench.models.encoders import Variant, create_encoder, list_encoders
 
 
 def test_family_includes_the_named_variants():
@@ -45,8 +45,8 @@ def test_local_checkpoint_is_loaded_through_timm(tmp_path):
 
 
 def test_auto_without_cached_weights_falls_back_to_random_with_a_notice(caplog, monkeypatch):
-    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
-    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: False)
+    monkeypatch.setattr("projector_bench.models.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.models.encoders._hub_reachable", lambda: False)
     with caplog.at_level(logging.WARNING):
         enc = create_encoder("mobilevit_xxs", weights="auto")
     assert enc.weights_source == "random"
@@ -55,22 +55,22 @@ def test_auto_without_cached_weights_falls_back_to_random_with_a_notice(caplog, 
 
 def test_auto_fetches_when_the_hub_is_reachable(monkeypatch):
     calls = []
-    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
-    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: True)
+    monkeypatch.setattr("projector_bench.models.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.models.encoders._hub_reachable", lambda: True)
     real = timm.create_model
 
     def fake_create(name, pretrained=False, **kw):  # stands in for the download this machine cannot make
         calls.append(pretrained)
         return real(name, pretrained=False, **kw)
 
-    monkeypatch.setattr("projector_bench.encoders.timm.create_model", fake_create)
+    monkeypatch.setattr("projector_bench.models.encoders.timm.create_model", fake_create)
     assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "timm-pretrained" and calls == [True]
 
 
 def test_auto_uses_cached_weights(tmp_path, monkeypatch):
     path = tmp_path / "model.pth"
     torch.save(timm.create_model("mobilevit_xxs").state_dict(), path)
-    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: str(path))
+    monkeypatch.setattr("projector_bench.models.encoders._cached_pretrained_file", lambda name: str(path))
     assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "timm-pretrained"
 
 
@@ -85,8 +85,8 @@ def test_bad_encoder_input_is_a_clear_error(kwargs, message):
 
 
 def test_auto_falls_back_to_random_when_the_fetch_fails(monkeypatch, caplog):
-    monkeypatch.setattr("projector_bench.encoders._cached_pretrained_file", lambda name: None)
-    monkeypatch.setattr("projector_bench.encoders._hub_reachable", lambda: True)
+    monkeypatch.setattr("projector_bench.models.encoders._cached_pretrained_file", lambda name: None)
+    monkeypatch.setattr("projector_bench.models.encoders._hub_reachable", lambda: True)
     real = timm.create_model
 
     def failing(name, pretrained=False, **kw):
@@ -94,7 +94,7 @@ def test_auto_falls_back_to_random_when_the_fetch_fails(monkeypatch, caplog):
             raise OSError("connection reset")
         return real(name, pretrained=False, **kw)
 
-    monkeypatch.setattr("projector_bench.encoders.timm.create_model", failing)
+    monkeypatch.setattr("projector_bench.models.encoders.timm.create_model", failing)
     with caplog.at_level(logging.WARNING):
         assert create_encoder("mobilevit_xxs", weights="auto").weights_source == "random"
     assert "could not be fetched (OSError)" in caplog.text
@@ -153,7 +153,7 @@ def test_a_custom_variant_has_no_published_weights_but_loads_its_own_checkpoint(
 def test_mobilenetv4_at_a_stage_runs_only_what_it_returns_and_counts_what_runs(stage):
     """timm's MobileNetV3Features runs every block for any stage; the encoder keeps only those up to the stage:
     the same tokens as timm's, and the MAC count agrees with torch's own (nothing runs uncounted)."""
-    from projector_bench.measure import count_flops
+    from projector_bench.costs.measure import count_flops
 
     enc = create_encoder("mobilenetv4_conv_small", stage, "random").eval()
     ref = timm.create_model("mobilenetv4_conv_small", features_only=True, out_indices=(stage,)).eval()

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from projector_bench.settings import DEFAULT_THREADS, THREADS_ENV, _default_threads, host_lock
+from projector_bench.core.settings import DEFAULT_THREADS, THREADS_ENV, _default_threads, host_lock
 
 from .test_cli import cli_subprocess
 
@@ -70,7 +70,7 @@ def test_a_timing_waits_for_the_trainings_of_other_processes_and_trainings_share
     enters only once it is released."""
     monkeypatch.setenv("PROJECTOR_BENCH_CACHE", str(tmp_path))
     marker = tmp_path / "released"
-    code = (f"import time, pathlib; from projector_bench.settings import host_lock\n"
+    code = (f"import time, pathlib; from projector_bench.core.settings import host_lock\n"
             f"with host_lock(timing=False):\n    print('held', flush=True); time.sleep(2)\n"
             f"    pathlib.Path({str(marker)!r}).touch()\n")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

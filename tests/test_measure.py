@@ -11,18 +11,10 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.encoders import list_encoders
-from projector_bench.measure import (
-    _ELEMENTWISE,
-    _REDUCTIONS,
-    count_flops,
-    count_params,
-    float_twin,
-    measure_latency,
-    peak_memory_mb,
-    size_mb,
-)
-from projector_bench.settings import group_choices
+from projector_bench.models.encoders import list_encoders
+from projector_bench.costs.measure import (
+    _ELEMENTWISE, _REDUCTIONS, count_flops, count_params, float_twin, measure_latency, peak_memory_mb, size_mb)
+from projector_bench.core.settings import group_choices
 
 
 class SDPA(nn.Module):
@@ -159,7 +151,7 @@ def test_latency_reports_median_iqr_and_runs():
 
 @pytest.mark.parametrize("name", ["mobilevitv2_125", "mobilevitv2_150", "mobilevitv2_175", "mobilevitv2_200"])
 def test_every_shipped_encoder_is_fully_counted(name):
-    from projector_bench.encoders import create_encoder
+    from projector_bench.models.encoders import create_encoder
 
     enc = create_encoder(name, weights="random").eval()
     fc = count_flops(enc.model, torch.randn(1, 3, 64, 64))
@@ -167,7 +159,7 @@ def test_every_shipped_encoder_is_fully_counted(name):
 
 
 def test_load_check_flags_a_reference_kernel_slower_than_its_best_time_here():
-    from projector_bench.measure import LOAD_LIMIT, Best, load_check
+    from projector_bench.costs.measure import LOAD_LIMIT, Best, load_check
 
     first = load_check(1, None)
     assert first["reference_ms"] > 0 and "the first probe" in first["load_basis"] and 0 < first["load_cpu_share"] <= 1
@@ -188,7 +180,7 @@ def test_load_check_sees_a_loaded_machine_on_its_first_probe():
     pin = lambda: os.sched_setaffinity(0, {cpu})  # noqa: E731
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) for _ in range(2)]
     try:
-        code = ("import json; from projector_bench.measure import load_check; "
+        code = ("import json; from projector_bench.costs.measure import load_check; "
                 "r = load_check(1, None); print(json.dumps({k: r[k] for k in ('load_ratio', 'load_cpu_share', 'load_warning')}))")
         out = subprocess.run([sys.executable, "-c", code], preexec_fn=pin, capture_output=True, text=True, timeout=300)
     finally:

@@ -6,8 +6,8 @@ from torch import nn
 from torchvision.models.mobilenetv3 import InvertedResidual
 
 from projector_bench import ConfigError, create_projector, list_projectors
-from projector_bench.measure import count_params
-from projector_bench.projectors.ldp_seed import LDP as SeedLDP
+from projector_bench.costs.measure import count_params
+from projector_bench.models.projectors.ldp_seed import LDP as SeedLDP
 
 DESIGNS = list_projectors()
 FLOAT_DESIGNS = [n for n in DESIGNS if not n.endswith("int8")]
@@ -198,7 +198,7 @@ def test_qwen_vl_adapter_has_qwen_vls_size_and_names():
 def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys():
     import numpy as np
 
-    from projector_bench.projectors.qwen_vl_adapter import sincos_2d
+    from projector_bench.models.projectors.qwen_vl_adapter import sincos_2d
 
     side, dim = 5, 16  # the reference's get_2d_sincos_pos_embed, written out: column half first, then row half
     omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
@@ -243,7 +243,7 @@ def test_reference_module_names_so_their_state_dicts_load():
 
 def test_c_abstractor_exports_its_position_resampling_as_the_matrix_timm_resamples_with():
     from timm.layers import resample_abs_pos_embed
-    from projector_bench.projectors.c_abstractor import resample_matrix
+    from projector_bench.models.projectors.c_abstractor import resample_matrix
 
     table = torch.randn(1, 576, 5)  # learned for 24x24
     for grid in [(8, 8), (6, 10), (7, 7), (32, 32)]:
@@ -257,7 +257,7 @@ def test_c_abstractor_exports_its_position_resampling_as_the_matrix_timm_resampl
 
 
 def test_pixel_shuffle_folds_neighbours_in_internvls_order():
-    from projector_bench.projectors.pixel_shuffle import pixel_shuffle
+    from projector_bench.models.projectors.pixel_shuffle import pixel_shuffle
 
     x = torch.arange(4 * 4 * 2).reshape(1, 16, 2)  # token (i, j) holds channels [2(4i+j), 2(4i+j)+1]
     out = pixel_shuffle(x, (4, 4), 2)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from projector_bench import list_projectors
-from projector_bench.settings import GROUPS, group_choices
+from projector_bench.core.settings import GROUPS, group_choices
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -37,7 +37,7 @@ def test_none_kwargs_mean_the_default():
 def test_register_new_design_without_touching_dispatch():
     @register_projector(name="_test_identity_linear")
     def _make(in_dim: int, out_dim: int) -> nn.Module:
-        return pb.projectors.linear.LinearProjector(in_dim, out_dim)
+        return pb.models.projectors.linear.LinearProjector(in_dim, out_dim)
 
     try:
         assert "_test_identity_linear" in list_projectors()
@@ -45,12 +45,12 @@ def test_register_new_design_without_touching_dispatch():
         with pytest.raises(ValueError, match="registered twice"):
             register_projector(_make, name="_test_identity_linear")
     finally:
-        pb._registry._PROJECTORS.pop("_test_identity_linear")
+        pb.models._registry._PROJECTORS.pop("_test_identity_linear")
 
 
 def test_every_module_in_projectors_is_imported():
     import pkgutil
     import sys
 
-    names = {m.name for m in pkgutil.iter_modules(pb.projectors.__path__)}
-    assert names > {"mlp", "ldp", "int8"} and all(f"projector_bench.projectors.{n}" in sys.modules for n in names)
+    names = {m.name for m in pkgutil.iter_modules(pb.models.projectors.__path__)}
+    assert names > {"mlp", "ldp", "int8"} and all(f"projector_bench.models.projectors.{n}" in sys.modules for n in names)

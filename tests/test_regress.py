@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from projector_bench.measure import Paired
+from projector_bench.costs.measure import Paired
 from projector_bench.regress import (
     GOLDEN,
     case_names,
@@ -75,7 +75,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
 
 def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkeypatch):
     from projector_bench import regress
-    from projector_bench.measure import Paired
+    from projector_bench.costs.measure import Paired
 
     draws = iter([1.0, 2.0, 1.1, 2.0, 1.2, 2.0, 1.5, 2.4])  # a, b per pass
     monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
@@ -103,7 +103,7 @@ def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkey
 def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_recorded_passes(tmp_path, monkeypatch, capsys):
     """A hosted CI's runner cannot be timed again by hand: its printed `regress time` table is the pass to add."""
     from projector_bench import regress
-    from projector_bench.measure import Paired
+    from projector_bench.costs.measure import Paired
 
     monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
     draws = iter([1.0, 2.0, 1.1, 2.1, 1.06, 2.6, 9.9, 2.6])  # two recorded passes of a and b, a check of a, b, c, b again
@@ -136,7 +136,7 @@ def test_a_confirmed_slowdown_fails_only_when_the_timed_code_is_not_the_baseline
     """The same slowdown, confirmed by the sign test: a tree that changed the timed code (a projector, a config,
     the timing code, torch or timm) fails; a tree with the baseline's code passes, saying it was the machine."""
     from projector_bench import regress
-    from projector_bench.measure import Paired
+    from projector_bench.costs.measure import Paired
 
     monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
     slow = {"projector/a": 1.0, "projector/b": 2.0}
@@ -167,17 +167,19 @@ def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_pat
     """Edits to what a case runs or is built from change `timed_code`; edits elsewhere (a report, the search) do not."""
     import shutil
 
-    from projector_bench import env, regress, settings
+    from projector_bench.core import env, settings
+    from projector_bench import regress
     pkg, conf = tmp_path / "projector_bench", tmp_path / "conf"
     shutil.copytree(env.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(settings.config_dir(), conf)
     monkeypatch.setattr(env.code_hash, "__kwdefaults__", {"root": pkg, "pattern": "*.py"})  # regress imported it by name
     monkeypatch.setattr(regress, "config_dir", lambda: conf)
     first = regress.timed_code()
-    (pkg / "report.py").write_text((pkg / "report.py").read_text() + "\n# a report change\n")
+    (pkg / "analysis" / "report.py").write_text((pkg / "analysis" / "report.py").read_text() + "\n# a report change\n")
     (pkg / "search.py").write_text((pkg / "search.py").read_text() + "\n# a search change\n")
     assert regress.timed_code() == first
-    for edited in (pkg / "projectors" / "ldpv2.py", conf / "projector" / "ldpv2.yaml", pkg / "measure.py"):
+    for edited in (pkg / "models" / "projectors" / "ldpv2.py", conf / "projector" / "ldpv2.yaml",
+                   pkg / "costs" / "measure.py"):
         text = edited.read_text()
         edited.write_text(text + "\n# edited\n")
         assert regress.timed_code() != first, edited
@@ -201,7 +203,7 @@ def test_each_recorded_pass_and_the_second_pass_time_freshly_built_cases(tmp_pat
     """One built int8 model can stay slower for as long as it lives (docs/results/2026-12-05-gate-new-cases.md):
     every recorded pass builds its cases anew, and the second pass times newly built suspects, not the first's."""
     from projector_bench import regress
-    from projector_bench.measure import Paired
+    from projector_bench.costs.measure import Paired
 
     built: list[tuple[str, ...]] = []
 

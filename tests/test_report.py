@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from projector_bench.report import write_report
+from projector_bench.analysis.report import write_report
 
 PLOT_IDS = ["plot-pareto-latency", "plot-pareto-macs", "plot-accuracy-by-type", "plot-validation-curves",
             "plot-latency-breakdown"]
@@ -124,7 +124,7 @@ def _budget_rows():
 
 
 def test_token_budgets_say_which_design_keeps_the_most_and_which_tie_with_it():
-    from projector_bench.choose import design_label, token_budgets
+    from projector_bench.analysis.choose import design_label, token_budgets
 
     df = _budget_rows()
     assert list(design_label(df)) == ["mlp", "c_abstractor@144", "resampler@144", "pixel_shuffle", "c_abstractor@64", "resampler@64"]
@@ -140,7 +140,7 @@ def test_token_budgets_say_which_design_keeps_the_most_and_which_tie_with_it():
 
 
 def test_report_shows_the_token_budgets_and_their_plot(tmp_path):
-    from projector_bench.choose import token_budgets
+    from projector_bench.analysis.choose import token_budgets
 
     df = _budget_rows()
     path = write_report(df, tmp_path, title="budgets", device="phone", latency_col="est_ttft_ms", recommendations=[],
@@ -164,8 +164,8 @@ def test_report_says_what_the_estimates_are_on_each_device(tmp_path):
 
 
 def test_non_finite_values_count_as_missing_in_every_decision():
-    from projector_bench.budget import Budget, missing
-    from projector_bench.choose import finite, recommend, token_budgets
+    from projector_bench.core.budget import Budget, missing
+    from projector_bench.analysis.choose import finite, recommend, token_budgets
 
     assert missing(float("inf")) and missing(-np.inf) and missing(NAN) and not missing(10**30) and not missing(0.0)
     df = pd.DataFrame([_row("mlp", np.inf, 100.0, 2e9), _row("ldp", 60.0, 150.0, 3e9), _row("pool", 50.0, 90.0, 1e9)])
@@ -184,7 +184,7 @@ def test_non_finite_values_count_as_missing_in_every_decision():
 
 
 def test_a_report_reads_study_storage_without_creating_it(tmp_path):
-    from projector_bench.report import _readable_storage
+    from projector_bench.analysis.report import _readable_storage
 
     db = tmp_path / "optuna.db"
     assert _readable_storage(None, tmp_path) is None and _readable_storage(f"sqlite:///{db}", tmp_path) is None
@@ -207,8 +207,8 @@ PHONES = ("snapdragon888_cpu", "snapdragon888_gpu", "snapdragon778g_cpu", "apple
 
 def _sweep_rows(exports: bool = True) -> pd.DataFrame:
     """The rows, with the `exports` a default sweep records where ExecuTorch is not installed."""
-    from projector_bench import deploy
-    from projector_bench.results import load_results
+    from projector_bench.costs import deploy
+    from projector_bench.jobs.results import load_results
 
     df = load_results(SWEEP_ROWS)
     if exports:
@@ -220,16 +220,16 @@ def _sweep_rows(exports: bool = True) -> pd.DataFrame:
 def _device(name: str):
     from omegaconf import OmegaConf
 
-    from projector_bench.roofline import device_from_config
-    from projector_bench.settings import config_dir
+    from projector_bench.costs.roofline import device_from_config
+    from projector_bench.core.settings import config_dir
 
     return device_from_config(OmegaConf.to_container(OmegaConf.load(config_dir() / "device" / f"{name}.yaml")), threads=1)
 
 
 @pytest.mark.parametrize("device", PHONES)
 def test_the_pick_on_every_phone_is_the_fastest_design_within_the_tolerance_of_the_best(device):
-    from projector_bench.budget import Budget
-    from projector_bench.choose import add_estimates, design_label, recommend
+    from projector_bench.core.budget import Budget
+    from projector_bench.analysis.choose import add_estimates, design_label, recommend
 
     df = add_estimates(_sweep_rows(), _device(device))
     r = recommend(df, Budget(), device)
@@ -244,8 +244,8 @@ def sweep_report(tmp_path_factory):
     """The HTML report of the default sweep's rows on a phone, as `python -m projector_bench report` writes it."""
     from hydra import compose, initialize_config_dir
 
-    from projector_bench.report import build_report
-    from projector_bench.settings import config_dir
+    from projector_bench.analysis.report import build_report
+    from projector_bench.core.settings import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["device=snapdragon888_cpu"])
@@ -289,8 +289,8 @@ def _intersect(a, b) -> bool:
 
 @pytest.mark.parametrize("x", ["est_ttft_ms", "gmacs"])
 def test_pareto_labels_do_not_overlap_and_the_legend_covers_no_data(x):
-    from projector_bench.choose import add_estimates, design_label, pareto_mask
-    from projector_bench.report import _pareto_plot
+    from projector_bench.analysis.choose import add_estimates, design_label, pareto_mask
+    from projector_bench.analysis.report import _pareto_plot
 
     df = add_estimates(_sweep_rows(), _device("snapdragon888_cpu"))
     df["design"], df["gmacs"] = design_label(df), df["macs"] / 1e9
@@ -308,7 +308,7 @@ def test_pareto_labels_do_not_overlap_and_the_legend_covers_no_data(x):
 def test_labels_of_many_crowded_points_do_not_overlap():
     import matplotlib.pyplot as plt
 
-    from projector_bench.report import place_labels
+    from projector_bench.analysis.report import place_labels
 
     rng = np.random.default_rng(0)
     x, y = list(10 ** rng.uniform(2, 3, 16)), list(rng.uniform(60, 100, 16))
@@ -328,8 +328,8 @@ def test_labels_of_many_crowded_points_do_not_overlap():
 
 
 def test_the_type_bars_keep_their_legend_off_the_bars():
-    from projector_bench.choose import design_label
-    from projector_bench.report import _accuracy_by_type_plot
+    from projector_bench.analysis.choose import design_label
+    from projector_bench.analysis.report import _accuracy_by_type_plot
 
     df = _sweep_rows()
     df["design"] = design_label(df)
@@ -350,9 +350,9 @@ def test_the_default_sweeps_report_fits_a_1280_pixel_screen(sweep_report, tmp_pa
 
 
 def test_the_terminal_summary_and_recommendation_are_free_of_scientific_notation():
-    from projector_bench.budget import Budget
-    from projector_bench.choose import add_estimates, recommend
-    from projector_bench.tables import picks, summary
+    from projector_bench.core.budget import Budget
+    from projector_bench.analysis.choose import add_estimates, recommend
+    from projector_bench.analysis.tables import picks, summary
 
     df = add_estimates(_sweep_rows(), _device("snapdragon888_cpu"))
     text = summary(df) + picks([recommend(df, Budget(), "snapdragon888_cpu")])

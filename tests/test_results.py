@@ -7,13 +7,7 @@ import pandas as pd
 import pytest
 
 from projector_bench import ConfigError
-from projector_bench.results import (
-    append_row,
-    append_rows,
-    jsonable,
-    load_results,
-    table_path,
-)
+from projector_bench.jobs.results import append_row, append_rows, jsonable, load_results, table_path
 
 
 def test_rows_round_trip_through_one_pandas_call(tmp_path):
@@ -151,7 +145,7 @@ def test_ids_that_look_like_numbers_are_read_back_as_the_strings_they_are(tmp_pa
 
 
 def test_read_sweep_keeps_only_the_selected_sweeps_rows_with_their_line_numbers(tmp_path, caplog):
-    from projector_bench.results import read_sweep
+    from projector_bench.jobs.results import read_sweep
 
     path = table_path(tmp_path)
     path.write_bytes(b'{"sweep_id": "a", "x": 1}\n{"sweep_id": "b", "x": 2}\n{"torn\n\n'
@@ -171,7 +165,7 @@ def test_read_sweep_keeps_only_the_selected_sweeps_rows_with_their_line_numbers(
 
 
 def test_read_sweep_of_a_directory_is_refused(tmp_path):
-    from projector_bench.results import read_sweep
+    from projector_bench.jobs.results import read_sweep
 
     (tmp_path / "runs.jsonl").mkdir()
     with pytest.raises(ConfigError, match="is a directory, not a results table"):
@@ -181,7 +175,7 @@ def test_read_sweep_of_a_directory_is_refused(tmp_path):
 def test_a_job_launched_elsewhere_writes_its_row_apart_and_readers_see_it_until_it_is_merged_once(tmp_path):
     """No lock across machines: the job's row is its own file; load_results and read_sweep merge it on read, and
     the launching process appends it to the table once (a merge cut short before the files went is finished)."""
-    from projector_bench.results import JOB_ROWS, merge_job_rows, read_sweep, write_job_row
+    from projector_bench.jobs.results import JOB_ROWS, merge_job_rows, read_sweep, write_job_row
 
     append_row(tmp_path, {"run_id": "a", "sweep_id": "s1", "timestamp": "2026-01-01T00:00:00", "projector": "mlp"})
     for rid in ("c", "b"):
@@ -200,7 +194,7 @@ def test_a_job_launched_elsewhere_writes_its_row_apart_and_readers_see_it_until_
 def test_only_a_job_in_another_process_than_its_launcher_writes_its_row_apart(monkeypatch):
     import socket
 
-    from projector_bench.settings import LAUNCHER_ENV, launched_elsewhere
+    from projector_bench.core.settings import LAUNCHER_ENV, launched_elsewhere
 
     monkeypatch.delenv(LAUNCHER_ENV, raising=False)
     assert not launched_elsewhere()  # a single run

@@ -9,15 +9,17 @@ import torch
 import yaml
 from torch import nn
 
-from projector_bench import create_projector, list_projectors, roofline
-from projector_bench.settings import config_dir, group_choices
-from projector_bench.budget import Budget
-from projector_bench.choose import add_estimates, pareto_mask, recommend
-from projector_bench.ops import totals
-from projector_bench.errors import ConfigError
-from projector_bench.lm import LanguageModel
-from projector_bench.measure import MATMUL_OPS, count_flops
-from projector_bench.roofline import Device, calibrate_host, device_from_config, estimate_row, trace_ops, trace_timm_on_meta
+from projector_bench import create_projector, list_projectors
+from projector_bench.costs import roofline
+from projector_bench.core.settings import config_dir, group_choices
+from projector_bench.core.budget import Budget
+from projector_bench.analysis.choose import add_estimates, pareto_mask, recommend
+from projector_bench.core.ops import totals
+from projector_bench.core.errors import ConfigError
+from projector_bench.models.lm import LanguageModel
+from projector_bench.costs.measure import MATMUL_OPS, count_flops
+from projector_bench.costs.roofline import (
+    Device, calibrate_host, device_from_config, estimate_row, trace_ops, trace_timm_on_meta)
 
 TARGETS = [d for d in group_choices("device") if d != "host"]
 
@@ -121,11 +123,9 @@ def test_a_kernel_slower_than_the_bound_is_timed_once():
 def test_roofs_measured_on_a_loaded_machine_are_measured_again_and_the_quieter_kept(tmp_path, monkeypatch):
     from dataclasses import asdict, replace
 
-    from projector_bench.env import code_hash, cpu_model
-
     loaded = Device("host", "host", {"fp32": 0.1}, 1.0, cpu_share=0.3)  # a first run beside a busy neighbour
     quiet = replace(loaded, peak_gflops={"fp32": 80.0}, cpu_share=0.97)
-    key = f"{cpu_model()}|1|{code_hash('roofline.py', 'measure.py')}"
+    key = roofline.host_key(1)
     (tmp_path / "host_device.json").write_text(json.dumps({key: asdict(loaded)}))
     calls = []
     monkeypatch.setattr(roofline, "_calibrated", lambda threads: calls.append(threads) or quiet)
@@ -306,7 +306,7 @@ def test_a_roofline_bounds_the_published_llama_cpp_speeds(device, prompt_tok_s, 
 
 
 def test_a_damaged_host_cache_is_named_and_measured_again(tmp_path, caplog, monkeypatch):
-    from projector_bench import roofline
+    from projector_bench.costs import roofline
 
     (tmp_path / "host_device.json").write_text('{"trunc')
     fake = roofline.Device("host", "host", {"fp32": 1.0}, 1.0, 1.0, 1.0, 1.0)

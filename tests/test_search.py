@@ -14,14 +14,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from projector_bench.encoders import Variant
-from projector_bench.errors import ConfigError
-from projector_bench.results import COLUMNS, COST_COLUMNS, load_results
+from projector_bench.models.encoders import Variant
+from projector_bench.core.errors import ConfigError
+from projector_bench.jobs.results import COLUMNS, COST_COLUMNS, load_results
 from projector_bench.search import (MAX_SKIPS, TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
                                     front_table, record_rows, suggest)
-from projector_bench.settings import config_dir
-from projector_bench.studies import storage
-from projector_bench.validate import NOT_NUMERIC, objective_columns
+from projector_bench.core.settings import config_dir
+from projector_bench.core.studies import storage
+from projector_bench.jobs.validate import NOT_NUMERIC, objective_columns
 
 from .conftest import in_process
 from .test_cli import ACC_TINY, TINY, rows
@@ -266,7 +266,7 @@ def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(t
 @pytest.mark.slow
 def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path):
     # they race to create the schema (alembic_version: UNIQUE constraint failed); the loser retries
-    code = "import sys; from projector_bench.studies import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
+    code = "import sys; from projector_bench.core.studies import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
     for i in range(2):
         ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(i))], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(4)]

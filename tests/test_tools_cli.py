@@ -1,11 +1,11 @@
-"""`python -m projector_bench.deploy`'s command line: `install` runs, `--help` is usage and exit 0, anything else is
+"""`python -m projector_bench.costs.deploy`'s command line: `install` runs, `--help` is usage and exit 0, anything else is
 one `error:` line and exit 2 with nothing installed; a failed install is one `error:` line and exit 1."""
 import subprocess
 import sys
 
 import pytest
 
-from projector_bench import deploy
+from projector_bench.costs import deploy
 
 
 def _one_error(err: str, words: str) -> bool:
@@ -15,10 +15,10 @@ def _one_error(err: str, words: str) -> bool:
 
 def test_help_is_usage_and_exit_0():
     """The module itself, as a user runs it: its `__main__` decides the exit code."""
-    r = subprocess.run([sys.executable, "-m", "projector_bench.deploy", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "projector_bench.costs.deploy", "--help"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("usage: python -m projector_bench.deploy") and "install" in r.stdout
+    assert r.stdout.startswith("usage: python -m projector_bench.costs.deploy") and "install" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
 
 
@@ -66,7 +66,7 @@ def test_a_failed_pip_is_one_line_and_exit_1(pip, capsys):
 
 
 def test_an_install_that_still_does_not_import_is_one_line_and_exit_1(pip, monkeypatch, capsys):
-    why = "executorch is not installed (ImportError: nope); python -m projector_bench.deploy install"
+    why = "executorch is not installed (ImportError: nope); python -m projector_bench.costs.deploy install"
     def still_missing():
         return why
 

@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from projector_bench.projectors.mlp import MLPProjector
+from projector_bench.models.projectors.mlp import MLPProjector
 from projector_bench.regress import cases, confirmed_regressions, limits, time_ratios
 
 ROUNDS, TOL = 9, 0.10

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from projector_bench.regress import case_names, cases, reference_kernel
-from projector_bench.util import torch_threads
+from projector_bench.core.util import torch_threads
 
 
 @pytest.fixture(autouse=True)

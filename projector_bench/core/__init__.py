@@ -1,0 +1,1 @@
+"""Leaves: errors, settings, the environment, small helpers, budgets, study storage."""

@@ -1,0 +1,1 @@
+"""What a design costs: parameters, MACs, latency (eager, roofline, device estimates, ExecuTorch)."""

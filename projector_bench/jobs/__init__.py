@@ -1,0 +1,1 @@
+"""One job: its config checked, run, and recorded as a row of the results table."""

@@ -1,0 +1,1 @@
+"""What is measured: the design registry, the projectors, the encoders, the LM shapes."""
