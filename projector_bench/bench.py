@@ -29,19 +29,19 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, list_projectors
-from .costs import deploy
 from .accuracy.evaluate import KEPT
 from .analysis.agreement import agreements
-from .costs.calibrate import Calibration, calibrate_config
+from .analysis.tables import accuracy_table
 from .core.env import training_device
 from .core.errors import ArgumentParser, ConfigError
-from .costs.measure import REFERENCE_SHAPE, measure_latency, paired
-from .jobs.results import load_results
-from .costs.roofline import calibrate_host, trace_ops
 from .core.settings import config_dir, group_choices, host_cache
-from .tasks.classify import write_blob_folder
-from .analysis.tables import accuracy_table
 from .core.util import torch_threads
+from .costs import deploy
+from .costs.calibrate import Calibration, calibrate_config
+from .costs.measure import REFERENCE_SHAPE, measure_latency, paired
+from .costs.roofline import calibrate_host, trace_ops
+from .jobs.results import load_results
+from .tasks.classify import write_blob_folder
 
 ROOF_ROUNDS = 5  # interleaved rounds of the XNNPACK roofs and designs (deploy.min_times)
 SHAPE, OUT = (1, *REFERENCE_SHAPE[:2]), REFERENCE_SHAPE[2]  # MobileVLM's: CLIP 24x24 tokens of 1024 -> 2048

@@ -28,12 +28,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .analysis.choose import token_budgets
+from .analysis.tables import accuracy_table, summary
 from .core.errors import ArgumentParser, ConfigError
+from .core.settings import (
+    DEFAULT_THREADS,
+    GROUPS,
+    LAUNCHER_ENV,
+    SWEEP_ENV,
+    THREADS_ENV,
+    config_dir,
+    folder_problem,
+    group_choices,
+)
 from .jobs.results import TABLE, load_results, merge_job_rows, read_sweep, table_path
 from .jobs.runner import job_identity, run
-from .core.settings import (
-    DEFAULT_THREADS, GROUPS, LAUNCHER_ENV, SWEEP_ENV, THREADS_ENV, config_dir, folder_problem, group_choices)
-from .analysis.tables import accuracy_table, summary
 from .jobs.validate import job_configs, validate
 
 

@@ -24,14 +24,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from scipy.stats import binomtest
 
-from .models.encoders import Variant, create_encoder
 from .core.env import code_hash, cpu_id
 from .core.errors import ArgumentParser, ConfigError
-from .costs.measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
-from .models.projectors.base import token_grid
-from .jobs.runner import build_projector
 from .core.settings import config_dir, group_choices
 from .core.util import atomic_write, torch_threads
+from .costs.measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
+from .jobs.runner import build_projector
+from .models.encoders import Variant, create_encoder
+from .models.projectors.base import token_grid
 
 GATE = Path(__file__).resolve().parent / "gate"  # shipped with the package: the gate runs from a wheel too
 GOLDEN, BASELINE = GATE / "golden.json", GATE / "baseline.json"

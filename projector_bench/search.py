@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .core.budget import Budget, plain
 from .core.errors import ConfigError
+from .core.studies import storage
 from .jobs.results import append_rows, jsonable
 from .jobs.runner import run
-from .core.studies import storage
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat retry, metric names

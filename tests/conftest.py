@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from projector_bench import cli
-from projector_bench.costs.roofline import Device, host_key
 from projector_bench.core.settings import CACHE_ENV, DEFAULT_THREADS, SWEEP_ENV
+from projector_bench.costs.roofline import Device, host_key
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*")
 

@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import projector_bench.accuracy.evaluate as acc
-from projector_bench.accuracy import standin, training
 from projector_bench import ConfigError
+from projector_bench.accuracy import standin, training
 from projector_bench.core.settings import config_dir
 from projector_bench.tasks import carve
 from projector_bench.tasks.classify import write_image_folder

@@ -8,16 +8,16 @@ import pytest
 import torch
 import yaml
 
-from projector_bench.costs import calibrate
 from projector_bench import create_projector
-from projector_bench.core.budget import Budget
-from projector_bench.costs.calibrate import Efficiencies, Point, PointResult, calibrate_config, load_points, own_dtypes
 from projector_bench.analysis.choose import add_estimates, recommend
+from projector_bench.core.budget import Budget
 from projector_bench.core.errors import ConfigError
-from projector_bench.models.lm import LanguageModel
-from projector_bench.costs.roofline import Device, device_from_config, estimate_row
 from projector_bench.core.settings import config_dir, group_choices
+from projector_bench.costs import calibrate
+from projector_bench.costs.calibrate import Efficiencies, Point, PointResult, calibrate_config, load_points, own_dtypes
+from projector_bench.costs.roofline import Device, device_from_config, estimate_row
 from projector_bench.costs.trace import trace_ops, trace_timm_on_meta
+from projector_bench.models.lm import LanguageModel
 
 from .conftest import HOST
 

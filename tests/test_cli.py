@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from projector_bench.accuracy import evaluate as accuracy
 from projector_bench import create_projector
+from projector_bench.accuracy import evaluate as accuracy
+from projector_bench.core.settings import DEFAULT_THREADS, config_dir
 from projector_bench.costs.measure import count_flops, count_params
 from projector_bench.jobs.results import unknown_columns
-from projector_bench.core.settings import DEFAULT_THREADS, config_dir
 
 from .conftest import in_process
 

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from projector_bench import create_projector, list_projectors
 from projector_bench.core.settings import config_dir, group_choices
-from projector_bench.models.encoders import list_encoders
 from projector_bench.core.util import projector_kwargs
+from projector_bench.models.encoders import list_encoders
 
 CONF = config_dir()
 
@@ -124,8 +124,8 @@ def test_peg_ablation_sweeps_ldpv2s_peg_on_independent_and_related_scenes():
 
 
 def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
-    from projector_bench.models.encoders import EFFICIENT
     from projector_bench.jobs.validate import validate
+    from projector_bench.models.encoders import EFFICIENT
 
     sweep = OmegaConf.load(CONF / "sweep" / "encoders.yaml").hydra.sweeper.params
     assert set(EFFICIENT) <= set(sweep.encoder.split(",")) and sweep.projector.split(",") == ["mlp", "ldpv2", "c_abstractor"]

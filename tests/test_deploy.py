@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.costs import deploy
-from projector_bench.core.budget import Budget
 from projector_bench.analysis.choose import recommend
+from projector_bench.core.budget import Budget
 from projector_bench.core.errors import ConfigError
+from projector_bench.costs import deploy
 from projector_bench.costs.measure import _Call, float_twin
 from projector_bench.models.projectors.int8 import Int8Projector
 

@@ -3,11 +3,10 @@ import logging
 import pytest
 import timm
 import torch
-
-from projector_bench import ConfigError
 from timm.models import build_model_with_cfg
 from timm.models.byobnet import ByobNet
 
+from projector_bench import ConfigError
 from projector_bench.models.encoders import Variant, create_encoder, list_encoders
 
 

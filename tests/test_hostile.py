@@ -346,8 +346,8 @@ def assert_refused(got, out, err, code, words, table, before):
 @pytest.mark.parametrize("cache", ["file", "under_a_file"])
 def test_a_host_cache_that_is_not_a_folder_is_refused_before_any_measurement(args, cache, table, tmp_path, monkeypatch,
                                                                              capsys):
-    from projector_bench.costs import roofline
     from projector_bench.core.settings import CACHE_ENV
+    from projector_bench.costs import roofline
 
     def calibrated(threads):
         raise AssertionError("the host was calibrated before the host cache was checked")

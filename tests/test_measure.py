@@ -11,10 +11,18 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.models.encoders import list_encoders
-from projector_bench.costs.measure import (
-    _ELEMENTWISE, _REDUCTIONS, count_flops, count_params, float_twin, measure_latency, peak_memory_mb, size_mb)
 from projector_bench.core.settings import group_choices
+from projector_bench.costs.measure import (
+    _ELEMENTWISE,
+    _REDUCTIONS,
+    count_flops,
+    count_params,
+    float_twin,
+    measure_latency,
+    peak_memory_mb,
+    size_mb,
+)
+from projector_bench.models.encoders import list_encoders
 
 
 class SDPA(nn.Module):

@@ -243,6 +243,7 @@ def test_reference_module_names_so_their_state_dicts_load():
 
 def test_c_abstractor_exports_its_position_resampling_as_the_matrix_timm_resamples_with():
     from timm.layers import resample_abs_pos_embed
+
     from projector_bench.models.projectors.c_abstractor import resample_matrix
 
     table = torch.randn(1, 576, 5)  # learned for 24x24

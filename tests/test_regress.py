@@ -13,9 +13,11 @@ from projector_bench.regress import (
     compare_golden,
     limits,
     machine,
-    main as regress_main,
     regressions,
     sign_test,
+)
+from projector_bench.regress import (
+    main as regress_main,
 )
 
 
@@ -167,8 +169,8 @@ def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_pat
     """Edits to what a case runs or is built from change `timed_code`; edits elsewhere (a report, the search) do not."""
     import shutil
 
-    from projector_bench.core import env, settings
     from projector_bench import regress
+    from projector_bench.core import env, settings
     pkg, conf = tmp_path / "projector_bench", tmp_path / "conf"
     shutil.copytree(env.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(settings.config_dir(), conf)

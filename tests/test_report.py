@@ -164,8 +164,8 @@ def test_report_says_what_the_estimates_are_on_each_device(tmp_path):
 
 
 def test_non_finite_values_count_as_missing_in_every_decision():
-    from projector_bench.core.budget import Budget, missing
     from projector_bench.analysis.choose import finite, recommend, token_budgets
+    from projector_bench.core.budget import Budget, missing
 
     assert missing(float("inf")) and missing(-np.inf) and missing(NAN) and not missing(10**30) and not missing(0.0)
     df = pd.DataFrame([_row("mlp", np.inf, 100.0, 2e9), _row("ldp", 60.0, 150.0, 3e9), _row("pool", 50.0, 90.0, 1e9)])
@@ -220,16 +220,16 @@ def _sweep_rows(exports: bool = True) -> pd.DataFrame:
 def _device(name: str):
     from omegaconf import OmegaConf
 
-    from projector_bench.costs.roofline import device_from_config
     from projector_bench.core.settings import config_dir
+    from projector_bench.costs.roofline import device_from_config
 
     return device_from_config(OmegaConf.to_container(OmegaConf.load(config_dir() / "device" / f"{name}.yaml")), threads=1)
 
 
 @pytest.mark.parametrize("device", PHONES)
 def test_the_pick_on_every_phone_is_the_fastest_design_within_the_tolerance_of_the_best(device):
-    from projector_bench.core.budget import Budget
     from projector_bench.analysis.choose import add_estimates, design_label, recommend
+    from projector_bench.core.budget import Budget
 
     df = add_estimates(_sweep_rows(), _device(device))
     r = recommend(df, Budget(), device)
@@ -350,9 +350,9 @@ def test_the_default_sweeps_report_fits_a_1280_pixel_screen(sweep_report, tmp_pa
 
 
 def test_the_terminal_summary_and_recommendation_are_free_of_scientific_notation():
-    from projector_bench.core.budget import Budget
     from projector_bench.analysis.choose import add_estimates, recommend
     from projector_bench.analysis.tables import picks, summary
+    from projector_bench.core.budget import Budget
 
     df = add_estimates(_sweep_rows(), _device("snapdragon888_cpu"))
     text = summary(df) + picks([recommend(df, Budget(), "snapdragon888_cpu")])

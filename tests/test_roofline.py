@@ -10,16 +10,22 @@ import yaml
 from torch import nn
 
 from projector_bench import create_projector, list_projectors
-from projector_bench.costs import roofline
-from projector_bench.core.settings import config_dir, group_choices
-from projector_bench.core.budget import Budget
 from projector_bench.analysis.choose import add_estimates, pareto_mask, recommend
-from projector_bench.core.ops import totals
+from projector_bench.core.budget import Budget
 from projector_bench.core.errors import ConfigError
-from projector_bench.models.lm import LanguageModel
+from projector_bench.core.ops import totals
+from projector_bench.core.settings import config_dir, group_choices
+from projector_bench.costs import roofline
 from projector_bench.costs.measure import MATMUL_OPS, count_flops
 from projector_bench.costs.roofline import (
-    Device, calibrate_host, device_from_config, estimate_row, trace_ops, trace_timm_on_meta)
+    Device,
+    calibrate_host,
+    device_from_config,
+    estimate_row,
+    trace_ops,
+    trace_timm_on_meta,
+)
+from projector_bench.models.lm import LanguageModel
 
 TARGETS = [d for d in group_choices("device") if d != "host"]
 

@@ -14,14 +14,25 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from projector_bench.models.encoders import Variant
 from projector_bench.core.errors import ConfigError
-from projector_bench.jobs.results import COLUMNS, COST_COLUMNS, load_results
-from projector_bench.search import (MAX_SKIPS, TrialFailed, TrialSeeded, TrialSkipped, _counted, _finished, _objective, fail_unstarted,
-                                    front_table, record_rows, suggest)
 from projector_bench.core.settings import config_dir
 from projector_bench.core.studies import storage
+from projector_bench.jobs.results import COLUMNS, COST_COLUMNS, load_results
 from projector_bench.jobs.validate import NOT_NUMERIC, objective_columns
+from projector_bench.models.encoders import Variant
+from projector_bench.search import (
+    MAX_SKIPS,
+    TrialFailed,
+    TrialSeeded,
+    TrialSkipped,
+    _counted,
+    _finished,
+    _objective,
+    fail_unstarted,
+    front_table,
+    record_rows,
+    suggest,
+)
 
 from .conftest import in_process
 from .test_cli import ACC_TINY, TINY, rows

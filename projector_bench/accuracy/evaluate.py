@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import atexit
 import gc
-import multiprocessing as mp
 import hashlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import signal
 import time
 from collections.abc import Callable
@@ -35,16 +35,16 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..models._registry import create_projector
 from ..core import _worker
-from ..models.encoders import TimmEncoder, Variant
 from ..core.env import available_memory, code_hash, device_label, training_device, usable_cores
 from ..core.errors import ConfigError
+from ..core.util import accuracy_projector_kwargs, torch_threads
+from ..models._registry import create_projector
+from ..models.encoders import TimmEncoder, Variant
 from ..models.projectors.int8 import Int8Projector, quantize_linear_int8
 from ..tasks import TaskData, carve
 from .standin import standin_encoder
 from .training import DivergedError, batches, better_than_chance, cached, cpu_state, fit, normalize
-from ..core.util import accuracy_projector_kwargs, torch_threads
 
 # What a cached task, encoder, feature set or trained model depends on besides its config.
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ..models.encoders import TimmEncoder, Variant
 from ..core.env import code_hash
 from ..core.settings import host_cache
+from ..models.encoders import TimmEncoder, Variant
 from ..tasks.scenes import COLOUR_BINS, KINDS, cell_targets, scenes
 from .training import batches, better_than_chance, cached, cpu_state, fit, normalize
 

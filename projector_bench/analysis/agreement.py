@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
 from ..core.budget import missing
-from .choose import finite, tie
 from ..core.errors import ConfigError
 from ..core.settings import config_dir
+from .choose import finite, tie
 
 ROBUST = 1.0  # points: a source gap below this is within what re-training moves a published score
 

@@ -17,9 +17,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from ..core.budget import LATENCY_WORDS, Budget, duration, missing, si, times
-from ..models.lm import LanguageModel
-from ..costs.roofline import Device, device_from_config, estimate_row
 from ..core.settings import DEFAULT_THREADS, config_dir, group_choices, host_cache
+from ..costs.roofline import Device, device_from_config, estimate_row
+from ..models.lm import LanguageModel
 
 
 def finite(df: pd.DataFrame) -> pd.DataFrame:

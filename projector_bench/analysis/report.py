@@ -29,14 +29,14 @@ from jinja2 import Environment
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
-from .agreement import agreements, as_records
 from ..core.budget import LATENCY_COLUMNS, LATENCY_WORDS, duration, missing, plain, si
-from .choose import analyse, design_label
 from ..core.errors import ConfigError
-from ..models.lm import LanguageModel
 from ..core.studies import load_studies
-from .tables import picks
 from ..core.util import atomic_write
+from ..models.lm import LanguageModel
+from .agreement import agreements, as_records
+from .choose import analyse, design_label
+from .tables import picks
 
 log = logging.getLogger(__name__)
 

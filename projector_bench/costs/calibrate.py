@@ -36,9 +36,9 @@ from scipy.optimize import least_squares
 
 from .. import create_projector
 from ..core.errors import ConfigError
-from ..models.lm import LanguageModel
 from ..core.ops import Op
 from ..core.settings import config_dir
+from ..models.lm import LanguageModel
 from .trace import trace_ops, trace_timm_on_meta
 
 WORKLOADS = ("encode", "prefill", "decode")

@@ -47,8 +47,8 @@ def unavailable() -> str | None:
     """None when ExecuTorch and its XNNPACK backend import here, else why not (one line, with the fix)."""
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registers an Enum: a warning per import
     try:
-        from executorch.extension.pybindings import portable_lib
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+        from executorch.extension.pybindings import portable_lib
     except Exception as e:  # ImportError, or a binary built for another torch
         return f"executorch is not installed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {INSTALL}"
     if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
@@ -65,8 +65,10 @@ class Program:
 
 
 def _quantize_int8(module: nn.Module, inputs: tuple[Tensor, ...]) -> nn.Module:
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))

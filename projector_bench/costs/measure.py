@@ -33,9 +33,9 @@ from torch.ao.nn.quantized import dynamic as nnqd
 # torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on CUDA builds
 # running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-from torch.utils.benchmark import Timer
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..core.util import torch_threads

@@ -28,14 +28,14 @@ from typing import Any, NamedTuple
 import torch
 
 from ..core.budget import missing
-from .calibrate import calibrate_config
 from ..core.env import code_hash, cpu_model
 from ..core.errors import ConfigError
-from ..models.lm import LanguageModel
-from .measure import measure_latency
 from ..core.ops import as_ops
-from .trace import trace_ops, trace_timm_on_meta
 from ..core.util import atomic_write, torch_threads
+from ..models.lm import LanguageModel
+from .calibrate import calibrate_config
+from .measure import measure_latency
+from .trace import trace_ops, trace_timm_on_meta
 
 __all__ = ["Device", "calibrate_host", "device_from_config", "estimate_row", "host_device", "read_json_cache",
            "trace_ops", "trace_timm_on_meta", "write_json_cache"]  # the tracers live in `trace`, imported from here too

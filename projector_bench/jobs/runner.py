@@ -19,20 +19,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ..models._registry import create_projector
 from ..accuracy.evaluate import code_version, evaluate_projector
-from ..costs.deploy import deploy_costs
-from ..models.encoders import Variant, create_encoder
 from ..core.env import code_hash, cpu_model, environment
 from ..core.errors import ConfigError
-from ..models.lm import LanguageModel
-from ..costs.measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
-from ..models.projectors.base import Grid, token_grid
-from .results import append_row, jsonable, load_results, write_job_row
-from ..costs.roofline import (
-    device_from_config, estimate_row, read_json_cache, trace_ops, trace_timm_on_meta, write_json_cache)
 from ..core.settings import DEFAULT_THREADS, SWEEP_ENV, host_cache, host_lock, launched_elsewhere
 from ..core.util import projector_kwargs, torch_threads
+from ..costs.deploy import deploy_costs
+from ..costs.measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
+from ..costs.roofline import (
+    device_from_config,
+    estimate_row,
+    read_json_cache,
+    trace_ops,
+    trace_timm_on_meta,
+    write_json_cache,
+)
+from ..models._registry import create_projector
+from ..models.encoders import Variant, create_encoder
+from ..models.lm import LanguageModel
+from ..models.projectors.base import Grid, token_grid
+from .results import append_row, jsonable, load_results, write_job_row
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..models._registry import create_projector
 from ..core.budget import DEPLOY_RUNTIMES, Budget
-from ..costs.calibrate import load_points
-from ..models.encoders import TimmEncoder, Variant
 from ..core.env import training_device
 from ..core.errors import ConfigError
-from ..models.projectors.base import token_grid
-from .results import COLUMNS, COST_COLUMNS
 from ..core.settings import check_host_cache
 from ..core.util import accuracy_projector_kwargs, projector_kwargs
+from ..costs.calibrate import load_points
+from ..models._registry import create_projector
+from ..models.encoders import TimmEncoder, Variant
+from ..models.projectors.base import token_grid
+from .results import COLUMNS, COST_COLUMNS
 
 Rule = Callable[[Any], bool]
 

@@ -9,8 +9,8 @@ Raw times between runs on a shared machine drift (README: "Regression checks"); 
 import pytest
 import torch
 
-from projector_bench.regress import case_names, cases, reference_kernel
 from projector_bench.core.util import torch_threads
+from projector_bench.regress import case_names, cases, reference_kernel
 
 
 @pytest.fixture(autouse=True)

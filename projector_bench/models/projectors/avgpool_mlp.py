@@ -11,8 +11,8 @@ and the same 4× on the accuracy proxy's 8×8 grid), then Linear–GELU–Linear
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, PoolsGrid, positive_pair
 from .mlp import mlp_gelu
 

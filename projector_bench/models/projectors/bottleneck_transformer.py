@@ -7,8 +7,8 @@ attention runs through `F.scaled_dot_product_attention` like current ViTs do. Al
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, Projector
 
 

@@ -26,8 +26,8 @@ from timm.layers import LayerNorm2d, resample_abs_pos_embed
 from timm.models.regnet import RegStage
 from torch import Tensor, nn
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, PoolsGrid, positive_pair
 
 

@@ -13,8 +13,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .._registry import create_projector, register_projector
 from ...core.errors import ConfigError
+from .._registry import create_projector, register_projector
 from .base import Grid, Projector
 
 

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualConfig
 from torchvision.ops.misc import SqueezeExcitation
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, Projector
 from .mlp import mlp_gelu
 

@@ -5,8 +5,8 @@ as one `nn.Sequential`, so an official `mm_projector` state dict loads into `.ml
 """
 from torch import Tensor, nn
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, Projector
 
 

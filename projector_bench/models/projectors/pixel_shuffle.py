@@ -12,8 +12,8 @@ At 1024 → 2048 with scale 0.5 (InternVL's mlp1): exactly 12,595,200 parameters
 """
 from torch import Tensor, nn
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, Projector
 
 

@@ -17,8 +17,8 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._registry import register_projector
 from ...core.errors import ConfigError
+from .._registry import register_projector
 from .base import Grid, Projector
 
 
