@@ -45,7 +45,7 @@ from .tasks.classify import write_blob_folder
 
 ROOF_ROUNDS = 5  # interleaved rounds of the XNNPACK roofs and designs (deploy.min_times)
 SHAPE, OUT = (1, *REFERENCE_SHAPE[:2]), REFERENCE_SHAPE[2]  # MobileVLM's: CLIP 24x24 tokens of 1024 -> 2048
-LOO_TARGET = 0.30  # issue 14: the calibrated estimate's leave-one-out median |error| per device
+LOO_TARGET = 0.30  # the target for the calibrated estimate's leave-one-out median |error| per device
 
 
 class OfficialLDP(nn.Module):
@@ -92,7 +92,8 @@ def roofline_errors(x: Tensor, rounds: int = 2) -> tuple[dict[str, tuple[float, 
 
 def calibrations() -> dict[str, Calibration]:
     """Every device profile with published points (`measured:`), calibrated, leave-one-out included."""
-    cfgs = {name: yaml.safe_load((config_dir() / "device" / f"{name}.yaml").read_text()) for name in group_choices("device")}
+    cfgs = {name: yaml.safe_load((config_dir() / "device" / f"{name}.yaml").read_text())
+            for name in group_choices("device")}
     return {name: cal for name, cfg in cfgs.items() if (cal := calibrate_config(cfg)) is not None}
 
 
@@ -103,11 +104,15 @@ def calibration_table(cals: dict[str, Calibration]) -> str:
     for name, cal in cals.items():
         f = cal.fitted
         per_dtype = "".join(f", compute[{d}] {v:.3f}" for d, v in f.compute_dtype)
-        lines.append(f"{name}: fitted compute {f.compute:.3f}{per_dtype}, memory {f.memory:.3f}, overhead {f.overhead_us:.2f} us "
-                     f"(assumed {cal.assumed.compute:g} / {cal.assumed.memory:g} / {cal.assumed.overhead_us:g} us); {cal.basis}")
-        lines.append(f"  {'point':68s} {'measured ms':>12s} {'LOO est':>10s} {'error':>6s} {'bound est':>10s} {'error':>6s}")
+        lines.append(f"{name}: fitted compute {f.compute:.3f}{per_dtype}, memory {f.memory:.3f}, "
+                     f"overhead {f.overhead_us:.2f} us "
+                     f"(assumed {cal.assumed.compute:g} / {cal.assumed.memory:g} / {cal.assumed.overhead_us:g} us); "
+                     f"{cal.basis}")
+        lines.append(f"  {'point':68s} {'measured ms':>12s} {'LOO est':>10s} {'error':>6s} "
+                     f"{'bound est':>10s} {'error':>6s}")
         for r in cal.results:
-            lines.append(f"  {r.point.label[:68]:68s} {r.point.ms:12.2f} {r.loo_ms:10.2f} {r.loo_error:6.0%} {r.bound_ms:10.2f} {r.bound_error:6.0%}")
+            lines.append(f"  {r.point.label[:68]:68s} {r.point.ms:12.2f} {r.loo_ms:10.2f} {r.loo_error:6.0%} "
+                         f"{r.bound_ms:10.2f} {r.bound_error:6.0%}")
         ok = "met" if cal.median_loo <= LOO_TARGET else "MISSED"
         lines.append(f"  median over workloads: leave-one-out {cal.median_loo:.0%} (target <= {LOO_TARGET:.0%}: {ok}); "
                      f"bound {cal.median_bound:.0%}")
@@ -123,7 +128,8 @@ def _calibration_targets(cals: dict[str, Calibration]) -> list[tuple[str, float,
     return out
 
 
-def deploy_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float, str, bool]], dict[str, str], dict, dict]:
+def deploy_targets(x: Tensor, rounds: int
+                   ) -> tuple[list[tuple[str, float, float, str, bool]], dict[str, str], dict, dict]:
     """ExecuTorch/XNNPACK on this host: every shipped design lowered (fp32 and int8) with its verdict, the
     roofline with XNNPACK's own host roofs against each program's measured latency, and two paired ratios
     (one thread, interleaved): mlp's fp32 program against eager PyTorch, its int8 program against fp32."""
@@ -155,8 +161,8 @@ def deploy_targets(x: Tensor, rounds: int) -> tuple[list[tuple[str, float, float
     if len(errs) < 2:
         return out + [("designs timed on XNNPACK", len(errs), 0.0, ">= 2", False)], verdicts, roofline, outside
     q = statistics.quantiles(errs, n=4)
-    out.append((f"roofline vs XNNPACK on host ({len(errs)} designs): median |error|", statistics.median(errs), q[2] - q[0],
-                "<= 0.25", statistics.median(errs) <= 0.25))
+    out.append((f"roofline vs XNNPACK on host ({len(errs)} designs): median |error|", statistics.median(errs),
+                q[2] - q[0], "<= 0.25", statistics.median(errs) <= 0.25))
     mlp = create_projector("mlp", SHAPE[-1], OUT).eval()
     fp32, int8 = deploy.lower(mlp, (x,)), deploy.lower(mlp, (x,), "int8")
     with torch_threads(1), torch.inference_mode():
@@ -275,7 +281,8 @@ def agreement_targets(results: str) -> int:
     rows cover no published table."""
     path = Path(results)
     if not path.exists():
-        print(f"error: no results at {results}: give a results folder, its runs.jsonl or a .csv of rows", file=sys.stderr)
+        print(f"error: no results at {results}: give a results folder, its runs.jsonl or a .csv of rows",
+              file=sys.stderr)
         return 2
     df = pd.read_csv(path) if path.suffix == ".csv" else load_results(path.parent if path.suffix == ".jsonl" else path)
     found = agreements(df)
@@ -311,7 +318,8 @@ def _paired_targets(x: Tensor, rounds: int) -> list[tuple[str, float, float, str
     mlp_flops = 2 * SHAPE[1] * (SHAPE[-1] * OUT + OUT * OUT)
     med, iqr = paired(lambda: a @ b, lambda: mlp(x), rounds, 1)[:2]
     eff = med * mlp_flops / (2 * 2048**3)  # (mlp GFLOP/s) / (matmul GFLOP/s)
-    results.append(("mlp GFLOP/s / 2048^3 matmul GFLOP/s", eff, iqr * mlp_flops / (2 * 2048**3), ">= 0.80", eff >= 0.80))
+    results.append(("mlp GFLOP/s / 2048^3 matmul GFLOP/s", eff, iqr * mlp_flops / (2 * 2048**3), ">= 0.80",
+                    eff >= 0.80))
 
     q = create_projector("mlp_int8", SHAPE[-1], OUT)
     med, iqr = paired(lambda: mlp(x), lambda: q(x), rounds, 1)[:2]
@@ -369,13 +377,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     modes.add_argument("--digits-only", action="store_true",
                        help="only the digits targets: a cold `task=digits projector=mlp` (minutes)")
     modes.add_argument("--folder-only", action="store_true",
-                       help="only the small-folder target: a cold `task=image_folder` on a generated folder (minutes)")
+                       help="only the small-folder target: a cold `task=image_folder` on a generated folder "
+                            "(minutes)")
     modes.add_argument("--deploy-only", action="store_true", help="only the ExecuTorch/XNNPACK targets (minutes)")
     modes.add_argument("--calibration-only", action="store_true",
                        help="only the target devices' calibration on published points (a few seconds)")
     modes.add_argument("--agreement-only", metavar="RESULTS", nargs="?", const="results", default=None,
                        help="only the proxy against published tables (conf/published/), on the rows of a "
-                            "+sweep=token_budget run in RESULTS (a folder, its runs.jsonl, or a .csv; default: results)")
+                            "+sweep=token_budget run in RESULTS (a folder, its runs.jsonl, or a .csv; "
+                            "default: results)")
     args = ap.parse_args(argv)
     chosen = [m for m in NO_SWEEP if getattr(args, m[2:].replace("-", "_"))]
     if args.seeds is not None and chosen:  # else the seeds asked for would be silently ignored
@@ -464,13 +474,16 @@ def run(args: argparse.Namespace) -> int:
     for name, value, iqr, target, ok in results:
         print(f"{name:40s} {value:8.3f}  (IQR {iqr:.3f})  target {target:8s} {'ok' if ok else 'MISSED'}")
     if roofline:
-        print("roofline on host, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
+        print("roofline on host, per design (ms):  "
+              + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in roofline.items()))
         print(calibration_table(cals))
     if verdicts:
         print("ExecuTorch/XNNPACK per design: " + "; ".join(f"{n} {v}" for n, v in verdicts.items()))
-        print("roofline on host vs XNNPACK fp32, per design (ms):  " + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in xnn.items()))
+        print("roofline on host vs XNNPACK fp32, per design (ms):  "
+              + ", ".join(f"{n} {m:.1f} meas / {e:.1f} est" for n, (m, e) in xnn.items()))
         if outside:
-            print("not modelled (matmuls on ExecuTorch's reference kernels): " + "; ".join(f"{n} {', '.join(o)}" for n, o in outside.items()))
+            print("not modelled (matmuls on ExecuTorch's reference kernels): "
+                  + "; ".join(f"{n} {', '.join(o)}" for n, o in outside.items()))
     if failed is not None:
         print(f"error: {failed}", file=sys.stderr)
         return 1

@@ -64,7 +64,8 @@ def check_group_choices(args: list[str]) -> None:
         choices = group_choices(group)
         for v in values:
             if v not in choices:
-                raise ConfigError(f"unknown {group} {v!r}; choose one of: {', '.join(choices)} (files in conf/{group}/)")
+                raise ConfigError(f"unknown {group} {v!r}; choose one of: {', '.join(choices)} "
+                                  f"(files in conf/{group}/)")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -73,8 +74,8 @@ def _main(cfg: DictConfig) -> None:
     if not multirun:  # a multirun's jobs are all checked by PrintSweepTable before the first one
         try:
             if cfg.get("resume") and not cfg.get("search"):
-                raise ConfigError(f"resume={cfg.resume} goes on with a multirun: add -m (or the +sweep= it ran with) to "
-                                  "the command it ran with")
+                raise ConfigError(f"resume={cfg.resume} goes on with a multirun: add -m (or the +sweep= it ran with) "
+                                  "to the command it ran with")
             validate(cfg)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -95,7 +96,8 @@ def _main(cfg: DictConfig) -> None:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
-        print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n{front_table(study)}")
+        print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n"
+              f"{front_table(study)}")
         df = load_results(cfg.results_dir)
         df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
         if cfg.report and len(df):
@@ -103,8 +105,8 @@ def _main(cfg: DictConfig) -> None:
         new = df[~df["run_id"].isin(seen)] if len(df) else df
         failed = new[new["status"] != "ok"] if len(new) else new
         if len(failed):
-            print(f"error: {len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` column "
-                  f"in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
+            print(f"error: {len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` "
+                  f"column in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
             raise SystemExit(1)
         return
     try:
@@ -164,7 +166,8 @@ def report_main(argv: list[str]) -> Path:
     args, overrides = ap.parse_known_args(argv)
     check_group_choices(overrides)
     if unknown := [o for o in overrides if o.startswith("-")]:
-        raise ConfigError(f"unknown option {unknown[0]!r}; report takes [RESULTS] [--sweep ID|last|all] [key=value ...]")
+        raise ConfigError(f"unknown option {unknown[0]!r}; report takes [RESULTS] [--sweep ID|last|all] "
+                          "[key=value ...]")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
             cfg = compose("config", overrides=overrides)
@@ -211,8 +214,8 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as e:  # Hydra's own files before any job (its run folder, say, in a read-only results folder)
-        print(f"error: {e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; make it writable or "
-              "set results_dir=<another folder>", file=sys.stderr)
+        print(f"error: {e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; make it writable "
+              "or set results_dir=<another folder>", file=sys.stderr)
         raise SystemExit(2) from None
     except SystemExit as e:
         if not _signalled or e.code in (0, None, 130):
@@ -229,12 +232,14 @@ def _check_resume(sweep: str, results_dir: str, jobs: list[DictConfig]) -> None:
     measured from one of the command's job configs (another command's sweep would get this one's jobs added)."""
     df = load_results(results_dir)
     if not len(df) or "sweep_id" not in df or sweep not in set(df["sweep_id"]):
-        raise ConfigError(f"resume={sweep}: no sweep {sweep!r} in {results_dir}/runs.jsonl; give the sweep_id of its rows")
+        raise ConfigError(f"resume={sweep}: no sweep {sweep!r} in {results_dir}/runs.jsonl; give the sweep_id of "
+                          "its rows")
     ids = [job_identity(j) for j in jobs]
     configs = df.loc[df["sweep_id"] == sweep, "config"] if "config" in df else []
     if not any(isinstance(c, dict) and job_identity(c) in ids for c in configs):
-        raise ConfigError(f"resume={sweep}: none of sweep {sweep}'s rows was measured from a job of this command (it ran "
-                          "another command, or its configs changed since): resume it with its own command, or drop resume=")
+        raise ConfigError(f"resume={sweep}: none of sweep {sweep}'s rows was measured from a job of this command "
+                          "(it ran another command, or its configs changed since): resume it with its own command, "
+                          "or drop resume=")
 
 
 class PrintSweepTable(Callback):

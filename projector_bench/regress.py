@@ -94,7 +94,8 @@ def cases(only: list[str] | None = None) -> dict[str, Case]:
     """Every case of `case_names()`, or those named in `only`, built."""
     out: dict[str, Case] = {}
     for group, make in (("projector", _projector_case), ("encoder", _encoder_case)):
-        for name, cfg in _configs(group, [n.split("/", 1)[1] for n in only if n.startswith(f"{group}/")] if only else None).items():
+        for name, cfg in _configs(group, [n.split("/", 1)[1] for n in only if n.startswith(f"{group}/")]
+                                  if only else None).items():
             out[f"{group}/{name}"] = make(cfg)
     return out
 
@@ -341,7 +342,8 @@ def run_golden(update: bool) -> int:
     got = {n: c.facts() for n, c in cases().items()}
     if update:
         _write(GOLDEN, got)
-        print(f"golden: wrote {len(got)} designs and encoders to {GOLDEN.relative_to(Path.cwd()) if GOLDEN.is_relative_to(Path.cwd()) else GOLDEN}")
+        print(f"golden: wrote {len(got)} designs and encoders to "
+              f"{GOLDEN.relative_to(Path.cwd()) if GOLDEN.is_relative_to(Path.cwd()) else GOLDEN}")
         return 0
     diff = compare_golden(got, want)
     for line in diff:
@@ -376,14 +378,16 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
             "recorded": date.today().isoformat(), "rounds": rounds, "history": history, "code": timed_code(),
             "ms": old.get("ms", {}) | {n: {k: round(v, 3) for k, v in timed[-1][n].ms.items()} for n in selected}}
         _write(baseline, data)
-        print(f"time: recorded {len(selected)} ratios ({passes} passes{', added to the earlier ones' if append and old else ''}) "
+        print(f"time: recorded {len(selected)} ratios "
+              f"({passes} passes{', added to the earlier ones' if append and old else ''}) "
               f"for {key} in {baseline}")
         return 0
     base = data.get("machines", {}).get(key)
     if base is None:  # nothing to compare with: time nothing
         known = "; ".join(data.get("machines", {})) or "none"
         print(f"time: no baseline for this machine class ({key}); recorded classes: {known}. Ratios depend on the CPU, "
-              f"so none is compared: record one here with python -m projector_bench.regress time --update --baseline {baseline}")
+              "so none is compared: record one here with python -m projector_bench.regress time --update "
+              f"--baseline {baseline}")
         return 0
     selected = cases(only)  # held until the second pass has built its own
     now = time_ratios(selected, rounds, threads)
@@ -392,10 +396,12 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
     suspects, confirmed, second = confirmed_regressions(now, ratios, rounds, threads, limit)
     code = timed_code()
     same = base.get("code") == code
-    print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; tolerance +{tolerance:.0%}")
+    print(f"time: {key}; ratio = time / reference GEMM, median of {rounds} interleaved rounds; "
+          f"tolerance +{tolerance:.0%}")
     print(f"time: timed code {code}, the baseline's {base.get('code', 'not recorded')}"
           f"{': the same, so a slowdown here is the machine, not this tree' if same else ''}")
-    print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  {'wall ms: baseline -> now':>24s} "
+    print(f"  {'case':34s} {'ratio: baseline -> now':>27s} {'change':>7s} {'limit':>5s}  "
+          f"{'wall ms: baseline -> now':>24s} "
           f"{'change':>7s}  {'cpu ms':>7s}  verdict")
     over: dict[str, int] = {"wall": 0, "cpu": 0}
     for n, p in now.items():
@@ -408,14 +414,18 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
         for k, v in raw.items():
             over[k] += v > tolerance
         print(f"  {n:34s} {b if b is not None else math.nan:8.3f} -> {r:7.3f} (IQR {iqr:5.3f}) "
-              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {limit[n]:5.0%}  {bms.get('wall', math.nan):9.2f} -> {ms['wall']:9.2f}  "
+              f"{(r / b - 1) * 100 if b else 0:+6.1f}% {limit[n]:5.0%}  "
+              f"{bms.get('wall', math.nan):9.2f} -> {ms['wall']:9.2f}  "
               f"{raw['wall'] * 100:+6.1f}%  {raw['cpu'] * 100:+6.1f}%  {verdict}")
-    print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, {len(confirmed)} confirmed by the "
-          f"second; comparing raw times with the baseline's instead would have flagged {over['wall']} (wall) and {over['cpu']} (cpu)")
+    print(f"time: over +{tolerance:.0%}: {len(suspects)} case(s) by ratio in the first pass, "
+          f"{len(confirmed)} confirmed by the "
+          "second; comparing raw times with the baseline's instead would have flagged "
+          f"{over['wall']} (wall) and {over['cpu']} (cpu)")
     if confirmed and same:
         print("time: slower than the baseline in two passes, with the baseline's own code (" +
               "; ".join(f"{n}: {_second(second[n], ratios[n], limit[n])}" for n in confirmed) + "): noise of this "
-              "occasion, not failed. Save this output and add the occasion: regress time --update --append --from-log LOG")
+              "occasion, not failed. Save this output and add the occasion: "
+              "regress time --update --append --from-log LOG")
         return 0
     if confirmed:
         print("time: FAILED: " + ", ".join(f"{n} {v - 1:+.0%}" for n, v in confirmed.items()) +
@@ -441,7 +451,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--update", action="store_true", help="record the golden table / this machine's timing baseline")
     ap.add_argument("--passes", type=int, default=RECORD_PASSES, help="passes --update times (time)")
     ap.add_argument("--append", action="store_true",
-                    help="with --update: add the passes to this machine class's recorded ones (record on several occasions)")
+                    help="with --update: add the passes to this machine class's recorded ones "
+                         "(record on several occasions)")
     ap.add_argument("--from-log", type=Path, metavar="LOG",
                     help="with --update --append: add the pass a `regress time` check printed (a hosted CI's log, say) "
                          "instead of timing here")
@@ -450,7 +461,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.10, help="allowed growth of a ratio (0.10: 10%%)")
     ap.add_argument("--only", nargs="*", help="cases to time, e.g. projector/mlp encoder/mobilevit_xs")
     ap.add_argument("--baseline", type=Path, default=BASELINE,
-                    help="timing baseline file (default: the committed one); e.g. one --update wrote from the base branch")
+                    help="timing baseline file (default: the committed one); "
+                         "e.g. one --update wrote from the base branch")
     args = ap.parse_args(argv)
     if args.rounds < 3 or args.threads < 1 or args.passes < 1 or not 0 < args.tolerance < 1:
         raise ConfigError("--rounds must be >= 3, --threads >= 1, --passes >= 1 and 0 < --tolerance < 1")

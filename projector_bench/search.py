@@ -52,11 +52,12 @@ def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
             continue
         if "choices" in spec:
             choices = [OmegaConf.to_container(c) if OmegaConf.is_config(c) else c for c in spec.choices]
-            idx = trial.suggest_categorical(key, list(range(len(choices)))) if any(isinstance(c, list) for c in choices) \
-                else None
+            idx = trial.suggest_categorical(key, list(range(len(choices)))) \
+                if any(isinstance(c, list) for c in choices) else None
             taken[key] = choices[idx] if idx is not None else trial.suggest_categorical(key, choices)
         elif isinstance(spec.low, int) and isinstance(spec.high, int):
-            taken[key] = trial.suggest_int(key, spec.low, spec.high, step=spec.get("step") or 1, log=bool(spec.get("log")))
+            taken[key] = trial.suggest_int(key, spec.low, spec.high, step=spec.get("step") or 1,
+                                           log=bool(spec.get("log")))
         else:
             taken[key] = trial.suggest_float(key, spec.low, spec.high, log=bool(spec.get("log")))
     # a group (projector=mlp) is chosen; keys inside it are set or added (++projector.depth=3)
@@ -64,7 +65,8 @@ def suggest(trial: optuna.Trial, space: DictConfig) -> list[str]:
 
 
 def _value(v: Any) -> str:
-    return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+    return ("[" + ",".join(map(str, v)) + "]" if isinstance(v, list)
+            else str(v).lower() if isinstance(v, bool) else str(v))
 
 
 def _objective(cfg: DictConfig, base_overrides: list[str]):
@@ -84,7 +86,8 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
         same = [t for t in trial.study.get_trials(deepcopy=False, states=(State.RUNNING, State.COMPLETE, State.FAIL))
                 if t.number != trial.number and t.user_attrs.get("overrides") == overrides
                 and (t.state == State.RUNNING or _finished(t))]
-        if same and skipped[0] < MAX_SKIPS:  # measured or being measured (TPE repeats its best): sample another, uncounted
+        # measured or being measured (TPE repeats its best): sample another, uncounted
+        if same and skipped[0] < MAX_SKIPS:
             skipped[0] += 1  # (bounded: a dead worker's trial stays RUNNING on a journal, or until its grace period;
             running = same[0].state == State.RUNNING  # and a small space runs out of new designs)
             log.debug("trial %d skipped: a duplicate of trial %d", trial.number, same[0].number)
@@ -148,7 +151,8 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 
 def _finished(t: optuna.trial.FrozenTrial) -> bool:
     """Completed, or failed by its job (not failed because its process died)."""
-    return t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL and "error" in t.user_attrs)
+    return t.state == optuna.trial.TrialState.COMPLETE or (t.state == optuna.trial.TrialState.FAIL
+                                                           and "error" in t.user_attrs)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -182,7 +186,8 @@ def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int
     try:
         return append_rows(results_dir, rows, unique="run_id")
     except (OSError, ValueError) as e:
-        raise ConfigError(f"could not record the search's rows (they stay in the study; the next run records them): {e}") from e
+        raise ConfigError("could not record the search's rows (they stay in the study; the next run records them): "
+                          f"{e}") from e
 
 
 def _heartbeats(study: optuna.Study) -> Any:
@@ -225,9 +230,11 @@ def open_study(cfg: DictConfig) -> optuna.Study:
     be opened or read, the study has other objectives) come before any trial runs."""
     s = cfg.search  # checked by validate.py before the search starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
+    sampler = TrialSeeded(lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                                                  constant_liar=True),
                           s.seed)  # constraints: TPE reads each trial's set_constraint values itself
-    study = optuna.create_study(study_name=s.name, storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
+    study = optuna.create_study(study_name=s.name,
+                                storage=storage(s.storage, cfg.results_dir, s.heartbeat, s.grace_period),
                                 directions=list(s.objectives.values()), sampler=sampler, load_if_exists=True)
     if not study.metric_names:
         study.set_metric_names(list(s.objectives))
@@ -268,6 +275,7 @@ def front_table(study: optuna.Study) -> str:
     rows = [{"trial": t.number, **dict(zip(names, t.values)), "overrides": " ".join(t.user_attrs.get("overrides", [])),
              "accuracy_warning": ((t.user_attrs.get("row") or {}).get("accuracy_warning") or "").split(": ")[0]}
             for t in sorted(study.best_trials, key=lambda t: t.number)]
-    if not any(r["accuracy_warning"] for r in rows):  # the column only when a front trial has a warning (its first clause)
+    # the column only when a front trial has a warning (its first clause)
+    if not any(r["accuracy_warning"] for r in rows):
         rows = [{k: v for k, v in r.items() if k != "accuracy_warning"} for r in rows]
     return pd.DataFrame(rows).to_string(index=False, float_format=plain) if rows else "(no feasible trial)"

@@ -23,11 +23,13 @@ REQUIRE_EXTRAS = "PROJECTOR_BENCH_REQUIRE_EXTRAS"  # comma-separated extras whos
 def _launchers() -> str | None:
     from importlib.util import find_spec
 
-    missing = [m for m in ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher") if not find_spec(m)]
+    missing = [m for m in ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_submitit_launcher")
+               if not find_spec(m)]
     return f"{', '.join(missing)} not importable: pip install -e '.[launchers]'" if missing else None
 
 
-EXTRAS = {"deploy": lambda: __import__("projector_bench.costs.deploy", fromlist=["unavailable"]).unavailable(),  # why not, or None
+EXTRAS = {"deploy": lambda: __import__(
+              "projector_bench.costs.deploy", fromlist=["unavailable"]).unavailable(),  # why not, or None
           "launchers": _launchers}
 
 

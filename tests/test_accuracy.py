@@ -20,7 +20,8 @@ from projector_bench.tasks.shapes_vqa import QTYPES
 
 STEPS = ["accuracy.training.min_steps=4", "accuracy.training.max_steps=8", "accuracy.training.eval_every=2",
          "accuracy.training.warmup_steps=2", "accuracy.training.patience=2"]
-TINY = ["quiet=true", "task.num_images=100", "task.questions_per_image=5", "task.img_size=32", "accuracy.encoder.weights=random",
+TINY = ["quiet=true", "task.num_images=100", "task.questions_per_image=5", "task.img_size=32",
+        "accuracy.encoder.weights=random",
         "accuracy.standin.images=40", "accuracy.standin.min_steps=2", "accuracy.standin.max_steps=4",
         "accuracy.standin.eval_every=2", "accuracy.standin.batch_size=16", "accuracy.encoder_training.min_steps=2",
         "accuracy.encoder_training.max_steps=4", "accuracy.encoder_training.eval_every=2",
@@ -37,7 +38,8 @@ def cfg_for(tmp_path, *overrides, task="shapes_vqa"):
 
 
 def test_the_opt_in_dot_type_is_scored_as_its_own_type(tmp_path):
-    r = acc.evaluate_projector(cfg_for(tmp_path, "task.dot_questions=3", "accuracy.seeds=1", "accuracy.training.lr=[0.001]"))
+    r = acc.evaluate_projector(cfg_for(tmp_path, "task.dot_questions=3", "accuracy.seeds=1",
+                                       "accuracy.training.lr=[0.001]"))
     assert set(r["accuracy_by_type"]) == {*QTYPES, "dot"} and 0 <= r["accuracy_by_type"]["dot"] <= 100
     assert r["majority_by_type"]["dot"] < 50  # four places a dot can be, about equally often
 
@@ -46,13 +48,16 @@ def test_row_holds_accuracy_over_seeds_with_a_two_level_interval_and_the_trainin
     r = acc.evaluate_projector(cfg_for(tmp_path))
     assert r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"] and 0 <= r["accuracy"] <= 100
     assert set(r["accuracy_by_type"]) == set(QTYPES) == set(r["accuracy_ci_by_type"]) == set(r["majority_by_type"])
-    assert r["seeds"] == [0, 1] and len(r["accuracy_by_seed"]) == 2 and r["accuracy"] == pytest.approx(np.mean(r["accuracy_by_seed"]))
+    assert r["seeds"] == [0, 1] and len(r["accuracy_by_seed"]) == 2 and r["accuracy"] == pytest.approx(
+        np.mean(r["accuracy_by_seed"]))
     assert r["accuracy_ci_method"].startswith("two-level bootstrap 95% over 2 seeds")
     assert set(r["lr_grid"]) == {"0.001", "0.003"} and f"{r['lr']:g}" == min(r["lr_grid"], key=r["lr_grid"].get)
-    assert all(4 <= s <= 8 for s in r["train_steps"]) and all(0 < b <= s for b, s in zip(r["best_step"], r["train_steps"]))
+    assert all(4 <= s <= 8 for s in r["train_steps"]) and all(
+        0 < b <= s for b, s in zip(r["best_step"], r["train_steps"]))
     assert isinstance(r["converged"], bool) and len(r["val_curves"]) == 2 and 0 <= r["val_accuracy"] <= 100
     assert [p[0] for p in r["val_curves"][0]][:2] == [2, 4] and r["acc_val_questions"] > 0
-    assert "stand-in, trained from random weights on 40 generated scenes at 32 px (" in r["acc_encoder_source"].replace(":", ",")
+    assert ("stand-in, trained from random weights on 40 generated scenes at 32 px ("
+            in r["acc_encoder_source"].replace(":", ","))
     assert r["acc_grid"] == "4x4" and 0 <= r["acc_encoder_chance"] <= 100 and 0 <= r["acc_encoder_val_accuracy"] <= 100
     assert r["accuracy_note"].startswith("small test split: ") and r["acc_cached"] is False
 
@@ -231,7 +236,8 @@ def test_digits_and_image_folder_tasks_run(tmp_path):
     assert d["task"] == "digits" and set(d["accuracy_by_type"]) == {"digit"}
     root = write_image_folder(tmp_path / "imgs", classes=3, per_class=10, size=32)
     f = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
-    assert f["task"] == "image_folder" and f["acc_test_questions"] == 6 and "small test split: 6 questions" in f["accuracy_note"]
+    assert f["task"] == "image_folder" and f["acc_test_questions"] == 6 and (
+        "small test split: 6 questions" in f["accuracy_note"])
     assert f["accuracy_warning"].startswith("only 6 test questions: this accuracy and its interval mean little")
 
 
@@ -241,7 +247,8 @@ def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monke
     monkeypatch.setattr(acc, "quantize_linear_int8", lambda m: seen.append(type(m).__name__) or real(m))
     acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp_int8"))
     assert seen == ["LDP", "LDP"]  # one per seed
-    assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in real(acc.create_projector("ldp", 8, 8)).modules())
+    assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear
+                   for m in real(acc.create_projector("ldp", 8, 8)).modules())
 
 
 def test_a_changed_image_folder_is_not_served_from_the_cache(tmp_path):
@@ -254,7 +261,8 @@ def test_a_changed_image_folder_is_not_served_from_the_cache(tmp_path):
 
 def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2"))
-    assert r["train_workers"] == 2 and not r["acc_cached"] and len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 4
+    assert r["train_workers"] == 2 and not r["acc_cached"] and (
+        len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 4)
     again = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=1"))
     assert again["acc_cached"] and again["accuracy_by_seed"] == r["accuracy_by_seed"] and again["lr"] == r["lr"]
 
@@ -279,7 +287,8 @@ def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_inst
     import time
 
     acc.close_pool()
-    cfg = cfg_for(tmp_path, "accuracy.workers=2", "accuracy.training.min_steps=100000", "accuracy.training.max_steps=100000")
+    cfg = cfg_for(tmp_path, "accuracy.workers=2", "accuracy.training.min_steps=100000",
+                  "accuracy.training.max_steps=100000")
     out: dict = {}
     job = threading.Thread(target=_catch, args=(out, cfg), daemon=True)
     job.start()
@@ -291,7 +300,8 @@ def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_inst
         os.kill(acc._POOL[2]._pool[0].pid, signal.SIGKILL)
         job.join(60)
         assert not job.is_alive(), "the job still waits for the dead worker's model"
-        assert isinstance(out["error"], acc.WorkerDiedError) and "killed by SIGKILL: out of memory?" in str(out["error"])
+        assert isinstance(out["error"], acc.WorkerDiedError) and (
+            "killed by SIGKILL: out of memory?" in str(out["error"]))
         assert acc._POOL == {}  # the other worker, whose model nobody will read, was ended
     finally:
         acc.close_pool()
@@ -310,8 +320,9 @@ def test_the_accuracy_table_marks_a_type_no_design_learned_and_an_unconverged_de
     from projector_bench.analysis.tables import accuracy_table
 
     def row(name, left, where, converged):
-        return {"projector": name, "acc_tokens_out": 4, "accuracy": 60.0, "accuracy_ci_low": 58.0, "accuracy_ci_high": 62.0,
-                "accuracy_by_type": {"left_of": left, "where": where}, "majority_baseline": 30.0, "converged": converged,
+        return {"projector": name, "acc_tokens_out": 4, "accuracy": 60.0, "accuracy_ci_low": 58.0,
+                "accuracy_ci_high": 62.0, "accuracy_by_type": {"left_of": left, "where": where},
+                "majority_baseline": 30.0, "converged": converged,
                 "accuracy_ci_by_type": {"left_of": (left - 3, left + 3), "where": (where - 3, where + 3)},
                 "majority_by_type": {"left_of": 50.0, "where": 11.0}}
 
@@ -347,7 +358,8 @@ def test_a_training_worker_watches_its_parent_before_it_imports_torch():
     import sys
 
     code = ("import sys; import projector_bench.core._worker as w; w.init(); "
-            "print(sorted(m for m in ('torch', 'timm', 'hydra', 'projector_bench.accuracy.evaluate') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'timm', 'hydra', 'projector_bench.accuracy.evaluate') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
@@ -359,7 +371,8 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
 
     root = write_blob_folder(tmp_path / "blobs", classes=3, per_class=10, size=32, blob=6)
     r = acc.evaluate_projector(cfg_for(tmp_path, f"task.root={root}", task="image_folder"))
-    assert r["acc_encoder_fine_tuned"] is False and r["acc_encoder_kept"] == "frozen" and "kept frozen" in r["acc_encoder_source"]
+    assert r["acc_encoder_fine_tuned"] is False and r["acc_encoder_kept"] == "frozen" and (
+        "kept frozen" in r["acc_encoder_source"])
     assert r["acc_encoder_source"].startswith("stand-in: trained from random weights on 40 generated scenes at 32 px")
     assert "no better than chance on its own validation" in r["accuracy_warning"]
 
@@ -375,9 +388,11 @@ def test_a_candidate_encoder_replaces_the_kept_one_only_when_validation_shows_it
 
 def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path))
-    scores = {name: float(m) for name, m in re.findall(r"(frozen|fine-tuned|task-only) ([\d.]+)% / ", r["acc_encoder_source"])}
+    scores = {name: float(m) for name, m in re.findall(r"(frozen|fine-tuned|task-only) ([\d.]+)% / ",
+                                                       r["acc_encoder_source"])}
     assert r["acc_encoder_kept"] in acc.KEPT and r["acc_encoder_kept"] not in scores and len(scores) == 2
-    assert f"on shapes_vqa's per cell validation labels {r['acc_encoder_val_accuracy']:.1f}% right, loss " in r["acc_encoder_source"]
+    assert (f"on shapes_vqa's per cell validation labels {r['acc_encoder_val_accuracy']:.1f}% right, loss "
+            in r["acc_encoder_source"])
 
 
 def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited(tmp_path):
@@ -393,7 +408,8 @@ def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited
     (tree / "tasks" / "shapes_vqa.py").write_text((tree / "tasks" / "shapes_vqa.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
-    (tree / "accuracy" / "evaluate.py").write_text((tree / "accuracy" / "evaluate.py").read_text() + "\n# the proxy VLM edited\n")
+    (tree / "accuracy" / "evaluate.py").write_text(
+        (tree / "accuracy" / "evaluate.py").read_text() + "\n# the proxy VLM edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "scenes.py").write_text((tree / "tasks" / "scenes.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) != before

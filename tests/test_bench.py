@@ -12,10 +12,11 @@ def _refuse(*_a, **_k):
 def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypatch, capsys, accuracy):
     for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets"):
         monkeypatch.setattr(bench, name, _refuse)
-    monkeypatch.setattr(bench, "_digits", lambda extra: [("task=digits projector=mlp accuracy (%)", accuracy, 0.0, ">= 95",
-                                                     accuracy >= 95)])
+    monkeypatch.setattr(bench, "_digits", lambda extra: [
+        ("task=digits projector=mlp accuracy (%)", accuracy, 0.0, ">= 95", accuracy >= 95)])
     assert bench.main(["--digits-only"]) == (0 if accuracy >= 95 else 1)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task=digits projector=mlp accuracy (%)")]
+    lines = [ln for ln in capsys.readouterr().out.splitlines()
+             if ln.startswith("task=digits projector=mlp accuracy (%)")]
     assert len(lines) == 1 and lines[0].endswith("ok" if accuracy >= 95 else "MISSED")
 
 
@@ -23,8 +24,8 @@ def test_digits_only_runs_the_digits_job_alone_and_exits_on_its_targets(monkeypa
 def test_folder_only_runs_the_folder_job_alone_and_exits_on_its_target(monkeypatch, capsys, accuracy):
     for name in ("_speed_targets", "deploy_targets", "_sweep", "_calibration_targets", "_digits"):
         monkeypatch.setattr(bench, name, _refuse)
-    monkeypatch.setattr(bench, "_folder", lambda extra: [("blob folder 3x60 at 96 px, mlp accuracy (%)", accuracy, 0.0, ">= 90",
-                                                     accuracy >= 90)])
+    monkeypatch.setattr(bench, "_folder", lambda extra: [
+        ("blob folder 3x60 at 96 px, mlp accuracy (%)", accuracy, 0.0, ">= 90", accuracy >= 90)])
     assert bench.main(["--folder-only"]) == (0 if accuracy >= 90 else 1)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("blob folder 3x60")]
     assert len(lines) == 1 and lines[0].endswith("ok" if accuracy >= 90 else "MISSED")
@@ -44,7 +45,8 @@ BAD_ARGS = [
     (["--accuracy-only", "--digits-only"], "argument --digits-only: not allowed with argument --accuracy-only"),
     (["--accuracy-only", "--skip-sweep"], "argument --skip-sweep: not allowed with argument --accuracy-only"),
     (["--digits-only", "--seeds", "2"], "--seeds sets the sweep's accuracy.seeds, but --digits-only runs no sweep"),
-    (["--deploy-only", "--device", "cpu"], "--device sets where the accuracy runs train, but --deploy-only trains nothing"),
+    (["--deploy-only", "--device", "cpu"],
+     "--device sets where the accuracy runs train, but --deploy-only trains nothing"),
     (["--digits-only", "--device", "gpu"], "--device 'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
@@ -52,7 +54,8 @@ BAD_ARGS = [
 
 @pytest.mark.parametrize("args,words", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
 def test_bad_arguments_are_one_line_and_exit_2_before_any_target(monkeypatch, capsys, args, words):
-    for name in ("calibrations", "_speed_targets", "deploy_targets", "_sweep", "_digits", "_folder", "_calibration_targets"):
+    for name in ("calibrations", "_speed_targets", "deploy_targets", "_sweep", "_digits", "_folder",
+                 "_calibration_targets"):
         monkeypatch.setattr(bench, name, _refuse_work)
     code = bench.main(args)
     out, err = capsys.readouterr()
@@ -83,7 +86,8 @@ def test_the_targets_measured_before_a_failed_child_are_still_printed(monkeypatc
         raise bench.ChildFailed("`python -m projector_bench +sweep=ldp_vs_mlp` exited 1: 1 of 2 jobs failed")
 
     monkeypatch.setattr(bench, "calibrations", lambda: {})
-    monkeypatch.setattr(bench, "_speed_targets", lambda x, rounds: ([("ldp time / official", 1.0, 0.0, "<= 1.05", True)], {}))
+    monkeypatch.setattr(bench, "_speed_targets",
+                        lambda x, rounds: ([("ldp time / official", 1.0, 0.0, "<= 1.05", True)], {}))
     monkeypatch.setattr(bench, "deploy_targets", lambda x, rounds: ([], {}, {}, {}))
     monkeypatch.setattr(bench, "_sweep", failed_sweep)
     monkeypatch.setattr(bench, "_digits", _refuse_work)

@@ -35,7 +35,8 @@ def synthetic_points(device: Device) -> list[Point]:
     """Points whose measured times are the roofline's own, on `device`: what a perfect fit must recover."""
     int8 = {"dtype": "int8", "weight_bits": 4.5}
     shapes = [("encode", {"projector": "ldpv2", "dtype": "fp16"}), ("prefill", {"tokens": 200, **int8}),
-              ("prefill", {"tokens": 60, **int8}), ("decode", {"context": 100, **int8}), ("decode", {"context": 300, **int8})]
+              ("prefill", {"tokens": 60, **int8}), ("decode", {"context": 100, **int8}),
+              ("decode", {"context": 300, **int8})]
     out = []
     for i, (workload, kw) in enumerate(shapes):
         p = Point(workload, "mobilellama_1.4b", 1.0, group=f"g{i}", source=SOURCE, **kw)
@@ -47,7 +48,8 @@ def test_pricing_with_arrays_is_the_devices_own():
     d = Device("d", "target", {"fp32": 100.0, "fp16": 200.0}, 20.0, 0.3, 0.6, 7.0, eff_compute_dtype={"fp16": 0.1})
     ops = calibrate.encode_ops("ldp", "fp16")[:5] + tuple(lm().step_ops(3, 10))
     eff = Efficiencies(0.3, 0.6, 7.0, (("fp16", 0.1),))
-    assert calibrate.predict_ms(calibrate.work(ops, d.peak_gflops, d.memory_gbps), eff) == pytest.approx(d.latency_ms(ops), rel=1e-12)
+    assert calibrate.predict_ms(calibrate.work(ops, d.peak_gflops, d.memory_gbps), eff) == pytest.approx(
+        d.latency_ms(ops), rel=1e-12)
 
 
 def test_the_fit_recovers_known_efficiencies_from_the_models_own_points(monkeypatch):
@@ -72,7 +74,8 @@ def test_leave_one_out_error_is_relative_to_the_measurement_and_the_median_is_ov
     assert calibrate.relative_error(70.0, 100.0) == pytest.approx(0.3)
     twin = PointResult(Point(**{**vars(p), "ms": 200.0}), 90.0, 130.0, 50.0)  # same group: its mean counts once
     other = PointResult(Point(**{**vars(p), "group": "b"}), 100.0, 110.0, 40.0)
-    assert calibrate.group_median([r, twin, other], lambda x: x.loo_error) == pytest.approx(statistics.median([(0.3 + 0.35) / 2, 0.1]))
+    assert calibrate.group_median([r, twin, other], lambda x: x.loo_error) == pytest.approx(
+        statistics.median([(0.3 + 0.35) / 2, 0.1]))
 
 
 def test_repeats_are_left_out_together():
@@ -83,7 +86,8 @@ def test_repeats_are_left_out_together():
     prior = Efficiencies(0.5, 0.7, 5.0)
     loo = calibrate.leave_one_out(points, works, prior)
     without = calibrate.fit(points[:3], works[:3], prior)  # neither decode point: the twin cannot predict its twin
-    assert loo[3] == pytest.approx(calibrate.predict_ms(works[3], without)) and loo[4] == pytest.approx(calibrate.predict_ms(works[4], without))
+    assert loo[3] == pytest.approx(calibrate.predict_ms(works[3], without)) and loo[4] == pytest.approx(
+        calibrate.predict_ms(works[4], without))
 
 
 def test_a_dtype_gets_its_own_compute_efficiency_only_when_two_workloads_use_it():
@@ -110,15 +114,18 @@ def test_every_measured_entry_has_a_source_and_what_the_fit_needs(name):
 
 def test_timings_of_one_workload_share_a_group_and_each_lm_is_its_own_workload():
     entry = {"workload": "decode", "context": 64, "weight_bits": 4.5, "dtype": "fp16", "source": SOURCE, "tok_s": 10.0}
-    points = load_points([entry | {"lm": "mobilellama_1.4b"}, entry | {"lm": "mobilellama_1.4b", "case": "another source"},
-                          entry | {"lm": "llama2_7b"}, {**entry, "workload": "encode", "projector": "ldp", "lm": "llama2_7b"},
+    points = load_points([entry | {"lm": "mobilellama_1.4b"},
+                          entry | {"lm": "mobilellama_1.4b", "case": "another source"},
+                          entry | {"lm": "llama2_7b"},
+                          {**entry, "workload": "encode", "projector": "ldp", "lm": "llama2_7b"},
                           {**entry, "workload": "encode", "projector": "ldpv2", "lm": "mobilellama_1.4b"}], "orin")
     assert [p.group for p in points] == ["decode mobilellama_1.4b"] * 2 + ["decode llama2_7b", "encode", "encode"]
 
 
 def test_a_bad_measured_entry_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"conf/device/phone.yaml measured\[0\]: prefill needs tokens, weight_bits"):
-        load_points([{"workload": "prefill", "lm": "mobilellama_1.4b", "dtype": "int8", "source": SOURCE, "ms": 1.0}], "phone")
+        load_points([{"workload": "prefill", "lm": "mobilellama_1.4b", "dtype": "int8", "source": SOURCE, "ms": 1.0}],
+                    "phone")
     with pytest.raises(ConfigError, match="workload must be one of encode, prefill, decode"):
         load_points([{"workload": "train"}], "phone")
 
@@ -129,7 +136,8 @@ def test_a_device_with_points_is_calibrated_and_keeps_its_bound(name):
     cal = calibrate_config(PROFILES[name])
     assert dev.bound is not None and dev.bound.eff_compute == PROFILES[name]["efficiency"]["compute"]
     assert dev.eff_compute == cal.fitted.compute and 0 < dev.eff_compute <= 1 and 0 < dev.eff_memory <= 1
-    assert re.fullmatch(r"calibrated on \d+ published points \(\d+ workloads; median leave-one-out error \d+%\)", dev.estimate_basis())
+    assert re.fullmatch(r"calibrated on \d+ published points \(\d+ workloads; median leave-one-out error \d+%\)",
+                        dev.estimate_basis())
     assert all(math.isfinite(r.loo_ms) and r.loo_ms > 0 for r in cal.results)
     # the published runtimes are slower than the roofline bound on every point, and the fit is far closer
     assert all(r.bound_ms < r.point.ms for r in cal.results)
@@ -179,6 +187,7 @@ def test_budgets_are_checked_against_the_calibrated_estimate(mobilevlm_row):
 def test_a_bad_published_point_is_one_line_before_any_job(tmp_path, monkeypatch, capsys):
     from .test_hostile import run_cli
 
-    code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["device=snapdragon888_cpu", "device.measured.0.workload=boot"])
+    code, _, err = run_cli(monkeypatch, capsys, tmp_path,
+                           ["device=snapdragon888_cpu", "device.measured.0.workload=boot"])
     assert code == 2 and "measured[0]: workload must be one of encode, prefill, decode, got 'boot'" in err
     assert not (tmp_path / "results" / "runs.jsonl").exists()

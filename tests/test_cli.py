@@ -17,8 +17,8 @@ from projector_bench.jobs.results import unknown_columns
 from .conftest import in_process
 
 # deploy.runtime=null: lowering to ExecuTorch takes seconds a job; tests/test_deploy.py runs it through the CLI
-TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1", "task=none",
-        "deploy.runtime=null"]
+TINY = ["shape.tokens=16", "shape.in_dim=8", "shape.out_dim=12", "device.min_run_time=0.01", "device.warmup=1",
+        "task=none", "deploy.runtime=null"]
 
 
 def _args(tmp_path, args) -> list[str]:
@@ -64,7 +64,8 @@ def test_single_run_appends_a_complete_row(tmp_path):
     ldp = create_projector("ldp", 8, 12)  # TINY: 16 tokens of 8 -> 12, batch 1
     assert row["params"] == count_params(ldp) and row["macs"] == count_flops(ldp, torch.randn(1, 16, 8)).macs
     assert row["flops"] == 2 * row["macs"] and row["uncounted_ops"] == {}
-    assert 4 * row["params"] / 1e6 <= row["size_mb"] <= 4 * row["params"] / 1e6 + 0.05  # fp32 weights + the file's framing
+    # fp32 weights + the file's framing
+    assert 4 * row["params"] / 1e6 <= row["size_mb"] <= 4 * row["params"] / 1e6 + 0.05
     assert row["latency_ms"] > 0 and row["latency_iqr_ms"] >= 0 and row["peak_mem_mb"] > 0
     assert row["threads"] >= 1 and row["batch"] == 1
     assert row["config"]["projector"]["name"] == "ldp" and row["env_torch"] and row["env_cpu"] and row["timestamp"]
@@ -113,7 +114,8 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli, tmp_path):
     (["encoder=mobilevit_xxs", "encoder.img_size=0"], "encoder.img_size=0 is not valid", 2),
     (["projector=ldp", "projector.kernel=4"], "ldp kernel must be odd and positive", 2),
     (["projector=ldpv2", "projector.pool=[0,0]"], "ldpv2 pool must be positive, got [0, 0]", 2),
-    (["-m", "projector=linear", "budget.latency=gpu"], "budget.latency='gpu' is not one of: ttft, vision, projector", 2),
+    (["-m", "projector=linear", "budget.latency=gpu"],
+     "budget.latency='gpu' is not one of: ttft, vision, projector", 2),
     (["-m", "projector=linear", "budget.params=0"], "budget.params=0 is not valid", 2),
     (["encoder=mobilevit_xxs", "encoder.weights=random", "projector.in_dim=1024"],
      "projector.in_dim=1024 does not match the token source (mobilevit_xxs: 320 channels)", 1),
@@ -157,9 +159,11 @@ def test_mobilevit_variants_sweep_end_to_end(cli, tmp_path):
             "encoder.weights=random", *ACC_TINY)
     assert r.returncode == 0, r.stderr
     got = rows(tmp_path)
-    assert {(g["encoder"], g["projector"]) for g in got} == {(e, p) for e in ("mobilevit_xxs", "mobilevitv2_050") for p in ("mlp", "ldp")}
+    assert {(g["encoder"], g["projector"]) for g in got} == {(e, p) for e in ("mobilevit_xxs", "mobilevitv2_050")
+                                                             for p in ("mlp", "ldp")}
     for g in got:
-        assert g["encoder_macs"] > 0 and g["macs"] > 0 and 0 <= g["accuracy"] <= 100 and g["acc_encoder"] == g["encoder"]
+        assert g["encoder_macs"] > 0 and g["macs"] > 0 and 0 <= g["accuracy"] <= 100 and (
+            g["acc_encoder"] == g["encoder"])
         assert g["encoder_weights"] == "random" and g["acc_encoder_source"].startswith("stand-in: ")
     assert "accuracy % on held-out questions" in r.stdout
 
@@ -172,7 +176,8 @@ def test_a_diverging_training_fails_its_row_and_keeps_its_costs(cli, tmp_path, m
     def diverged(model, loss_on, validate, batches, t, lr, label, quiet):
         if label.startswith("encoder"):  # the encoder's own training (shared by every design) goes as usual
             return real_fit(model, loss_on, validate, batches, t, lr, label, quiet)
-        raise accuracy.DivergedError(f"training diverged: loss is nan at step 1 (lr={lr:g}); lower accuracy.training.lr")
+        raise accuracy.DivergedError(f"training diverged: loss is nan at step 1 (lr={lr:g}); "
+                                     "lower accuracy.training.lr")
 
     monkeypatch.setattr(accuracy, "fit", diverged)
     r = cli(tmp_path, "-m", "projector=mlp,linear", "accuracy.training.lr=1e30", *ACC_TINY)
@@ -190,7 +195,8 @@ def test_an_accuracy_taken_at_another_compression_than_the_costs_says_so(cli, tm
     assert (pool["tokens_in"], pool["tokens_out"], pool["acc_tokens_in"], pool["acc_tokens_out"]) == (64, 4, 16, 4)
     assert ("accuracy measured at 16 -> 4 tokens (4x), costs at 64 -> 4 (16x): not the cut its costs are priced at "
             "(match them with accuracy.projector") in pool["accuracy_warning"]
-    assert (ldp["tokens_out"], ldp["acc_tokens_out"]) == (16, 4) and "accuracy measured at" not in (ldp["accuracy_warning"] or "")
+    assert (ldp["tokens_out"], ldp["acc_tokens_out"]) == (16, 4) and (
+        "accuracy measured at" not in (ldp["accuracy_warning"] or ""))
 
 
 @pytest.mark.slow
@@ -198,7 +204,8 @@ def test_a_sweep_ends_with_a_report_and_report_redraws_it_for_another_device_and
     r = cli(tmp_path, "-m", "projector=mlp,ldp", "device=snapdragon888_cpu")
     assert r.returncode == 0, r.stderr
     reports = list((tmp_path / "reports").glob("report-*.html"))
-    assert len(reports) == 1, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"  # a failed end-of-sweep callback is only a warning
+    # a failed end-of-sweep callback is only a warning
+    assert len(reports) == 1, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     first = reports[0]
     assert "report: reports/report-" in r.stdout and "snapdragon888_cpu" in first.read_text()
     for g in rows(tmp_path):
@@ -259,9 +266,11 @@ def _training(tmp_path) -> tuple[subprocess.Popen, list[int]]:
     import time
 
     keys = {a.split("=")[0] for a in ACC_TINY}
-    args = [*[a for a in ACC_TINY if a.split("=")[0] not in ("accuracy.workers", "accuracy.seeds", "accuracy.training.min_steps",
-                                                              "accuracy.training.max_steps")],
-            "accuracy.workers=2", "accuracy.seeds=2", "accuracy.training.min_steps=100000", "accuracy.training.max_steps=100000",
+    args = [*[a for a in ACC_TINY
+              if a.split("=")[0] not in ("accuracy.workers", "accuracy.seeds", "accuracy.training.min_steps",
+                                         "accuracy.training.max_steps")],
+            "accuracy.workers=2", "accuracy.seeds=2", "accuracy.training.min_steps=100000",
+            "accuracy.training.max_steps=100000",
             *[t for t in TINY if t.split("=")[0] not in keys | {"task"}], f"results_dir={tmp_path}/results",
             f"hydra.run.dir={tmp_path}/hydra/run"]
     p = subprocess.Popen([sys.executable, "-m", "projector_bench", *args], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -281,7 +290,6 @@ def test_ctrl_c_or_kill_while_workers_train_is_one_line_and_exit_130(tmp_path, s
     """Ctrl-C reaches every process of the group; the training workers ignore it and the parent ends them.
     `kill` (SIGTERM) reaches the parent alone: it is handled as Ctrl-C, so the workers do not live on, orphaned."""
     import signal
-    import time
 
     p, workers = _training(tmp_path)
     p.send_signal(getattr(signal, sig))

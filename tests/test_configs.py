@@ -71,7 +71,8 @@ def test_ldp_vs_mlp_sweep_is_a_multirun_over_the_designs():
 def test_mobilevit_variants_sweep_measures_costs_where_accuracy_is_taken():
     cfg = compose_cfg("+sweep=mobilevit_variants", "encoder=mobilevit_xs", hydra=True)
     params = cfg.hydra.sweeper.params
-    assert set(params.encoder.split(",")) >= {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100"}
+    assert set(params.encoder.split(",")) >= {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050",
+                                              "mobilevitv2_100"}
     assert set(params.projector.split(",")) == {"mlp", "ldp"} and cfg.task._target_.endswith("shapes_vqa")
     assert cfg.accuracy.encoder.name == "mobilevit_xs" and cfg.encoder.stage == cfg.accuracy.encoder.stage
     assert cfg.encoder.img_size == cfg.task.img_size
@@ -82,7 +83,8 @@ def test_shared_keys_are_written_once():
     design; the encoder-to-accuracy coupling is one file that the sweep and the search include."""
     for name in options("encoder"):
         spec = OmegaConf.load(CONF / "encoder" / f"{name}.yaml")
-        assert list(spec.defaults) == ["/shared/encoder@_here_", "_self_"] and set(spec) <= {"defaults", "name", "img_size"}, name
+        assert list(spec.defaults) == ["/shared/encoder@_here_", "_self_"] and (
+            set(spec) <= {"defaults", "name", "img_size"}), name
     for name in [o for o in options("projector") if o.endswith("_int8")]:
         spec = OmegaConf.load(CONF / "projector" / f"{name}.yaml")
         assert list(spec.defaults) == [name.removesuffix("_int8"), "_self_"] and set(spec) == {"defaults", "name"}, name
@@ -128,7 +130,8 @@ def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
     from projector_bench.models.encoders import EFFICIENT
 
     sweep = OmegaConf.load(CONF / "sweep" / "encoders.yaml").hydra.sweeper.params
-    assert set(EFFICIENT) <= set(sweep.encoder.split(",")) and sweep.projector.split(",") == ["mlp", "ldpv2", "c_abstractor"]
+    assert set(EFFICIENT) <= set(sweep.encoder.split(",")) and (
+        sweep.projector.split(",") == ["mlp", "ldpv2", "c_abstractor"])
     for enc in sweep.encoder.split(","):
         cfg = compose_cfg("+sweep=encoders", f"encoder={enc}", "projector=c_abstractor")
         validate(cfg)  # the accuracy grid is checked too: stage -3 of 64 px images is 8x8 for every one

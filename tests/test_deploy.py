@@ -1,5 +1,6 @@
-"""ExecuTorch / XNNPACK: designs lowered and run by the real runtime (installed by `python -m projector_bench.costs.deploy
-install`, which the README's test command runs), the `exports` verdict, and `budget.deployable`."""
+"""ExecuTorch / XNNPACK: designs lowered and run by the real runtime (installed by
+`python -m projector_bench.costs.deploy install`, which the README's test command runs), the `exports` verdict, and
+`budget.deployable`."""
 import math
 import multiprocessing
 import os
@@ -52,7 +53,8 @@ def test_a_lowered_design_is_not_kept_alive_by_the_toolchains_memos(precision):
     deploy.lower(p, (x,), precision)
     del p
     gc.collect()
-    assert weight() is None, "a toolchain memo still holds the lowered design's weights: see deploy.release_lowered_graphs"
+    assert weight() is None, (
+        "a toolchain memo still holds the lowered design's weights: see deploy.release_lowered_graphs")
 
 
 @pytest.mark.extra("deploy")
@@ -143,19 +145,21 @@ def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
     # again took this test from about 9 minutes to 4 here; two workers, to 2.
     for name, p in twins.items():
         base, kw = p.float_twin
-        assert _graph(float_twin(p), x, grid=(8, 8)) == _graph(create_projector(base, 32, 64, **kw).eval(), x, grid=(8, 8)), name
+        assert _graph(float_twin(p), x, grid=(8, 8)) == _graph(
+            create_projector(base, 32, 64, **kw).eval(), x, grid=(8, 8)), name
         verdicts[name] = verdicts[base] | {"executorch": verdicts[base]["executorch_int8"]}
     assert len(twins) >= 10 and len(verdicts) == len(list_projectors())
     # every design's fp32 program runs; where int8 does not, the verdict says so in one line naming the precision
     assert {k: v for k, v in verdicts.items() if v["executorch_fp32"] != "ok"} == {}
     failed = {k: v["executorch_int8"] for k, v in verdicts.items() if v["executorch_int8"] != "ok"}
     assert all(e.startswith("int8: ") and "\n" not in e for e in failed.values()), failed
-    assert set(failed) <= {"qwen_vl_adapter", "tokenpacker", "tokenpacker_int8"}, failed  # nn.MultiheadAttention's addmm
+    # nn.MultiheadAttention's addmm
+    assert set(failed) <= {"qwen_vl_adapter", "tokenpacker", "tokenpacker_int8"}, failed
 
 
 @pytest.mark.extra("deploy")
 @pytest.mark.slow
-def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):
+def test_a_job_records_the_design_and_its_encoder_on_xnnpack(cli, tmp_path):  # noqa: F811 (the fixture)
     r = cli(tmp_path, "projector=ldpv2", "encoder=mobilevit_xxs", "encoder.weights=random", "encoder.img_size=64",
             "deploy.runtime=executorch", "deploy.precisions=[fp32]")
     assert r.returncode == 0, r.stderr
@@ -170,7 +174,8 @@ def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
     from projector_bench.analysis.report import _exports, _xnnpack_ms
 
     r = pd.Series({"exports": {"executorch": "ok", "executorch_fp32": "ok"},
-                   "encoder_exports": {"executorch": "fp32: RuntimeError: no", "executorch_fp32": "fp32: RuntimeError: no"},
+                   "encoder_exports": {"executorch": "fp32: RuntimeError: no",
+                                       "executorch_fp32": "fp32: RuntimeError: no"},
                    "xnnpack_latency_ms": 12.345, "xnnpack_int8_latency_ms": 4.5})
     assert _exports(r) == "executorch: ok; encoder executorch: fp32: RuntimeError: no"
     r["xnnpack_outside"] = ["addmm", "native_layer_norm", "where.self", "clamp"]
@@ -183,7 +188,8 @@ def test_the_report_table_shows_each_runtime_verdict_and_the_program_times():
 def test_min_times_interleaves_the_programs_and_keeps_each_ones_fastest_round(monkeypatch):
     calls, script = [], iter([5.0, 9.0, 3.0, 11.0, 4.0, 7.0])  # a, b per round
     monkeypatch.setattr(deploy, "load", lambda program, threads: program)
-    monkeypatch.setattr(deploy, "measure_latency", lambda fn, **kw: (calls.append(fn()), deploy.Latency(next(script), 0, 1, 1))[1])
+    monkeypatch.setattr(deploy, "measure_latency",
+                        lambda fn, **kw: (calls.append(fn()), deploy.Latency(next(script), 0, 1, 1))[1])
     got = deploy.min_times({"a": (lambda i: "a", ()), "b": (lambda i: "b", ())}, threads=2, rounds=3)
     assert calls == ["a", "b"] * 3  # one timing of each per round, the programs alternating
     assert got == {"a": 3.0, "b": 7.0}

@@ -11,7 +11,8 @@ from projector_bench.models.encoders import Variant, create_encoder, list_encode
 
 
 def test_family_includes_the_named_variants():
-    assert {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_200"} <= set(list_encoders())
+    assert {"mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050",
+            "mobilevitv2_200"} <= set(list_encoders())
 
 
 @pytest.mark.parametrize("name,channels,img,side", [
@@ -74,7 +75,8 @@ def test_auto_uses_cached_weights(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"name": "mobilevit_xxxl"}, "unknown encoder 'mobilevit_xxxl'; choose one of: none, efficientvit_b1, fastvit_mci0"),
+    ({"name": "mobilevit_xxxl"},
+     "unknown encoder 'mobilevit_xxxl'; choose one of: none, efficientvit_b1, fastvit_mci0"),
     ({"name": "mobilevit_xxs", "weights": "/no/such.pth"}, "encoder checkpoint '/no/such.pth' does not exist"),
     ({"name": "mobilevit_xxs", "stage": 7, "weights": "random"}, "has no stage 7"),
 ])
@@ -112,7 +114,8 @@ def test_a_custom_variant_changes_width_depth_and_patch_through_timms_config(nam
     custom = create_encoder(name, stage=2, weights="random", variant=Variant(width=0.5, depth=2.0, patch_size=4))
     assert custom.name == f"{name}-w0.5-d2-p4" and named.name == name
     assert custom.channels == named.channels // 2  # timm's width_factor on every stage
-    assert len(_blocks(custom, layer)) == 2 * len(_blocks(named, layer))  # transformer depth of stage 2's block, doubled
+    # transformer depth of stage 2's block, doubled
+    assert len(_blocks(custom, layer)) == 2 * len(_blocks(named, layer))
     [b] = _blocks(custom, block)
     assert tuple(b.patch_size) == (4, 4) and tuple(_blocks(named, block)[0].patch_size) == (2, 2)
     tokens, grid = custom.eval()(torch.randn(2, 3, 64, 64))
@@ -124,7 +127,8 @@ def test_a_custom_variant_changes_width_depth_and_patch_through_timms_config(nam
 def test_a_variant_that_builds_the_named_model_is_the_named_model():
     assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 2, "depth": 1.1}) == Variant()
     assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 4}).label("mobilevit_xs") == "mobilevit_xs-p4"
-    assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 2, "width": 0.5}).label("mobilevit_xs") == "mobilevit_xs-w0.5"
+    assert Variant.from_config({"name": "mobilevit_xs", "patch_size": 2, "width": 0.5}).label("mobilevit_xs") == (
+        "mobilevit_xs-w0.5")
 
 
 @pytest.mark.parametrize("bad", [{"width": 0}, {"depth": "deep"}, {"patch_size": 1.5}, {"patch_size": 0}])

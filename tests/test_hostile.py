@@ -55,13 +55,15 @@ CASES = [
     (["report", "{results}", "task=nope"], 2, "unknown task 'nope'"),
     (["report", "{results}", "budget.latency_ms=abc"], 2, "budget.latency_ms='abc' is not valid"),
     (["report", "{results}", "--sweep", "nope"], 2, "no sweep 'nope' in"),
-    (["report", "{results}", "--sweep"], 2, "argument --sweep: expected one argument; see python -m projector_bench report --help"),
+    (["report", "{results}", "--sweep"], 2,
+     "argument --sweep: expected one argument; see python -m projector_bench report --help"),
     (["report", "{empty}"], 2, "no results in"),
     (["report", "{dir_table}"], 2, "runs.jsonl is a directory, not a results table"),
     (["projector=linear", "results_dir={dir_table}"], 1, "runs.jsonl is a directory: the row was not recorded"),
     # caught before any job: what used to fail inside it (exit 1, the key unnamed), or after it, or not at all
     (["shape.grid=[3,5]"], 2, "shape.grid=[3, 5] is not valid: shape: grid 3x5 holds 15 tokens but the input has 16"),
-    (["seed=123456789012345678901"], 2, "seed=123456789012345678901 is not valid: it must be a non-negative integer below 2**63"),
+    (["seed=123456789012345678901"], 2,
+     "seed=123456789012345678901 is not valid: it must be a non-negative integer below 2**63"),
     (["+projector.bogus=3"], 2, "projector mlp: mlp() got an unexpected keyword argument 'bogus'"),
     (["projector=["], 2, "the override grammar"),
     (["results_dir={a_file}"], 2, "is a file, not a folder"),
@@ -70,7 +72,8 @@ CASES = [
     (["resume=abc"], 2, "resume=abc goes on with a multirun: add -m"),
     (["budget.deployable=executorch"], 2, "but deploy.runtime=None lowers none there"),
     (["projector.out_dim=200000"], 2, "mostly for the projector mlp (40.00 G parameters"),
-    (["encoder=mobilevit_xs", "encoder.img_size=16384"], 2, "mostly for the encoder mobilevit_xs at encoder.img_size=16384"),
+    (["encoder=mobilevit_xs", "encoder.img_size=16384"], 2,
+     "mostly for the encoder mobilevit_xs at encoder.img_size=16384"),
     (["task=image_folder", "task.root={loop}"], 1, "twice"),
 ]
 
@@ -96,7 +99,8 @@ def table(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,words", CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch, capsys):
+def test_hostile_input_is_one_line_a_non_zero_exit_and_nothing_lost(args, code, words, table, tmp_path, monkeypatch,
+                                                                     capsys):
     write_image_folder(tmp_path / "one", classes=1, per_class=2, size=8)
     (tmp_path / "empty").mkdir()
     (tmp_path / "dir_table" / "runs.jsonl").mkdir(parents=True)
@@ -152,7 +156,8 @@ def test_resume_matches_jobs_on_their_config_and_refuses_another_commands_sweep(
     before = path.read_bytes()
     code, _, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=linear,pool", f"resume={pool['sweep_id']}"])
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert code == 0 and path.read_bytes().startswith(before) and [r["projector"] for r in rows] == ["linear", "pool", "linear"]
+    assert code == 0 and path.read_bytes().startswith(before) and (
+        [r["projector"] for r in rows] == ["linear", "pool", "linear"])
     code, out, err = run_cli(monkeypatch, capsys, tmp_path, ["-m", "projector=mlp", f"resume={pool['sweep_id']}"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "none of sweep" in errors[0] and "Traceback" not in out + err
@@ -166,16 +171,19 @@ def test_two_resumes_of_one_sweep_at_once_measure_each_job_once(tmp_path):
 
     from .test_hostile import TINY
 
-    args = [sys.executable, "-m", "projector_bench", "-m", "projector=linear,pool,mlp", *TINY, f"results_dir={tmp_path}"]
+    args = [sys.executable, "-m", "projector_bench", "-m", "projector=linear,pool,mlp", *TINY,
+            f"results_dir={tmp_path}"]
     assert subprocess.run(args, capture_output=True).returncode == 0
     path = tmp_path / "runs.jsonl"
     first = path.read_text().splitlines()[0]
     path.write_text(first + "\n")  # killed after its first job
     sweep = json.loads(first)["sweep_id"]
-    both = [subprocess.Popen([*args, f"resume={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    both = [subprocess.Popen([*args, f"resume={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]
     assert [p.wait(timeout=600) for p in both] == [0, 0], [p.stderr.read().decode()[-500:] for p in both]
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert sorted(r["projector"] for r in rows) == ["linear", "mlp", "pool"] and {r["sweep_id"] for r in rows} == {sweep}
+    assert sorted(r["projector"] for r in rows) == ["linear", "mlp", "pool"] and (
+        {r["sweep_id"] for r in rows} == {sweep})
 
 
 def test_a_damaged_table_does_not_break_report(table, tmp_path, monkeypatch, capsys):

@@ -58,7 +58,8 @@ def test_arithmetic_reduction_and_softmax_handles():
 
 
 def test_fvcore_linear_and_conv_counts_are_kept():
-    fc = count_flops(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 7)), torch.randn(1, 3, 5, 5))
+    fc = count_flops(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 25, 7)),
+                     torch.randn(1, 3, 5, 5))
     assert fc.by_op == {"conv": 25 * 4 * 3 * 9, "linear": 100 * 7}
     assert fc.torch_flops == 2 * fc.macs
 
@@ -106,8 +107,8 @@ PUBLISHED = {r["model"]: r for r in csv.DictReader(open(Path(__file__).parent / 
 
 def test_every_encoder_config_has_a_published_count():
     assert set(PUBLISHED) <= set(list_encoders())
-    assert {n for n in group_choices("encoder") if n != "none"} - {"mobilevitv2_125", "mobilevitv2_150",
-                                                                    "mobilevitv2_175", "mobilevitv2_200"} <= set(PUBLISHED)
+    assert {n for n in group_choices("encoder") if n != "none"} - {
+        "mobilevitv2_125", "mobilevitv2_150", "mobilevitv2_175", "mobilevitv2_200"} <= set(PUBLISHED)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in PUBLISHED if n.startswith("mobilevit")))
@@ -189,7 +190,8 @@ def test_load_check_sees_a_loaded_machine_on_its_first_probe():
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) for _ in range(2)]
     try:
         code = ("import json; from projector_bench.costs.measure import load_check; "
-                "r = load_check(1, None); print(json.dumps({k: r[k] for k in ('load_ratio', 'load_cpu_share', 'load_warning')}))")
+                "r = load_check(1, None); "
+                "print(json.dumps({k: r[k] for k in ('load_ratio', 'load_cpu_share', 'load_warning')}))")
         out = subprocess.run([sys.executable, "-c", code], preexec_fn=pin, capture_output=True, text=True, timeout=300)
     finally:
         for p in busy:
@@ -197,4 +199,5 @@ def test_load_check_sees_a_loaded_machine_on_its_first_probe():
             p.wait()
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got["load_cpu_share"] < 0.6 and got["load_ratio"] > 1.6 and "timed on a loaded machine" in got["load_warning"]
+    assert got["load_cpu_share"] < 0.6 and got["load_ratio"] > 1.6 and (
+        "timed on a loaded machine" in got["load_warning"])

@@ -188,11 +188,12 @@ def test_compressors_have_their_reference_sizes(name, kwargs, part, expected):
 
 
 def test_qwen_vl_adapter_has_qwen_vls_size_and_names():
-    p = create_projector("qwen_vl_adapter", 1664, 4096)  # Qwen-VL: ViT-bigG width 1664, LM 4096, 16x16 queries, 32 heads
+    # Qwen-VL: ViT-bigG width 1664, LM 4096, 16x16 queries, 32 heads
+    p = create_projector("qwen_vl_adapter", 1664, 4096)
     assert count_params(p) == 91_791_360 and p.num_tokens_out((32, 32)) == 256
     assert {"attn_pool.query", "attn_pool.pos_embed", "attn_pool.kv_proj.weight", "attn_pool.attn.in_proj_weight",
-            "attn_pool.attn.out_proj.weight", "attn_pool.ln_q.weight", "attn_pool.ln_kv.weight", "ln_post.weight", "proj"} == set(
-        k for k in p.state_dict() if not k.endswith("bias"))
+            "attn_pool.attn.out_proj.weight", "attn_pool.ln_q.weight", "attn_pool.ln_kv.weight", "ln_post.weight",
+            "proj"} == set(k for k in p.state_dict() if not k.endswith("bias"))
 
 
 def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys():
@@ -203,7 +204,8 @@ def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys
     side, dim = 5, 16  # the reference's get_2d_sincos_pos_embed, written out: column half first, then row half
     omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
     col, row = np.meshgrid(np.arange(side), np.arange(side))
-    enc = [np.concatenate([np.sin(np.outer(g.ravel(), omega)), np.cos(np.outer(g.ravel(), omega))], 1) for g in (col, row)]
+    enc = [np.concatenate([np.sin(np.outer(g.ravel(), omega)), np.cos(np.outer(g.ravel(), omega))], 1)
+           for g in (col, row)]
     assert np.allclose(sincos_2d(side, dim).numpy(), np.concatenate(enc, 1), atol=1e-6)
     p = create_projector("qwen_vl_adapter", 8, 16, grid_size=3, num_heads=2).eval()
     a, x = p.attn_pool, torch.randn(2, 35, 8)
@@ -220,10 +222,12 @@ def test_qwen_vl_adapter_positions_are_maes_2d_sincos_and_resampled_for_the_keys
 @pytest.mark.parametrize("name,kwargs,tokens", [
     ("c_abstractor", {"num_queries": 144}, 144), ("c_abstractor", {"num_queries": 64}, 64),
     ("resampler", {}, 64), ("resampler", {"num_latents": 144}, 144),
-    ("pixel_shuffle", {"scale": 0.5}, 144), ("pixel_shuffle", {"scale": 0.3333}, 64), ("pixel_shuffle", {"scale": 0.25}, 36),
+    ("pixel_shuffle", {"scale": 0.5}, 144), ("pixel_shuffle", {"scale": 0.3333}, 64),
+    ("pixel_shuffle", {"scale": 0.25}, 36),
     ("tokenpacker", {"scale_factor": 2}, 144), ("tokenpacker", {"scale_factor": 3}, 64),
     ("avgpool_mlp", {"pool": [12, 12]}, 144), ("avgpool_mlp", {"pool": [8, 8], "mode": "bilinear"}, 64),
-    ("qwen_vl_adapter", {"grid_size": 12, "num_heads": 4}, 144), ("qwen_vl_adapter", {"grid_size": 8, "num_heads": 4}, 64),
+    ("qwen_vl_adapter", {"grid_size": 12, "num_heads": 4}, 144),
+    ("qwen_vl_adapter", {"grid_size": 8, "num_heads": 4}, 64),
 ])
 def test_compressors_reach_the_token_budgets(name, kwargs, tokens):
     p = create_projector(name, 32, 48, **kwargs).eval()
@@ -234,11 +238,14 @@ def test_compressors_reach_the_token_budgets(name, kwargs, tokens):
 
 def test_reference_module_names_so_their_state_dicts_load():
     c = create_projector("c_abstractor", 16, 24, hidden=16)
-    assert {"pos_emb", "net.0.b1.conv1.conv.weight", "net.2.b3.conv3.conv.weight", "readout.0.weight", "readout.2.weight"} <= set(c.state_dict())
+    assert {"pos_emb", "net.0.b1.conv1.conv.weight", "net.2.b3.conv3.conv.weight", "readout.0.weight",
+            "readout.2.weight"} <= set(c.state_dict())
     r = create_projector("resampler", 16, 24, depth=2, heads=2, dim_head=8)
-    assert {"latents", "layers.1.0.to_kv.weight", "layers.1.0.norm_media.weight", "layers.1.1.3.weight", "norm.weight"} <= set(r.resampler.state_dict())
+    assert {"latents", "layers.1.0.to_kv.weight", "layers.1.0.norm_media.weight", "layers.1.1.3.weight",
+            "norm.weight"} <= set(r.resampler.state_dict())
     t = create_projector("tokenpacker", 16, 24)
-    assert {"q_proj_1.weight", "k_proj_1.2.weight", "ln_v_1.weight", "clip_attn.in_proj_weight", "mlp.2.weight"} <= set(t.state_dict())
+    assert {"q_proj_1.weight", "k_proj_1.2.weight", "ln_v_1.weight", "clip_attn.in_proj_weight",
+            "mlp.2.weight"} <= set(t.state_dict())
 
 
 def test_c_abstractor_exports_its_position_resampling_as_the_matrix_timm_resamples_with():

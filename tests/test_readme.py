@@ -32,7 +32,8 @@ def test_every_link_resolves(link):
     assert (ROOT / link).exists(), link
 
 
-@pytest.mark.parametrize("path", sorted(set(re.findall(r"`((?:conf|projector_bench|tests|docs|\.ci)/[\w./-]+)`", README))))
+@pytest.mark.parametrize(
+    "path", sorted(set(re.findall(r"`((?:conf|projector_bench|tests|docs|\.ci)/[\w./-]+)`", README))))
 def test_every_path_named_exists(path):
     assert (ROOT / path.rstrip("/")).exists(), path
 

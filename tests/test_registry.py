@@ -53,4 +53,5 @@ def test_every_module_in_projectors_is_imported():
     import sys
 
     names = {m.name for m in pkgutil.iter_modules(pb.models.projectors.__path__)}
-    assert names > {"mlp", "ldp", "int8"} and all(f"projector_bench.models.projectors.{n}" in sys.modules for n in names)
+    assert names > {"mlp", "ldp", "int8"} and all(
+        f"projector_bench.models.projectors.{n}" in sys.modules for n in names)

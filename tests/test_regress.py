@@ -45,7 +45,8 @@ def test_a_case_regresses_only_beyond_the_tolerance():
     base = {"a": 2.0, "b": 2.0, "c": 2.0}
     now = {"a": 2.19, "b": 2.21, "c": 1.0, "d": 9.0}  # d: no baseline, not judged
     assert regressions(now, base, limits(now, 0.10)) == {"b": pytest.approx(1.105)}
-    assert regressions(now, base, limits(now, 0.10, noise={"b": 0.06})) == {}  # a case that varied 6% between passes: limit 12%
+    # a case that varied 6% between passes: limit 12%
+    assert regressions(now, base, limits(now, 0.10, noise={"b": 0.06})) == {}
 
 
 def test_a_second_pass_confirms_only_when_most_rounds_are_over_the_limit():
@@ -60,7 +61,8 @@ def test_a_second_pass_confirms_only_when_most_rounds_are_over_the_limit():
 
 def test_the_machine_class_names_cpu_threads_and_torch():
     m = machine(1)
-    assert " | 1 thread | torch " in m and (" model " in m or not Path("/proc/cpuinfo").exists()) and machine(2).endswith(m.rsplit("|", 1)[1]) and "2 threads" in machine(2)
+    assert (" | 1 thread | torch " in m and (" model " in m or not Path("/proc/cpuinfo").exists())
+            and machine(2).endswith(m.rsplit("|", 1)[1]) and "2 threads" in machine(2))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -102,18 +104,21 @@ def test_recording_keeps_every_pass_and_append_adds_an_occasion(tmp_path, monkey
     assert m["history"] == {"projector/a": [3.0], "projector/b": [2.0, 2.0, 2.0, 2.4]}
 
 
-def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_recorded_passes(tmp_path, monkeypatch, capsys):
+def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_recorded_passes(tmp_path, monkeypatch,
+                                                                                           capsys):
     """A hosted CI's runner cannot be timed again by hand: its printed `regress time` table is the pass to add."""
     from projector_bench import regress
     from projector_bench.costs.measure import Paired
 
     monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b"]})
-    draws = iter([1.0, 2.0, 1.1, 2.1, 1.06, 2.6, 9.9, 2.6])  # two recorded passes of a and b, a check of a, b, c, b again
+    # two recorded passes of a and b, a check of a, b, c, b again
+    draws = iter([1.0, 2.0, 1.1, 2.1, 1.06, 2.6, 9.9, 2.6])
     monkeypatch.setattr(regress, "time_ratios", lambda selected, rounds, threads: {
         n: Paired(next(draws), 0.0, {"wall": 1.0}, [1.0] * 9) for n in selected})
     path = tmp_path / "baseline.json"
     assert regress.run_time(True, 9, 1, 0.1, None, path, passes=2) == 0
-    monkeypatch.setattr(regress, "cases", lambda only=None: {n: None for n in only or ["projector/a", "projector/b", "projector/c"]})
+    monkeypatch.setattr(regress, "cases",
+                        lambda only=None: {n: None for n in only or ["projector/a", "projector/b", "projector/c"]})
     capsys.readouterr()
     regress.run_time(False, 9, 1, 0.1, None, path)  # what CI prints: b is +26% (over 10%), c has no baseline
     log = tmp_path / "ci.log"
@@ -121,7 +126,8 @@ def test_a_pass_another_machine_printed_is_added_from_its_log_to_cases_with_reco
     before = path.read_text()
     assert regress_main(["time", "--update", "--append", "--from-log", str(log), "--baseline", str(path)]) == 0
     history = json.loads(path.read_text())["machines"][machine(1)]["history"]
-    assert history == {"projector/a": [1.0, 1.1, 1.06], "projector/b": [2.0, 2.1, 2.6]}  # c: one pass is no noise estimate
+    # c: one pass is no noise estimate
+    assert history == {"projector/a": [1.0, 1.1, 1.06], "projector/b": [2.0, 2.1, 2.6]}
     assert "left out 1 without recorded passes (projector/c)" in capsys.readouterr().out
     # a log of another machine class, or no table at all: one line, exit 2, the baseline untouched
     after = path.read_text()
@@ -174,7 +180,8 @@ def test_the_timed_code_hash_follows_projectors_and_configs_not_the_rest(tmp_pat
     pkg, conf = tmp_path / "projector_bench", tmp_path / "conf"
     shutil.copytree(env.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(settings.config_dir(), conf)
-    monkeypatch.setattr(env.code_hash, "__kwdefaults__", {"root": pkg, "pattern": "*.py"})  # regress imported it by name
+    # regress imported it by name
+    monkeypatch.setattr(env.code_hash, "__kwdefaults__", {"root": pkg, "pattern": "*.py"})
     monkeypatch.setattr(regress, "config_dir", lambda: conf)
     first = regress.timed_code()
     (pkg / "analysis" / "report.py").write_text((pkg / "analysis" / "report.py").read_text() + "\n# a report change\n")

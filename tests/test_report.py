@@ -45,7 +45,8 @@ def report(tmp_path_factory):
              "reason": "best accuracy within budget <b>", "latency_ms": 180.0, "params": 6e6, "memory_mb": 120.0,
              "limits": {"latency_ms": 200.0, "params": 20e6}},
             {"budget": "est_ttft_ms ≤ 50", "device": "phone", "design": None, "feasible": False,
-             "reason": "no design fits: fastest is mlp at 120 ms", "latency_ms": None, "params": None, "memory_mb": None}]
+             "reason": "no design fits: fastest is mlp at 120 ms", "latency_ms": None, "params": None,
+             "memory_mb": None}]
     provenance = {"command": "python -m projector_bench +sweep=ldp_vs_mlp", "git_commit": "abc123",
                   "config": {"sweep": {"projectors": ["mlp", "ldp"]}, "note": "</pre><script>x()</script>"}}
     validation = {"median_abs_error": 0.12, "per_design": {"mlp": {"measured_ms": 10.0, "estimated_ms": 11.0}}}
@@ -119,19 +120,22 @@ def _budget_rows():
     rows = [("mlp", 576, 99.7, 99.4, 100.0, 900.0), ("c_abstractor", 144, 99.0, 98.5, 99.4, 500.0),
             ("resampler", 144, 98.7, 98.0, 99.3, 520.0), ("pixel_shuffle", 144, 95.0, 94.0, 96.0, 480.0),
             ("c_abstractor", 64, 97.0, 96.0, 98.0, 400.0), ("resampler", 64, 90.0, 88.0, 92.0, 410.0)]
-    return pd.DataFrame([{"projector": p, "status": "ok", "tokens_out": t, "token_budget": t, "acc_tokens_out": t // 4, "accuracy": a,
-                          "accuracy_ci_low": lo, "accuracy_ci_high": hi, "est_ttft_ms": ms} for p, t, a, lo, hi, ms in rows])
+    return pd.DataFrame([{"projector": p, "status": "ok", "tokens_out": t, "token_budget": t, "acc_tokens_out": t // 4,
+                          "accuracy": a, "accuracy_ci_low": lo, "accuracy_ci_high": hi, "est_ttft_ms": ms}
+                         for p, t, a, lo, hi, ms in rows])
 
 
 def test_token_budgets_say_which_design_keeps_the_most_and_which_tie_with_it():
     from projector_bench.analysis.choose import design_label, token_budgets
 
     df = _budget_rows()
-    assert list(design_label(df)) == ["mlp", "c_abstractor@144", "resampler@144", "pixel_shuffle", "c_abstractor@64", "resampler@64"]
+    assert list(design_label(df)) == ["mlp", "c_abstractor@144", "resampler@144", "pixel_shuffle", "c_abstractor@64",
+                                      "resampler@64"]
     b = {x["tokens"]: x for x in token_budgets(df)}
     assert list(b) == [576, 144, 64]
     # resampler@144: a gap of 0.3 against hypot(0.5, 0.6) = 0.78, a tie; pixel_shuffle: 4.0 against 1.1
-    assert b[144]["verdict"] == "144 tokens: c_abstractor@144 keeps the most, 99.0% [98.5, 99.4]; tied with it: resampler@144"
+    assert b[144]["verdict"] == ("144 tokens: c_abstractor@144 keeps the most, 99.0% [98.5, 99.4]; "
+                                 "tied with it: resampler@144")
     assert b[64]["verdict"].endswith("every other design is below it") and "only mlp" in b[576]["verdict"]
     # rows of any other sweep have no budget: no verdicts, and labels that do not repeat get no suffix
     other = df.assign(token_budget=None).drop_duplicates("projector")
@@ -153,12 +157,14 @@ def test_report_shows_the_token_budgets_and_their_plot(tmp_path):
 def test_report_says_what_the_estimates_are_on_each_device(tmp_path):
     calibrated = "calibrated on 7 published points (4 workloads; median leave-one-out error 21%)"
     df = pd.DataFrame([_row("mlp", 70.0, 120.0, 2e9) | {"est_ttft_ms_bound": 30.0, "est_basis": calibrated}])
-    recs = [{"budget": "ttft ≤ 200 ms", "device": "phone", "design": "mlp", "feasible": True, "reason": "r", "basis": calibrated},
+    recs = [{"budget": "ttft ≤ 200 ms", "device": "phone", "design": "mlp", "feasible": True, "reason": "r",
+             "basis": calibrated},
             {"budget": "ttft ≤ 200 ms", "device": "pi", "design": "mlp", "feasible": True, "reason": "r",
              "basis": "roofline bound (assumed efficiencies; no published points for this device)"}]
     html = write_report(df, tmp_path, title="t", device="phone", latency_col="est_ttft_ms", recommendations=recs,
                         provenance={}).read_text(encoding="utf-8")
-    assert re.search(r'Device: <b>phone</b>\. <span id="estimate-basis">Estimates \(est_\*\) on it: calibrated on 7 published points', html)
+    assert re.search(r'Device: <b>phone</b>\. <span id="estimate-basis">'
+                     r'Estimates \(est_\*\) on it: calibrated on 7 published points', html)
     assert "<li><b>pi</b>: roofline bound (assumed efficiencies; no published points for this device). r.</li>" in html
     assert "<th>… uncalibrated bound</th>" in html and "<td>30 ms</td>" in html  # among every column
 
@@ -212,7 +218,8 @@ def _sweep_rows(exports: bool = True) -> pd.DataFrame:
 
     df = load_results(SWEEP_ROWS)
     if exports:
-        why = {"executorch": f"not measured: {deploy.unavailable() or 'executorch is not installed; ' + deploy.INSTALL}"}
+        why = {"executorch":
+               f"not measured: {deploy.unavailable() or 'executorch is not installed; ' + deploy.INSTALL}"}
         df["exports"] = [why] * len(df)
     return df
 
@@ -223,7 +230,8 @@ def _device(name: str):
     from projector_bench.core.settings import config_dir
     from projector_bench.costs.roofline import device_from_config
 
-    return device_from_config(OmegaConf.to_container(OmegaConf.load(config_dir() / "device" / f"{name}.yaml")), threads=1)
+    return device_from_config(OmegaConf.to_container(OmegaConf.load(config_dir() / "device" / f"{name}.yaml")),
+                              threads=1)
 
 
 @pytest.mark.parametrize("device", PHONES)
@@ -357,4 +365,5 @@ def test_the_terminal_summary_and_recommendation_are_free_of_scientific_notation
     df = add_estimates(_sweep_rows(), _device("snapdragon888_cpu"))
     text = summary(df) + picks([recommend(df, Budget(), "snapdragon888_cpu")])
     assert not re.findall(r"\d[eE][+-]\d", text) and "56,330" in text, text  # est_ttft_ms of ldpv2 on the phone
-    assert re.search(r"snapdragon888_cpu  ldpv2  56.3 s +99.4%  bottleneck_transformer is 0.4 points more accurate", text)
+    assert re.search(r"snapdragon888_cpu  ldpv2  56.3 s +99.4%  "
+                     r"bottleneck_transformer is 0.4 points more accurate", text)

@@ -73,7 +73,8 @@ def test_a_write_the_disk_refuses_part_way_is_cut_back_off(tmp_path):
 def test_an_append_writes_its_rows_not_the_whole_table(tmp_path):
     """A long sweep's appends cost their own rows: nothing rewrites what the table already holds."""
     def written() -> int:
-        return int(next(ln for ln in Path("/proc/self/io").read_text().splitlines() if ln.startswith("wchar:")).split()[1])
+        return int(next(ln for ln in Path("/proc/self/io").read_text().splitlines()
+                        if ln.startswith("wchar:")).split()[1])
 
     append_rows(tmp_path, [{"run_id": str(i), "pad": "x" * 1000} for i in range(200)])
     before = written()
@@ -188,7 +189,8 @@ def test_a_job_launched_elsewhere_writes_its_row_apart_and_readers_see_it_until_
     append_row(tmp_path, {"run_id": "b", "sweep_id": "s2", "timestamp": "2026-01-02T00:00:00", "projector": "ldp"})
     assert merge_job_rows(tmp_path) == 1 and merge_job_rows(tmp_path) == 0  # b was in already: only c appended
     assert not list((tmp_path / JOB_ROWS).glob("*.json"))
-    assert [json.loads(line)["run_id"] for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+    assert [json.loads(line)["run_id"]
+            for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == ["a", "b", "c"]
 
 
 def test_only_a_job_in_another_process_than_its_launcher_writes_its_row_apart(monkeypatch):

@@ -55,7 +55,8 @@ def test_convolutions_are_told_apart_and_views_are_free():
     dw = {op[0]: op for op in trace_ops(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), x)}
     pw = {op[0]: op for op in trace_ops(nn.Conv2d(4, 8, 1, bias=False), x)}
     assert dw["depthwise_conv"][2] == 2 * 4 * 9 * 36 and pw["conv"][2] == 2 * 4 * 8 * 36
-    assert trace_ops(lambda t: t.permute(0, 2, 1).transpose(0, 1).reshape(6), torch.randn(1, 2, 3).transpose(1, 2)) == []
+    assert trace_ops(lambda t: t.permute(0, 2, 1).transpose(0, 1).reshape(6),
+                     torch.randn(1, 2, 3).transpose(1, 2)) == []
     [copy] = trace_ops(lambda t: t.permute(0, 2, 1).reshape(6), torch.randn(1, 2, 3))  # a real copy is not free
     assert copy[0] == "elementwise" and copy[3] == 2 * 6 * 4
 
@@ -81,7 +82,8 @@ def test_a_timm_model_traced_on_meta_matches_its_real_count():
     import timm
 
     meta = matmul_flops(trace_timm_on_meta("vit_tiny_patch16_224", 224))
-    real = count_flops(timm.create_model("vit_tiny_patch16_224", num_classes=0, global_pool="").eval(), torch.randn(1, 3, 224, 224))
+    real = count_flops(timm.create_model("vit_tiny_patch16_224", num_classes=0, global_pool="").eval(),
+                       torch.randn(1, 3, 224, 224))
     assert meta == pytest.approx(2 * real.matmul_macs, rel=1e-6)
 
 
@@ -195,7 +197,8 @@ def mobilevlm_rows():
     rows = []
     for name in ("mlp", "ldp"):
         p = create_projector(name, 1024, 2048).eval()
-        rows.append({"projector": name, "tokens_out": p.num_tokens_out((24, 24)), "ops": trace_ops(p, x), "encoder_ops": enc})
+        rows.append({"projector": name, "tokens_out": p.num_tokens_out((24, 24)), "ops": trace_ops(p, x),
+                     "encoder_ops": enc})
     return rows
 
 
@@ -210,13 +213,15 @@ def test_ldp_costs_more_itself_but_wins_end_to_end_on_a_phone(mobilevlm_rows):
 
 def test_pareto_front_by_hand():
     df = pd.DataFrame({"cost": [1, 2, 3, 2, 5], "accuracy": [50, 60, 55, 60, 70]})
-    assert pareto_mask(df, "cost").tolist() == [True, True, False, True, True]  # equal points do not dominate each other
+    # equal points do not dominate each other
+    assert pareto_mask(df, "cost").tolist() == [True, True, False, True, True]
 
 
 def table(**cols) -> pd.DataFrame:
     base = {"projector": ["mlp", "ldp", "pool"], "status": ["ok"] * 3, "encoder": ["none"] * 3,
             "est_ttft_ms": [3000.0, 1500.0, 900.0], "params": [6.3e6, 18.9e6, 6.3e6], "peak_mem_mb": [35.0, 92.0, 35.0],
-            "accuracy": [70.7, 51.9, 51.0], "accuracy_ci_low": [68.7, 49.7, 48.8], "accuracy_ci_high": [72.7, 54.1, 53.2]}
+            "accuracy": [70.7, 51.9, 51.0], "accuracy_ci_low": [68.7, 49.7, 48.8],
+            "accuracy_ci_high": [72.7, 54.1, 53.2]}
     return pd.DataFrame(base | cols).assign(design_params=lambda d: d.params, design_mem_mb=lambda d: d.peak_mem_mb)
 
 
@@ -231,8 +236,8 @@ def test_the_cheapest_design_as_accurate_as_the_best_within_budget_is_recommende
     assert r.tradeoff == "ldp is 0.9 points more accurate at 1.7× the time"
     top = recommend(table(), Budget(), "phone")  # mlp's 18.8 over ldp against ±3.0: no tie, no tolerance
     assert top.design == "mlp" and top.most_accurate is None and top.reason == (
-        "mlp: 3.0 s to the first token on phone, 70.7%, the most accurate; the next, ldp, is 18.8 points below, outside "
-        "the 95% interval of the difference (±3.0) at 0.5× the time")
+        "mlp: 3.0 s to the first token on phone, 70.7%, the most accurate; the next, ldp, is 18.8 points below, "
+        "outside the 95% interval of the difference (±3.0) at 0.5× the time")
     no_ci = recommend(table(accuracy_ci_low=[math.nan] * 3), Budget(latency_ms=2000), "phone")
     assert no_ci.design == "ldp" and "the next, pool, is 0.9 points below at 0.6× the time" in no_ci.reason  # no claim
     assert recommend(table(), Budget(params=10e6, memory_mb=50), "phone").design == "mlp"
@@ -263,7 +268,8 @@ def test_a_statistical_tie_beyond_the_tolerance_names_the_fastest_within_it():
 
 
 def test_a_pick_whose_accuracy_carries_a_warning_says_so():
-    warned = table(accuracy_warning=[None, None, "only 12 test questions: this accuracy and its interval mean little; give"])
+    warned = table(accuracy_warning=[None, None,
+                                     "only 12 test questions: this accuracy and its interval mean little; give"])
     r = recommend(warned, Budget(latency_ms=2000), "phone")
     assert r.design == "pool" and r.reason.endswith("; pool's accuracy warns: only 12 test questions")
     assert "warns" not in recommend(warned, Budget(), "phone").reason  # mlp's row has none
@@ -271,7 +277,8 @@ def test_a_pick_whose_accuracy_carries_a_warning_says_so():
 
 def test_an_impossible_budget_says_so_and_names_the_closest_design():
     r = recommend(table(), Budget(latency_ms=100), "phone")
-    assert not r.feasible and r.design == "pool" and "no design fits" in r.reason and "9.0× over the latency_ms limit" in r.reason
+    assert not r.feasible and r.design == "pool" and "no design fits" in r.reason and (
+        "9.0× over the latency_ms limit" in r.reason)
     assert "900 ms to the first token on phone" in r.reason
 
 
@@ -285,12 +292,14 @@ def test_bad_budgets_are_one_line_errors():
         Budget(latency="gpu")
     with pytest.raises(ConfigError, match="budget.params must be positive or null"):
         Budget(params=0)
-    with pytest.raises(ConfigError, match="budget.accuracy_tolerance must be a number of accuracy points from 0 to 100"):
+    with pytest.raises(ConfigError,
+                       match="budget.accuracy_tolerance must be a number of accuracy points from 0 to 100"):
         Budget(accuracy_tolerance=-1)
 
 
 def test_estimates_are_added_per_row_from_its_own_lm(mobilevlm_rows):
-    rows = [r | {"status": "ok", "params": 1.0, "peak_mem_mb": 1.0, "config": {"lm": {**vars(lm())}}} for r in mobilevlm_rows]
+    rows = [r | {"status": "ok", "params": 1.0, "peak_mem_mb": 1.0, "config": {"lm": {**vars(lm())}}}
+            for r in mobilevlm_rows]
     rows[1] |= {"encoder_params": 5.0, "encoder_peak_mem_mb": 2.0}  # an encoder that is part of the design counts
     df = add_estimates(pd.DataFrame(rows + [{"projector": "old", "status": "ok"}]), target("raspberry_pi5"))
     assert (df["device"] == "raspberry_pi5").all() and df["est_ttft_ms"].iloc[:2].gt(0).all()

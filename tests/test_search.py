@@ -42,8 +42,9 @@ SEARCH = ["+search=projector_space", "encoder.weights=random", "accuracy.encoder
 
 
 def search(tmp_path, *args, wait=True, space="projector_space"):
-    cmd = [sys.executable, "-m", "projector_bench", *[f"+search={space}" if a.startswith("+search=") else a for a in SEARCH], *args, f"results_dir={tmp_path}/results",
-           f"hydra.run.dir={tmp_path}/hydra/run"]
+    cmd = [sys.executable, "-m", "projector_bench",
+           *[f"+search={space}" if a.startswith("+search=") else a for a in SEARCH], *args,
+           f"results_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra/run"]
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, HYDRA_FULL_ERROR="0"))
     if not wait:
@@ -56,7 +57,8 @@ def study(tmp_path, name="projector_space"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/results/optuna.db")
 
 
-def finished(s):  # what the search counts: completed, or failed by the job (not a skipped duplicate, not a dead worker's)
+# what the search counts: completed, or failed by the job (not a skipped duplicate, not a dead worker's)
+def finished(s):
     return [t for t in s.trials if _finished(t)]
 
 
@@ -79,7 +81,8 @@ def test_the_front_table_shows_a_trials_accuracy_warning_only_when_one_has_it():
     assert "accuracy_warning" in lines[0] and lines[1].rstrip().endswith("costs at 576 -> 16 (36x)")
     assert "projector=ldp" in lines[2] and "tokens" not in lines[2]
     clean = optuna.create_study(directions=["maximize", "minimize"])
-    clean.add_trial(optuna.trial.create_trial(values=[99.7, 56.0], user_attrs={"overrides": ["projector=ldp"], "row": {}}))
+    clean.add_trial(optuna.trial.create_trial(values=[99.7, 56.0],
+                                              user_attrs={"overrides": ["projector=ldp"], "row": {}}))
     assert "accuracy_warning" not in front_table(clean)
 
 
@@ -98,7 +101,9 @@ def _first_draws(sampler_for_worker, workers=2):
 
 
 def test_workers_with_one_seed_sample_different_designs_and_one_worker_is_reproducible():
-    tpe = lambda seed: optuna.samplers.TPESampler(seed=seed)
+    def tpe(seed):
+        return optuna.samplers.TPESampler(seed=seed)
+
     a, b = _first_draws(lambda: TrialSeeded(tpe, 0))
     assert a != b  # two workers, same search.seed: different start-up designs
     plain = _first_draws(lambda: optuna.samplers.TPESampler(seed=0))
@@ -141,7 +146,8 @@ def test_a_design_another_worker_is_measuring_is_skipped_uncounted_and_unseen_by
     measuring = s.ask()  # another worker's trial, still running
     measuring.set_user_attr("overrides", suggest(measuring, cfg.search.space))
     s.enqueue_trial({"projector": "linear"})
-    s.optimize(_objective(cfg, []), n_trials=1, catch=(TrialFailed, TrialSkipped))  # the job would need Hydra: never reached
+    # the job would need Hydra: never reached
+    s.optimize(_objective(cfg, []), n_trials=1, catch=(TrialFailed, TrialSkipped))
     skipped = s.trials[1]  # FAIL, not PRUNED: TPE reads COMPLETE, PRUNED and RUNNING trials, so it ignores the skip
     assert skipped.state == optuna.trial.TrialState.FAIL and "error" not in skipped.user_attrs
     assert _counted(s) == 0 and record_rows(s.trials, tmp_path) == 0
@@ -268,16 +274,19 @@ def test_the_encoder_space_searches_mobilevit_variants_beyond_timms_named_ones(t
         label = Variant.from_config({"name": p["encoder"], "width": p["encoder.width"], "depth": p["encoder.depth"],
                                      "patch_size": p["encoder.patch_size"]}).label(p["encoder"])
         assert g["encoder"] == g["acc_encoder"] == label  # costs and accuracy of the same variant
-        assert g["img_size"] == 32 and g["encoder_params"] > 0 and g["design_params"] == g["params"] + g["encoder_params"]
+        assert g["img_size"] == 32 and g["encoder_params"] > 0 and (
+            g["design_params"] == g["params"] + g["encoder_params"])
         assert g["acc_encoder_source"].startswith("stand-in: ") and g["accuracy"] is not None
-    assert any(g["encoder"] not in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100")
+    assert any(g["encoder"] not in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050",
+                                    "mobilevitv2_100")
                for g in got)  # at least one variant timm does not name
 
 
 @pytest.mark.slow
 def test_workers_started_together_on_a_fresh_sqlite_storage_all_open_it(tmp_path):
     # they race to create the schema (alembic_version: UNIQUE constraint failed); the loser retries
-    code = "import sys; from projector_bench.core.studies import storage; storage(None, sys.argv[1], 10, 60); print('ok')"
+    code = ("import sys; from projector_bench.core.studies import storage; "
+            "storage(None, sys.argv[1], 10, 60); print('ok')")
     for i in range(2):
         ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(i))], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(4)]

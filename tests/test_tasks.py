@@ -15,8 +15,10 @@ from projector_bench.tasks.shapes_vqa import (
 
 
 def test_shapes_vqa_is_deterministic_for_a_seed():
-    a, b, c = shapes_vqa(40, img_size=48, seed=3), shapes_vqa(40, img_size=48, seed=3), shapes_vqa(40, img_size=48, seed=4)
-    assert torch.equal(a.images, b.images) and torch.equal(a.questions, b.questions) and torch.equal(a.answers, b.answers)
+    a, b, c = (shapes_vqa(40, img_size=48, seed=3), shapes_vqa(40, img_size=48, seed=3),
+               shapes_vqa(40, img_size=48, seed=4))
+    assert (torch.equal(a.images, b.images) and torch.equal(a.questions, b.questions)
+            and torch.equal(a.answers, b.answers))
     assert not torch.equal(a.images, c.images)
 
 
@@ -50,7 +52,8 @@ def test_dot_questions_ask_where_on_a_named_object_its_dot_is():
     words, answers = _vocab(3, dots=True)
     objects = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
     asked = [i for i, t in enumerate(d.qtype) if t == "dot"]
-    assert len(asked) == 3 * 60 and set(d.qtype) == {*QTYPES, "dot"} and {answers[d.answers[i]] for i in asked} == set(DOTS)
+    assert len(asked) == 3 * 60 and set(d.qtype) == {*QTYPES, "dot"} and (
+        {answers[d.answers[i]] for i in asked} == set(DOTS))
     for i in asked:  # "where is the dot on the c s"
         text = [words[w] for w in d.questions[i].tolist() if w]
         r, c = (int(x) for x in torch.nonzero(d.labels[d.image_of[i]] == objects.index(f"{text[6]}_{text[7]}") + 1)[0])
@@ -58,9 +61,11 @@ def test_dot_questions_ask_where_on_a_named_object_its_dot_is():
         body = (win - torch.tensor(COLOURS[text[6]]).float()[:, None, None]).norm(dim=0) < 60
         ys, xs = torch.nonzero(body, as_tuple=True)
         dark = torch.zeros_like(body)
-        dark[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = win.mean(0)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] < 80
+        dark[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = (
+            win.mean(0)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] < 80)
         dy, dx = torch.nonzero(dark).float().mean(0) - torch.nonzero(body | dark).float().mean(0)
-        seen = ("dot_left" if dx < 0 else "dot_right") if abs(dx) > abs(dy) else ("dot_above" if dy < 0 else "dot_below")
+        seen = (("dot_left" if dx < 0 else "dot_right") if abs(dx) > abs(dy)
+                else ("dot_above" if dy < 0 else "dot_below"))
         assert seen == answers[d.answers[i]]
 
 
@@ -100,7 +105,8 @@ def test_digits_come_from_scikit_learn():
 def test_image_folder_reads_generated_pngs(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=3, per_class=5, size=24)
     d = image_folder(str(root), img_size=32)
-    assert d.images.shape == (15, 3, 32, 32) and d.num_answers == 3 and sorted(np.bincount(d.answers.numpy())) == [5, 5, 5]
+    assert d.images.shape == (15, 3, 32, 32) and d.num_answers == 3 and (
+        sorted(np.bincount(d.answers.numpy())) == [5, 5, 5])
 
 
 def test_a_16_bit_greyscale_folder_keeps_its_pixels(tmp_path):
@@ -147,7 +153,8 @@ def test_an_unreadable_image_is_skipped_and_named(tmp_path, caplog):
     (root / "class_0" / "0.png").write_bytes(b"not a png")
     d = image_folder(str(root), img_size=8)
     assert len(d.images) == 5
-    assert any("skipped 1 unreadable image(s)" in r.getMessage() and "class_0/0.png" in r.getMessage() for r in caplog.records)
+    assert any("skipped 1 unreadable image(s)" in r.getMessage() and "class_0/0.png" in r.getMessage()
+               for r in caplog.records)
     for p in (root / "class_1").iterdir():
         p.write_bytes(b"broken")
     with pytest.raises(ConfigError, match="readable images in fewer than two classes"):
@@ -197,7 +204,8 @@ def test_a_cells_targets_are_the_thing_covering_it_its_colour_and_its_pooled_pix
     images[0, 0, :8, :8] = 255
     kind, colour, pix = cell_targets(kinds, colours, images, (2, 2))
     assert kind.tolist() == [[[2, 0], [0, 0]]] and colour.tolist() == [[[5, COLOUR_BINS], [COLOUR_BINS, COLOUR_BINS]]]
-    assert pix.shape == (1, 2, 2, 48) and pix[0, 0, 0, :16].eq(1).all() and pix[0, 1, 1].eq(-1).all() and pix.dtype == torch.half
+    assert (pix.shape == (1, 2, 2, 48) and pix[0, 0, 0, :16].eq(1).all() and pix[0, 1, 1].eq(-1).all()
+            and pix.dtype == torch.half)
 
 
 def _clusters(lab: torch.Tensor) -> list[set]:

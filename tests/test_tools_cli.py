@@ -1,5 +1,5 @@
-"""`python -m projector_bench.costs.deploy`'s command line: `install` runs, `--help` is usage and exit 0, anything else is
-one `error:` line and exit 2 with nothing installed; a failed install is one `error:` line and exit 1."""
+"""`python -m projector_bench.costs.deploy`'s command line: `install` runs, `--help` is usage and exit 0, anything else
+is one `error:` line and exit 2 with nothing installed; a failed install is one `error:` line and exit 1."""
 import subprocess
 import sys
 

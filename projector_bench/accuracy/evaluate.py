@@ -204,7 +204,8 @@ def _adapt(enc: TimmEncoder, fresh: Callable[[], TimmEncoder], task: TaskData, t
             "alone_steps": alone_steps, "val_loss": loss}
 
 
-def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) -> tuple[Tensor, tuple[int, int], dict[str, Any]]:
+def encoder_features(task: TaskData, cfg: DictConfig, cache: Path,
+                     quiet: bool) -> tuple[Tensor, tuple[int, int], dict[str, Any]]:
     """Features `(N, h·w, C)` of every image of `task` from the frozen encoder, the grid, and how the encoder was
     obtained: `source` and, for the stand-in, its pretraining (`standin`) and what the task taught it (`adapted`).
     Cached."""
@@ -245,7 +246,8 @@ def encoder_features(task: TaskData, cfg: DictConfig, cache: Path, quiet: bool) 
         enc.eval()
         out = []
         with torch.inference_mode():
-            for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {enc.name}", disable=quiet, leave=False):
+            for b in tqdm(torch.arange(len(task.images)).split(256), desc=f"features {enc.name}", disable=quiet,
+                          leave=False):
                 tokens, grid = enc(normalize(task.images[b].to(device)))
                 out.append(tokens.to(torch.float16).cpu())
         return {"features": torch.cat(out), "grid": grid}
@@ -316,7 +318,8 @@ class TinyVLM(nn.Module):
 
     def forward(self, visual: Tensor, questions: Tensor) -> Tensor:
         """`visual (B, N, C)` and `questions (B, S, L)` (word ids, 0 = padding) → answer logits `(B, S, answers)`."""
-        x = torch.cat([self.projector(visual, self.grid) + self.visual_pos, self.question(self.word(questions).flatten(2))], 1)
+        x = torch.cat([self.projector(visual, self.grid) + self.visual_pos,
+                       self.question(self.word(questions).flatten(2))], 1)
         for block in self.blocks:
             x = block(x, self.m)
         return self.head(self.norm(x[:, self.m:]))
@@ -330,7 +333,8 @@ def _forward(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor, image
     return logits[(q >= 0).to(dev)], q[q >= 0]
 
 
-def _score(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _score(model: TinyVLM, feats: Tensor, task: TaskData, slots: Tensor,
+           images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, question indices, correct) over `images`, in batches, on the CPU."""
     out = [_forward(model, feats, task, slots, b) for b in images.split(256)]
     logits, qi = torch.cat([o[0].float().cpu() for o in out]), torch.cat([o[1] for o in out])
@@ -344,7 +348,7 @@ def two_level_bootstrap(correct: np.ndarray, seed: int, resamples: int = 2000) -
     replacement (the same questions for every drawn seed: they are one test set), so the interval holds
     both the training noise between seeds and the sampling noise of the test set. Where the exact
     (Clopper–Pearson) binomial interval of the test questions is wider, it widens the interval: a bootstrap
-    of a test with no error is [100, 100] whatever its size, which says nothing of how little 36 questions tell.
+    of a test with no error is [100, 100] whatever its size, which says nothing of how little a few questions tell.
     """
     correct = np.atleast_2d(np.asarray(correct, dtype=np.float64))
     s, q = correct.shape
@@ -415,7 +419,8 @@ def _model_path(s: _Setup, models: Path, seed: int, lr: float) -> Path:
     return models / f"{s.name}-{_key(*s.base_key, seed, lr)}.pt"
 
 
-def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, lr: float, threads: int) -> dict[str, Any]:
+def _train_model(s: _Setup, t: DictConfig, path: Path, quiet: bool, seed: int, lr: float,
+                 threads: int) -> dict[str, Any]:
     """Train (or load from the cache file `path`) the model of setup `s` for one seed and learning rate; the
     returned run has `cached` and, if it diverged, `error`. Runs in a worker process or in this one, on `s.device`."""
 
@@ -445,7 +450,7 @@ _POOL: dict[int, Any] = {}  # this process's training pool by size: kept from jo
 
 
 def _pool(workers: int) -> Any:
-    """The training pool of `workers` processes, started once: a start costs about 3 s (each worker imports
+    """The training pool of `workers` processes, started once: a start costs seconds (each worker imports
     torch and the package)."""
     if workers not in _POOL:
         close_pool()
@@ -480,7 +485,8 @@ def _result(r: Any, procs: list[Any], name: str) -> dict[str, Any]:
         r.wait(1.0)
         if dead := [p.exitcode for p in procs if p.exitcode is not None]:
             how = f"killed by {signal.Signals(-dead[0]).name}" if dead[0] < 0 else f"exit code {dead[0]}"
-            raise WorkerDiedError(f"a training worker died ({how}{': out of memory?' if dead[0] == -signal.SIGKILL else ''}) "
+            raise WorkerDiedError(f"a training worker died ({how}"
+                                  f"{': out of memory?' if dead[0] == -signal.SIGKILL else ''}) "
                                   f"while {name} trained; its finished models are cached: run the same command again "
                                   "to go on, with accuracy.workers=1 if memory is short")
     return r.get()
@@ -507,7 +513,7 @@ def training_workers(asked: int | None, trainings: int, device: str = "cpu") -> 
 def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[tuple[int, float]],
                workers: int) -> list[dict[str, Any]]:
     """`_train_model` for every (seed, lr): in `workers` processes of one thread each when workers > 1 (these
-    small models use a core each better than two cores together: 1.6× the throughput measured on 2 cores).
+    small models use a core each better than when two threads share one model).
     A worker gets the setup itself (task, features), so it neither rebuilds nor re-reads them. Models already
     in the cache are loaded here: an int8 design, whose float twin was just trained, starts no worker."""
     threads = torch.get_num_threads()
@@ -518,7 +524,8 @@ def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[t
     per = max(1, threads // workers)
     # Workers ignore Ctrl-C: the parent gets it and ends them, so it prints one line, not a traceback per worker.
     pool = _pool(workers)
-    procs = list(pool._pool)  # its workers: a Pool replaces one that dies, but its task never ends (get() waits forever)
+    # its workers: a Pool replaces one that dies, but its task never ends (get() waits forever)
+    procs = list(pool._pool)
     pending: dict[tuple[int, float], Any] = {}
     try:
         pending = {j: pool.apply_async(_train_model, (s, t, paths[j], quiet, *j, per)) for j in todo}
@@ -557,7 +564,8 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         raise DivergedError(next(r["error"] for r in done if "error" in r))
     lr = min(ok, key=lambda k: float(np.mean([r["val_loss"] for r in ok[k]])))
     runs = sorted(ok[lr], key=lambda r: r["seed"])
-    val_by_lr = {f"{k:g}": (float(np.mean([r["val_loss"] for r in rs])) if k in ok else None) for k, rs in by_lr.items()}
+    val_by_lr = {f"{k:g}": (float(np.mean([r["val_loss"] for r in rs])) if k in ok else None)
+                 for k, rs in by_lr.items()}
 
     test_q = task.split("test")
     correct, qi = [], None
@@ -587,7 +595,8 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
     note = (f"small test split: {len(test_q)} questions; the interval is wide" if len(test_q) < SMALL_TEST else None)
     warning = (f"only {len(test_q)} test questions: this accuracy and its interval mean little; give the task more "
                "images" if len(test_q) < TOO_SMALL_TEST else None)
-    for what, rec in (("stand-in encoder", s.standin), (f"encoder (with a head trained on {task.name}'s labels)", s.adapted)):
+    for what, rec in (("stand-in encoder", s.standin),
+                      (f"encoder (with a head trained on {task.name}'s labels)", s.adapted)):
         if rec is not None and not rec["better_than_chance"]:
             warning = "; ".join(w for w in (warning, (
                 f"the {what} is no better than chance on its own validation ({rec['val_accuracy']:.1f}%, chance "
@@ -600,7 +609,8 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "accuracy": float(np.mean(per_seed)),
         "accuracy_ci_low": lo, "accuracy_ci_high": hi,
         "accuracy_ci_method": f"two-level bootstrap 95% over {len(seeds)} seeds and {len(test_q)} test questions",
-        "accuracy_by_seed": per_seed, "accuracy_seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+        "accuracy_by_seed": per_seed,
+        "accuracy_seed_std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
         "accuracy_by_type": {k: 100 * float(correct_m[:, types == k].mean()) for k in kinds},
         "accuracy_ci_by_type": ci_by_type,
         "majority_by_type": majority_by_type,
@@ -615,7 +625,8 @@ def evaluate_projector(cfg: DictConfig) -> dict[str, Any]:
         "val_curves": [r["curve"] for r in runs],
         "train_time_s": sum(r.get("time_s", 0.0) for r in done), "train_workers": workers,
         "train_steps_per_s": float(np.median([r["steps_per_s"] for r in runs])),
-        "train_questions_per_s": float(np.median([r["steps_per_s"] for r in runs])) * t.batch_size * len(task.answers) / len(task.images),
+        "train_questions_per_s": (float(np.median([r["steps_per_s"] for r in runs])) * t.batch_size
+                                  * len(task.answers) / len(task.images)),
         "accuracy_time_s": time.perf_counter() - start,
         "acc_cached": all(r.get("cached", False) for r in done),
         "acc_code_version": code_version(),

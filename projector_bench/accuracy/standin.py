@@ -51,7 +51,8 @@ def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool, device
     def loss_on(b: Tensor) -> Tensor:
         k, c, p = outputs(b)
         return (F.cross_entropy(k.flatten(0, 2), kind[b].flatten().to(device))
-                + F.cross_entropy(c.flatten(0, 2), colour[b].flatten().to(device)) + F.mse_loss(p, pix[b].to(device).float()))
+                + F.cross_entropy(c.flatten(0, 2), colour[b].flatten().to(device))
+                + F.mse_loss(p, pix[b].to(device).float()))
 
     def correct() -> Tensor:
         return torch.cat([(outputs(b)[0].argmax(-1).cpu() == kind[b]).flatten() for b in val.split(256)])
@@ -61,7 +62,8 @@ def pretrain(enc: TimmEncoder, img_size: int, s: DictConfig, quiet: bool, device
         return loss, 100 * correct().float().mean().item()
 
     torch.manual_seed(int(s.seed))
-    run = fit(model, loss_on, validate, batches(train, s.batch_size, int(s.seed)), s, s.lr, f"stand-in {enc.name}", quiet)
+    run = fit(model, loss_on, validate, batches(train, s.batch_size, int(s.seed)), s, s.lr, f"stand-in {enc.name}",
+              quiet)
     cells = kind[val].flatten()
     chance = float(torch.bincount(cells).max()) / len(cells)
     with torch.inference_mode():

@@ -97,7 +97,8 @@ class Agreement:
 
     def text(self) -> str:
         tau = "n/a" if self.tau is None else f"{self.tau:+.2f}"
-        head = (f"{self.table} {self.benchmark} at {self.tokens} tokens ({len(self.designs)} designs): Kendall τ {tau}; "
+        head = (f"{self.table} {self.benchmark} at {self.tokens} tokens ({len(self.designs)} designs): "
+                f"Kendall τ {tau}; "
                 f"robust pairs: {self.count('reproduced')} reproduced, {self.count('tied')} tied, "
                 f"{self.count('contradicted')} contradicted of {len(self.pairs)}")
         return "\n".join([head, *(f"  {p.text()}" for p in self.pairs)])

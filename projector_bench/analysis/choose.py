@@ -2,7 +2,7 @@
 (docs/devices.md).
 
     df = load_results("results")
-    df = add_estimates(df, device)                       # est_encoder/projector/prefill/ttft_ms, est_decode_tok_s (+ _bound, est_basis)
+    df = add_estimates(df, device)  # est_encoder/projector/prefill/ttft_ms, est_decode_tok_s (+ _bound, est_basis)
     pick = recommend(df, Budget(latency_ms=200), device.name)
     print(pick.reason)
 """
@@ -151,7 +151,8 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
             if len(ranked) > 1:
                 nxt = ranked.iloc[1]
                 t = tie(top, nxt)
-                how = f", outside the 95% interval of the difference (±{t[1]:.1f})" if t is not None and not t[0] else ""
+                how = (f", outside the 95% interval of the difference (±{t[1]:.1f})"
+                       if t is not None and not t[0] else "")
                 reason += (f", the most accurate; the next, {nxt.label}, is {top.accuracy - nxt.accuracy:.1f} points "
                            f"below{how} at {times(nxt[lat] / pick[lat])} the time")
         else:
@@ -180,8 +181,8 @@ def recommend(df: pd.DataFrame, budget: Budget, device: str) -> Recommendation:
     if not runs.any():
         return Recommendation(**base, design=None, feasible=False,
                               reason=f"no measured design has `exports` ok on {budget.deployable}: run the sweep with "
-                                     f"deploy.runtime={budget.deployable} (after python -m projector_bench.costs.deploy install), "
-                                     f"or drop budget.deployable")
+                                     f"deploy.runtime={budget.deployable} (after python -m "
+                                     f"projector_bench.costs.deploy install), or drop budget.deployable")
     i = worst[runs].idxmin()
     best = rows.loc[i]
     k = over.loc[i].idxmax()
@@ -213,7 +214,8 @@ def token_budgets(df: pd.DataFrame, latency_col: str = "est_ttft_ms") -> list[di
     if not need <= set(df.columns):
         return []
     df = finite(df)
-    ok = df[df["token_budget"].notna() & df["accuracy"].notna() & ((df["status"] == "ok") if "status" in df else True)].copy()
+    ok = df[df["token_budget"].notna() & df["accuracy"].notna()
+            & ((df["status"] == "ok") if "status" in df else True)].copy()
     if not len(ok):
         return []
     ok["label"] = design_label(ok)
@@ -277,7 +279,8 @@ def analyse(df: pd.DataFrame, cfg: Any, provenance: dict[str, Any]) -> Analysis:
     df = add_estimates(finite(df.reset_index(drop=True)), device)
     ok = (df["status"] == "ok") if "status" in df else pd.Series(False, index=df.index)
     for col, cost in (("pareto_latency", budget.latency_col), ("pareto_macs", "macs")):
-        df[col] = pareto_mask(df[ok], cost).reindex(df.index, fill_value=False) if cost in df and "accuracy" in df else False
+        df[col] = (pareto_mask(df[ok], cost).reindex(df.index, fill_value=False)
+                   if cost in df and "accuracy" in df else False)
     recs = [recommend(df, budget, device.name)]
     for name, dcfg in _device_configs().items():
         if name != device.name and dcfg.get("kind") == "target":
@@ -290,4 +293,5 @@ def analyse(df: pd.DataFrame, cfg: Any, provenance: dict[str, Any]) -> Analysis:
             provenance[col] = ", ".join(sorted(map(str, df[col].dropna().unique())))
     if "config" in df and len(df):
         provenance["first row's config"] = df["config"].iloc[0]
-    return Analysis(df, device.name, budget.latency_col, recs, validation, provenance, token_budgets(df, budget.latency_col))
+    return Analysis(df, device.name, budget.latency_col, recs, validation, provenance,
+                    token_budgets(df, budget.latency_col))

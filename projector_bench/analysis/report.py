@@ -40,111 +40,7 @@ from .tables import picks
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>
-body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; overflow-wrap: break-word; }
-td.n { text-align: right; white-space: nowrap; }
-th { background: #f0f0f0; } tr.failed { background: #fde8e8; } tr.infeasible { color: #a00; }
-.box { overflow-x: auto; max-width: 100%; } .note { color: #555; }
-img { max-width: 100%; display: block; margin: 1em 0; } pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
-</style></head>
-<body>
-<h1>{{ title }}</h1>
-<p>Device: <b>{{ device }}</b>.{% if basis %} <span id="estimate-basis">Estimates (est_*) on it: {{ basis }}; est_*_bound columns: the uncalibrated roofline.</span>{% endif %} {{ summary }}</p>
-
-<h2>Recommendation</h2>
-{% if rule %}<p id="pick-rule">{{ rule }}</p>{% endif %}
-<div class="box"><table id="recommendations">
-<tr><th>device</th><th>pick</th><th>{{ latency_words }}</th><th>accuracy</th><th>params</th><th>memory</th><th>most accurate</th><th>fastest within {{ tolerance }} points</th><th>trade-off</th></tr>
-{% for r in recommendations %}
-<tr class="{{ '' if r.feasible else 'infeasible' }}" title="{{ r.reason }}"><td>{{ r.device }}</td><td>{{ r.design }}</td><td class="n">{{ r.latency_ms }}</td>
-<td class="n">{{ r.accuracy }}</td><td class="n">{{ r.params }}</td><td class="n">{{ r.memory_mb }}</td><td>{{ r.most_accurate }}</td><td>{{ r.fastest_within }}</td><td>{{ r.tradeoff }}</td></tr>
-{% endfor %}
-</table></div>
-{% if bases %}<details id="device-bases"><summary>How the times on each device are estimated, and each pick's reason</summary><ul>
-{% for r in recommendations %}<li><b>{{ r.device }}</b>: {{ r.basis }}. {{ r.reason }}.</li>{% endfor %}
-</ul></details>{% endif %}
-
-<h2>Results</h2>
-{% for n in constant %}<p class="note constant">{{ n }}</p>
-{% endfor %}
-<div class="box"><table id="results-table">
-<tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in rows %}
-<tr class="{{ row.css }}">{% for v in row.cells %}<td{% if loop.index0 in numeric %} class="n"{% endif %}>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}
-</table></div>
-{% if all_columns %}<details><summary>Every column</summary><div class="box"><table id="all-columns">
-<tr>{% for c in all_columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in all_rows %}<tr class="{{ row.css }}">{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
-{% endfor %}
-</table></div></details>{% endif %}
-
-{% if budgets %}
-<h2>Token budgets</h2>
-<p>Per output budget (tokens at the cost shape), the design that keeps the most accuracy, and those tied with it
-(the gap within the 95% interval of the difference, from the two intervals as independent estimates).</p>
-<ul id="budget-verdicts">{% for b in budgets %}<li>{{ b.verdict }}</li>{% endfor %}</ul>
-<table id="budgets">
-<tr><th>budget (tokens)</th><th>design</th><th>accuracy [95% CI]</th><th>accuracy-grid tokens</th><th>{{ latency_col }}</th></tr>
-{% for b in budgets %}{% for r in b.rows %}<tr><td>{{ b.tokens }}</td><td>{{ r.design }}</td><td>{{ r.accuracy }}</td><td>{{ r.acc_tokens }}</td><td class="n">{{ r.latency_ms }}</td></tr>
-{% endfor %}{% endfor %}
-</table>
-{% endif %}
-
-{% if agreement %}
-<h2>Against published tables</h2>
-<p>The proxy's ranking held against published ablations (conf/published/): Kendall τ between the two rankings of
-the designs both cover at a budget, and the robust pairs (a gap of at least 1 point in the source) the proxy
-reproduces, ties (within the 95% interval of its difference) or contradicts.</p>
-<div class="box"><table id="agreement">
-<tr><th>table</th><th>benchmark</th><th>tokens</th><th>designs</th><th>Kendall τ</th><th>reproduced</th><th>tied</th><th>contradicted</th></tr>
-{% for a in agreement %}<tr title="{{ a.source }}"><td>{{ a.table }}</td><td>{{ a.benchmark }}</td><td class="n">{{ a.tokens }}</td><td class="n">{{ a.designs|length }}</td>
-<td class="n">{{ a.tau_text }}</td><td class="n">{{ a.reproduced }}</td><td class="n">{{ a.tied }}</td><td class="n">{{ a.contradicted }}</td></tr>
-{% endfor %}</table></div>
-<details><summary>Every robust pair</summary><ul>
-{% for a in agreement %}{% for p in a.pairs %}<li>{{ a.table }} {{ a.benchmark }} at {{ a.tokens }}: {{ p }}</li>{% endfor %}{% endfor %}
-</ul></details>
-{% endif %}
-
-<h2>Plots</h2>
-{% for p in plots %}
-<h3>{{ p.alt }}</h3>
-<img id="{{ p.id }}" alt="{{ p.alt }}" src="data:image/png;base64,{{ p.b64 }}">
-{% else %}
-<p>No successful design with an accuracy to plot.</p>
-{% endfor %}
-{% for n in notes %}<p class="note">{{ n }}</p>
-{% endfor %}
-
-{% if validation %}
-<h2>Estimator validation</h2>
-<p>Roofline estimate vs measured host latency: median absolute error {{ validation.median }}.</p>
-<table id="validation">
-<tr><th>design</th><th>measured</th><th>estimated</th><th>error</th></tr>
-{% for v in validation.rows %}<tr><td>{{ v[0] }}</td><td class="n">{{ v[1] }}</td><td class="n">{{ v[2] }}</td><td class="n">{{ v[3] }}</td></tr>{% endfor %}
-</table>
-{% endif %}
-
-<h2>Provenance</h2>
-<dl id="provenance">
-{% for k, v in provenance %}<dt>{{ k }}</dt><dd><pre>{{ v }}</pre></dd>
-{% endfor %}
-</dl>
-<script>
-window.addEventListener("load", function () {  // what a headless browser test reads back (tests/test_report.py)
-  var n = Array.prototype.filter.call(document.images, function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  var table = document.getElementById("results-table");
-  document.body.dataset.imagesLoaded = String(n);
-  document.body.dataset.pageWidth = String(document.documentElement.scrollWidth);
-  document.body.dataset.tableOverflow = String(table.offsetWidth - table.parentElement.clientWidth);
-});
-</script>
-</body></html>
-"""
+TEMPLATE = (Path(__file__).parent / "report.html.j2").read_text()  # Jinja2, autoescaped
 
 
 def _fmt(x: Any, digits: int = 1, scale: float = 1.0) -> str:
@@ -430,9 +326,11 @@ def _exports(r: pd.Series) -> str:
     for prefix, who in (("", ""), ("encoder_", "encoder ")):
         e, outside = r.get(f"{prefix}exports"), r.get(f"{prefix}xnnpack_outside")
         if isinstance(e, dict):
-            parts += [f"{who}{rt}: {v}" for rt, v in e.items() if "_" not in rt or v not in ("ok", e.get(rt.split("_")[0]))]
+            parts += [f"{who}{rt}: {v}" for rt, v in e.items()
+                      if "_" not in rt or v not in ("ok", e.get(rt.split("_")[0]))]
         if isinstance(outside, list) and outside:  # they run on ExecuTorch's portable (reference) kernels
-            parts.append(f"{who}{len(outside)} ops outside XNNPACK ({', '.join(outside[:3])}{', …' if len(outside) > 3 else ''})")
+            parts.append(f"{who}{len(outside)} ops outside XNNPACK "
+                         f"({', '.join(outside[:3])}{', …' if len(outside) > 3 else ''})")
     return "; ".join(parts)
 
 
@@ -481,7 +379,8 @@ def _recommendation_rows(recommendations: list[dict]) -> list[dict]:
                     "accuracy": "" if missing(r.get("accuracy")) else f"{r['accuracy']:.1f}%",
                     "params": si(r.get("params")), "memory_mb": _mb(r.get("memory_mb")),
                     "most_accurate": _alternative(r.get("most_accurate"), scored),
-                    "fastest_within": _alternative(r.get("fastest_within"), scored), "tradeoff": r.get("tradeoff") or "",
+                    "fastest_within": _alternative(r.get("fastest_within"), scored),
+                    "tradeoff": r.get("tradeoff") or "",
                     "reason": r.get("reason") or "", "basis": r.get("basis") or "estimates as measured"})
     return out
 
@@ -529,8 +428,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, *, title: str, device: s
                  notes: list[str] | None = None, agreement: list[dict] | None = None) -> Path:
     """Write `out_dir/report-<YYYYmmdd-HHMMSS>.html` (self-contained) and return its path; `extra_plots` are
     `{"id", "alt", "b64"}` dicts appended to the plots; `budgets` is `choose.token_budgets`; `notes` are lines
-    shown under the plots (what could not be plotted); `agreement` is `agreement.as_records`. The file is written whole or not at all: on an OS error
-    (a full disk) `ReportNotWritten` is raised and no partial file is left."""
+    shown under the plots (what could not be plotted); `agreement` is `agreement.as_records`. The file is written
+    whole or not at all: on an OS error (a full disk) `ReportNotWritten` is raised and no partial file is left."""
     df = df.reset_index(drop=True).copy()
     df["design"] = design_label(df)
     limits = (recommendations[0].get("limits") or {}) if recommendations else {}
@@ -590,7 +489,8 @@ def study_plots(study: Any) -> list[dict]:
             out.append({"id": f"plot-history-{i}", "alt": f"Optimization history: {name}", "b64": _png(ax.figure)})
             try:
                 # Optuna's default evaluator (PED-ANOVA) ranks parameters for reaching *low* target values
-                good = (lambda t, i=i: -t.values[i]) if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else target
+                good = ((lambda t, i=i: -t.values[i]) if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE
+                        else target)
                 ax = ovm.plot_param_importances(study, target=good, target_name=name)
                 fig = ax.figure
             except (ValueError, RuntimeError) as e:  # e.g. fewer than two completed trials: say so in the report
@@ -770,6 +670,7 @@ def build_report(df: pd.DataFrame, cfg: Any, out_dir: str | Path, provenance: di
 
 def report_at_end(df: pd.DataFrame, cfg: Any, command: str) -> Path:
     """The report a sweep or a search writes when it ends (unless `report=false`); prints its path."""
-    path = build_report(df.reset_index(drop=True), cfg, cfg.reports_dir, {"command": command, "results": cfg.results_dir})
+    path = build_report(df.reset_index(drop=True), cfg, cfg.reports_dir,
+                        {"command": command, "results": cfg.results_dir})
     print(f"report: {path}")
     return path

@@ -47,12 +47,14 @@ def accuracy_table(df) -> str:
     rows, learned, judged = {}, set(), set()
     acc = df.dropna(subset=["accuracy_by_type"])
     label = design_label(acc)
-    if "acc_encoder" in acc and acc["acc_encoder"].nunique() > 1 and not (acc["acc_encoder"] == acc.get("encoder")).all():
+    if ("acc_encoder" in acc and acc["acc_encoder"].nunique() > 1
+            and not (acc["acc_encoder"] == acc.get("encoder")).all()):
         # designs told apart by the encoder they trained on, where it is not the encoder already in the label
         label = label + "@" + acc["acc_encoder"].astype(str)
     for name, (_, r) in zip(label, acc.iterrows()):
         by_type = r["accuracy_ci_by_type"]
-        rows[name] = {"tokens": r["acc_tokens_out"], "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
+        rows[name] = {"tokens": r["acc_tokens_out"],
+                      "all": f"{r['accuracy']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}]"} | {
             k: f"{v:.1f} [{by_type[k][0]:.1f}, {by_type[k][1]:.1f}]" for k, v in r["accuracy_by_type"].items()}
         if "converged" in r and isinstance(r["converged"], bool):
             rows[name]["converged"] = "yes" if r["converged"] else "NO"

@@ -44,7 +44,8 @@ class Budget:
         if self.latency not in LATENCY_COLUMNS:
             raise ConfigError(f"budget.latency={self.latency!r} is not one of: {', '.join(LATENCY_COLUMNS)}")
         if self.deployable is not None and self.deployable not in DEPLOY_RUNTIMES:
-            raise ConfigError(f"budget.deployable={self.deployable!r} is not one of: {', '.join(DEPLOY_RUNTIMES)} (or null)")
+            raise ConfigError(f"budget.deployable={self.deployable!r} is not one of: "
+                              f"{', '.join(DEPLOY_RUNTIMES)} (or null)")
         for k, v in self.limits().items():
             if not v > 0:
                 raise ConfigError(f"budget.{k} must be positive or null, got {v!r}")
@@ -58,7 +59,8 @@ class Budget:
         return LATENCY_COLUMNS[self.latency]
 
     def limits(self) -> dict[str, float]:
-        return {k: v for k, v in (("latency_ms", self.latency_ms), ("params", self.params), ("memory_mb", self.memory_mb))
+        return {k: v for k, v in (("latency_ms", self.latency_ms), ("params", self.params),
+                                  ("memory_mb", self.memory_mb))
                 if v is not None}
 
     def columns(self) -> dict[str, str]:
@@ -67,7 +69,8 @@ class Budget:
     def describe(self) -> str:
         words = {"latency_ms": lambda v: f"{self.latency} ≤ {v:g} ms", "params": lambda v: f"params ≤ {si(v)}",
                  "memory_mb": lambda v: f"memory ≤ {v:g} MB"}
-        parts = [words[k](v) for k, v in self.limits().items()] + ([f"deployable on {self.deployable}"] if self.deployable else [])
+        parts = ([words[k](v) for k, v in self.limits().items()]
+                 + ([f"deployable on {self.deployable}"] if self.deployable else []))
         return ", ".join(parts) or "no budget"
 
     def deploys(self, row: Mapping[str, Any]) -> bool:

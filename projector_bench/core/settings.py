@@ -14,7 +14,8 @@ import torch
 
 from .errors import ConfigError
 
-GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task", "at_budget")  # conf/<group>/<option>.yaml
+GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task",
+          "at_budget")  # conf/<group>/<option>.yaml
 SWEEP_ENV = "PROJECTOR_BENCH_SWEEP_ID"     # a multirun's id, inherited by its jobs (in-process or launched)
 THREADS_ENV = "PROJECTOR_BENCH_HOST_THREADS"  # "host:threads" of the process that launched a multirun
 LAUNCHER_ENV = "PROJECTOR_BENCH_LAUNCHER"  # "host:pid" of that process: a job elsewhere writes its row apart

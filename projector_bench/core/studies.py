@@ -42,12 +42,14 @@ def storage(spec: str | None, results_dir: str, heartbeat: int, grace: int) -> o
 
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(spec, heartbeat_interval=heartbeat, grace_period=grace,
-                                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                              engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(
+                spec, heartbeat_interval=heartbeat, grace_period=grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs=engine_kwargs)
         except Exception as e:  # the server answered (check_database), so mostly a race on a new schema
-            race = isinstance(e, IntegrityError | OperationalError) or (  # workers started together race to create
-                isinstance(e, ProgrammingError) and "already exists" in str(e))  # the schema (PostgreSQL: DuplicateTable)
+            # workers started together race to create the schema (PostgreSQL: DuplicateTable)
+            race = isinstance(e, IntegrityError | OperationalError) or (
+                isinstance(e, ProgrammingError) and "already exists" in str(e))
             if race and attempt < 4:
                 time.sleep(0.5 + random.random())  # the loser opens it once it exists
                 continue

@@ -59,4 +59,5 @@ def accuracy_projector_kwargs(cfg: DictConfig) -> dict[str, Any]:
     `accuracy.projector` on top (a count the smaller accuracy grid needs, e.g. a resampler's latents)."""
     spec = OmegaConf.to_container(cfg.projector, resolve=True)
     extra = cfg.accuracy.get("projector") or {}
-    return projector_kwargs({**spec, **(OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else extra)})
+    return projector_kwargs({**spec, **(OmegaConf.to_container(extra, resolve=True)
+                                        if isinstance(extra, DictConfig) else extra)})

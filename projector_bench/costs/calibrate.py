@@ -1,6 +1,6 @@
 """Target-device estimates calibrated on published measurements (docs/devices.md, "Calibration").
 
-A device profile's peaks with assumed efficiencies give a roofline bound, 2–7× faster than what llama.cpp
+A device profile's peaks with assumed efficiencies give a roofline bound, far faster than what llama.cpp
 publishes for MobileVLM on the same chips. A profile's `measured:` list holds those published points (CLIP
 encode, LM prefill, LM decode, each with its source); here each point's ops are built (CLIP ViT-L/14 at
 336 px plus the MobileVLM projector traced on the meta device, or the LM's prefill/decode ops) and the
@@ -11,10 +11,11 @@ checked by leave-one-out:
     cal.fitted, cal.median_loo, cal.basis
 
 Every timing of one workload (two cases of the same doc, MobileVLM and MobileVLM_V2 encodes of the same
-CLIP, another source's decode speed of the same LM) forms one group: in the fit every group weighs as much as one point,
-and leave-one-out leaves a whole group out, so a point is never predicted from another timing of the same
-workload (on Orin, llama.cpp's 65.6 tok/s and MobileVLM's 65.3 would predict each other at 1%). A dtype gets its own compute efficiency
-only when at least two groups exercise it; otherwise every dtype shares one (no device has such data yet).
+CLIP, another source's decode speed of the same LM) forms one group: in the fit every group weighs as much
+as one point, and leave-one-out leaves a whole group out, so a point is never predicted from another timing
+of the same workload (on Orin, llama.cpp's and MobileVLM's published decode speeds of the same LM would
+predict each other almost exactly). A dtype gets its own compute efficiency only when at least two groups
+exercise it; otherwise every dtype shares one (no device has such data yet).
 A weak prior (`PRIOR_WEIGHT`, in log space) pulls each parameter towards the profile's assumed value, so
 a parameter the data cannot see (the memory efficiency when the only decode group is left out) stays
 determined. The pricing is `roofline.Device.op_seconds`, restated with arrays (it is not imported: the
@@ -69,7 +70,8 @@ class Point:
 
     @property
     def label(self) -> str:
-        what = {"encode": f"CLIP+{self.projector}", "prefill": f"{self.lm} {self.tokens} tok", "decode": f"{self.lm} @{self.context}"}
+        what = {"encode": f"CLIP+{self.projector}", "prefill": f"{self.lm} {self.tokens} tok",
+                "decode": f"{self.lm} @{self.context}"}
         return f"{self.workload} {what[self.workload]} [{self.case}]"
 
 
@@ -169,12 +171,15 @@ def load_points(measured: Iterable[Mapping[str, Any]], device: str = "") -> list
         if missing:
             raise ConfigError(f"{where}: {workload} needs {', '.join(missing)}")
         tokens, context = int(m.get("tokens") or 0), int(m.get("context") or 0)
-        ms = float(m["ms"]) if m.get("ms") is not None else 1e3 * (tokens if workload == "prefill" else 1) / float(m["tok_s"])
+        ms = (float(m["ms"]) if m.get("ms") is not None
+              else 1e3 * (tokens if workload == "prefill" else 1) / float(m["tok_s"]))
         if not ms > 0 or m["dtype"] not in BYTES:
             raise ConfigError(f"{where}: ms must be positive and dtype one of {', '.join(BYTES)}")
-        group = m.get("group") or (workload if workload == "encode" else f"{workload} {m['lm']}")  # encode: CLIP's, any LM
-        points.append(Point(workload, str(m["lm"]), ms, str(m["dtype"]), float(m.get("weight_bits") or 16), tokens,
-                            context, str(m.get("projector") or ""), str(group), str(m["source"]), str(m.get("case") or "")))
+        group = m.get("group") or (workload if workload == "encode"
+                                   else f"{workload} {m['lm']}")  # encode: CLIP's, any LM
+        points.append(Point(workload, str(m["lm"]), ms, str(m["dtype"]), float(m.get("weight_bits") or 16),
+                            tokens, context, str(m.get("projector") or ""), str(group), str(m["source"]),
+                            str(m.get("case") or "")))
     return points
 
 
@@ -227,14 +232,16 @@ class Work:
 def work(ops: Sequence[Op], peaks: Mapping[str, float], memory_gbps: float) -> Work:
     """`ops` on a device with `peaks` (GFLOP/s per dtype, fp32's when a dtype has none) and `memory_gbps`."""
     peak = np.array([peaks.get(o.dtype) or peaks["fp32"] for o in ops], dtype=float)
-    return Work(np.array([o.count for o in ops], dtype=float), np.array([o.flops for o in ops], dtype=float) / (peak * 1e9),
+    return Work(np.array([o.count for o in ops], dtype=float),
+                np.array([o.flops for o in ops], dtype=float) / (peak * 1e9),
                 np.array([o.bytes for o in ops], dtype=float) / (memory_gbps * 1e9), tuple(o.dtype for o in ops))
 
 
 def predict_ms(w: Work, eff: Efficiencies) -> float:
     """The roofline time of `w` with `eff`, in ms: Σ count · (overhead + max(compute / eff_c, memory / eff_m))."""
     ec = np.array([eff.compute_for(d) for d in w.dtypes])
-    return 1e3 * float(np.sum(w.count * (eff.overhead_us * 1e-6 + np.maximum(w.compute_s / ec, w.memory_s / eff.memory))))
+    return 1e3 * float(np.sum(w.count * (eff.overhead_us * 1e-6
+                                         + np.maximum(w.compute_s / ec, w.memory_s / eff.memory))))
 
 
 def own_dtypes(points: Sequence[Point]) -> list[str]:
@@ -262,7 +269,8 @@ def fit(points: Sequence[Point], works: Sequence[Work], prior: Efficiencies) -> 
     own = own_dtypes(points)
     lo = np.log([EFF_BOUNDS[0], EFF_BOUNDS[0], OVERHEAD_BOUNDS_US[0]] + [EFF_BOUNDS[0]] * len(own))
     hi = np.log([EFF_BOUNDS[1], EFF_BOUNDS[1], OVERHEAD_BOUNDS_US[1]] + [EFF_BOUNDS[1]] * len(own))
-    x0 = np.clip(np.log(np.maximum([prior.compute, prior.memory, prior.overhead_us] + [prior.compute] * len(own), 1e-12)), lo, hi)
+    x0 = np.clip(np.log(np.maximum([prior.compute, prior.memory, prior.overhead_us] + [prior.compute] * len(own),
+                                   1e-12)), lo, hi)
     sizes = {g: sum(p.group == g for p in points) for g in {p.group for p in points}}
     weight = np.array([1 / math.sqrt(sizes[p.group]) for p in points])
     measured = np.log([p.ms for p in points])
@@ -290,12 +298,14 @@ def leave_one_out(points: Sequence[Point], works: Sequence[Work], prior: Efficie
     return out
 
 
-def calibrate(points: Sequence[Point], peaks: Mapping[str, float], memory_gbps: float, assumed: Efficiencies) -> Calibration:
+def calibrate(points: Sequence[Point], peaks: Mapping[str, float], memory_gbps: float,
+              assumed: Efficiencies) -> Calibration:
     """Fit on all `points`, validate by leave-one-out, and price each point with the `assumed` bound."""
     works = [work(point_ops(p), peaks, memory_gbps) for p in points]
     fitted = fit(points, works, assumed)
     loo = leave_one_out(points, works, assumed)
-    results = tuple(PointResult(p, predict_ms(w, fitted), l, predict_ms(w, assumed)) for p, w, l in zip(points, works, loo))
+    results = tuple(PointResult(p, predict_ms(w, fitted), held_out, predict_ms(w, assumed))
+                    for p, w, held_out in zip(points, works, loo))
     return Calibration(fitted, assumed, results)
 
 
@@ -310,7 +320,8 @@ def calibrate_config(dev: Mapping[str, Any]) -> Calibration | None:
         return None
     eff = dev.get("efficiency") or {}
     peaks = {str(k): float(v) for k, v in dict(dev["peak_gflops"]).items()}
-    assumed = Efficiencies(float(eff.get("compute", 1.0)), float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))
+    assumed = Efficiencies(float(eff.get("compute", 1.0)), float(eff.get("memory", 1.0)),
+                           float(dev.get("op_overhead_us", 0.0)))
     points = load_points(measured, str(dev.get("name", "")))
     key = repr((sorted(peaks.items()), float(dev["memory_gbps"]), assumed, points))
     if key not in _CACHE:

@@ -50,7 +50,8 @@ def unavailable() -> str | None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
         from executorch.extension.pybindings import portable_lib
     except Exception as e:  # ImportError, or a binary built for another torch
-        return f"executorch is not installed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {INSTALL}"
+        return (f"executorch is not installed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"{INSTALL}")
     if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
         return "this executorch build has no XNNPACK backend; reinstall it: " + INSTALL
     return None
@@ -89,12 +90,13 @@ def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32"
         model = _quantize_int8(model, inputs)
     try:
         edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[XnnpackPartitioner()])
-        names = (getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes if n.op == "call_function")
+        names = (getattr(n.target, "__name__", str(n.target)) for n in edge.exported_program().graph.nodes
+                 if n.op == "call_function")
         outside = sorted({n.removeprefix("aten.").removesuffix(".default") for n in names
                           if n not in ("executorch_call_delegate", "getitem")})
         return Program(edge.to_executorch().buffer, tuple(outside))
     finally:  # memos without a bound, keyed by graph nodes and modules: else each lowering's graphs and
-        release_lowered_graphs()  # weights stay alive (about 0.25 GB a job on +sweep=token_budget)
+        release_lowered_graphs()  # weights stay alive in the process (docs/results/2026-12-06-token-budget.md)
 
 
 def release_lowered_graphs() -> None:
@@ -158,7 +160,8 @@ def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], thr
             got = run(inputs)  # also the first warm-up call; a program slower than min_run_time needs no more
             warm = 0 if time.perf_counter() - first > min_run_time else warmup
             if len(got) != len(ref) or any(g.shape != r.shape for g, r in zip(got, ref)):
-                raise RuntimeError(f"the program returned {[tuple(g.shape) for g in got]}, eager {[tuple(r.shape) for r in ref]}")
+                raise RuntimeError(f"the program returned {[tuple(g.shape) for g in got]}, "
+                                   f"eager {[tuple(r.shape) for r in ref]}")
             err = max(((g - r).norm() / r.norm().clamp_min(1e-12)).item() for g, r in zip(got, ref))
             lat: Latency = measure_latency(lambda: run(inputs), threads=threads, min_run_time=min_run_time, warmup=warm)
         except Exception as e:  # the row says why; the eager columns are unaffected
@@ -209,7 +212,8 @@ def _roof_kernels() -> dict[str, tuple[Callable[[], nn.Module], tuple[Tensor, ..
         "conv": (partial(nn.Conv2d, 1024, 1024, 1, bias=False), (x,), "fp32", 4, 2 * 1024 * 1024 * 576),
         "depthwise_conv": (partial(nn.Conv2d, 1024, 1024, 3, padding=1, groups=1024, bias=False), (x,), "fp32", 4,
                            2 * 9 * 1024 * 576),
-        "attention": (lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), "fp32", 4, 4 * 8 * 576 * 576 * 64),
+        "attention": (lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), "fp32", 4,
+                      4 * 8 * 576 * 576 * 64),
         "elementwise": (nn.GELU, (t,), "fp32", 16, t.numel()),  # cheap kernels: a longer chain
         "reduction": (partial(nn.LayerNorm, 2048), (t,), "fp32", 16, t.numel()),
         "bandwidth": (add, (big, big), "fp32", 4, 3 * big.numel() * 4),
@@ -249,8 +253,8 @@ def calibrate_xnnpack(threads: int, designs: dict[str, tuple[nn.Module, tuple[Te
     for k, (_, _, _, n, _) in kernels.items():
         one, diff = ms[k, 1], ms[k, n + 1] - ms[k, 1]
         if diff <= 0:  # noise larger than n kernels: not a throughput; the one-kernel program's time is an upper bound
-            log.warning("XNNPACK roof %s: %d chained kernels timed no slower than one (%.3f ms); using the one-kernel time",
-                        k, n + 1, one)
+            log.warning("XNNPACK roof %s: %d chained kernels timed no slower than one (%.3f ms); "
+                        "using the one-kernel time", k, n + 1, one)
         kernel_ms[k] = diff / n if diff > 0 else one
     rate = {k: work / kernel_ms[k] / 1e6 for k, (*_, work) in kernels.items()}  # per ms -> GFLOP/s (GB/s: bandwidth)
     kinds = {k: rate[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}

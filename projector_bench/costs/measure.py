@@ -29,16 +29,16 @@ with warnings.catch_warnings():  # fvcore (2022) scripts a loss at import; torch
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 from torch.ao.nn.quantized import dynamic as nnqd
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from ..core.util import torch_threads
 
 # torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on CUDA builds
 # running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-from ..core.util import torch_threads
+from torch.utils.benchmark import Timer  # noqa: E402 (after the logger above is quiet)
 
 # Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.
 MATMUL_OPS = frozenset({"linear", "matmul", "mm", "addmm", "bmm", "einsum", "conv", "scaled_dot_product_attention"})
@@ -165,7 +165,8 @@ def count_params(module: nn.Module) -> int:
 
 
 def _packed_bytes(module: nn.Module) -> int:
-    return sum(q.weight().nbytes + (q.bias().nbytes if q.bias() is not None else 0) for _, q in _quantized_linears(module))
+    return sum(q.weight().nbytes + (q.bias().nbytes if q.bias() is not None else 0)
+               for _, q in _quantized_linears(module))
 
 
 def size_mb(module: nn.Module) -> float:
@@ -263,7 +264,7 @@ def paired(case: Callable[[], Any], ref: Callable[[], Any], rounds: int, threads
     thread the clock is the thread's CPU time, so time spent descheduled (a neighbour holding the core) is
     not counted; the ratio then cancels what remains (clock speed, cache and memory contention).
     `threads` is torch's thread count, which the caller sets once around all its pairs: switching it per
-    pair leaves OpenMP workers spinning on the sibling core and slowed the timed thread by up to 30%.
+    pair leaves OpenMP workers spinning on the sibling core, which slows the timed thread.
     """
     assert torch.get_num_threads() == threads, "set torch.set_num_threads(threads) around the timing"
     clock = time.thread_time if threads == 1 else time.perf_counter
@@ -333,6 +334,8 @@ def load_check(threads: int, best: Best | None) -> dict[str, Any]:
     basis = (f"its threads had a core {share:.0%} of the time ({held:.2f}x); "
              + (f"{slower:.2f}x the best of {best.probes} probes here since {best.since}" if best
                 else "the first probe at this thread count here (no best time yet)"))
-    warning = (f"timed on a loaded machine: latencies inflated about {ratio:.2f}x ({basis}); re-run when the machine is quiet"
+    warning = (f"timed on a loaded machine: latencies inflated about {ratio:.2f}x ({basis}); "
+               "re-run when the machine is quiet"
                if ratio > LOAD_LIMIT else None)
-    return {"reference_ms": ms, "load_ratio": ratio, "load_cpu_share": share, "load_basis": basis, "load_warning": warning}
+    return {"reference_ms": ms, "load_ratio": ratio, "load_cpu_share": share, "load_basis": basis,
+            "load_warning": warning}

@@ -59,7 +59,8 @@ class Device:
     eff_memory: float = 1.0
     op_overhead_us: float = 0.0
     kind_gflops: Mapping[str, float] = field(default_factory=dict)  # measured per-kind roofs (host only)
-    eff_compute_dtype: Mapping[str, float] = field(default_factory=dict)  # fitted per-dtype fractions (else eff_compute)
+    # fitted per-dtype fractions (else eff_compute)
+    eff_compute_dtype: Mapping[str, float] = field(default_factory=dict)
     basis: str = ""  # "calibrated on ..." when fitted; see `estimate_basis`
     bound: Device | None = None  # a calibrated device's uncalibrated twin
     roofs: Mapping[str, str] = field(default_factory=dict)  # how the host's GEMM roofs were measured (host only)
@@ -67,7 +68,8 @@ class Device:
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
         """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
-        peak = (self.kind_gflops.get(kind) if dtype == "fp32" else None) or self.peak_gflops.get(dtype) or self.peak_gflops["fp32"]
+        peak = ((self.kind_gflops.get(kind) if dtype == "fp32" else None) or self.peak_gflops.get(dtype)
+                or self.peak_gflops["fp32"])
         compute = flops / (peak * 1e9 * self.eff_compute_dtype.get(dtype, self.eff_compute))
         memory = nbytes / (self.memory_gbps * 1e9 * self.eff_memory)
         return self.op_overhead_us * 1e-6 + max(compute, memory)
@@ -82,13 +84,15 @@ class Device:
     def estimate_basis(self) -> str:
         """What this device's estimates are: measured roofs, calibrated on published points, or the bound."""
         if self.kind == "host":
-            return "measured roofs (host)" + (f", measured on a loaded machine (its threads had a core {self.cpu_share:.0%} "
-                                              "of the time)" if self.cpu_share < QUIET_SHARE else "")
+            return "measured roofs (host)" + (", measured on a loaded machine (its threads had a core "
+                                              f"{self.cpu_share:.0%} of the time)" if self.cpu_share < QUIET_SHARE
+                                              else "")
         return self.basis or "roofline bound (assumed efficiencies; no published points for this device)"
 
 
 SLOW_CALL_S = 0.25  # one call this long is timed once, not repeated (`_seconds`)
-GEMM_SIZES = (128, 256, 512, 1024, 2048)  # square GEMMs, smallest first; a size whose call would exceed SLOW_CALL_S is skipped
+# square GEMMs, smallest first; a size whose call would exceed SLOW_CALL_S is skipped
+GEMM_SIZES = (128, 256, 512, 1024, 2048)
 QUIET_SHARE = 0.8  # a calibration whose threads had a core less of the time than this was taken on a loaded machine
 
 
@@ -190,7 +194,8 @@ def calibrate_host(threads: int) -> Device:
 
 
 def host_key(threads: int) -> str:
-    """The host cache's key for this machine's roofs at `threads`: the CPU, the threads and the code that measures them."""
+    """The host cache's key for this machine's roofs at `threads`: the CPU, the threads and the code that
+    measures them."""
     return f"{cpu_model()}|{threads}|{code_hash('costs/roofline.py', 'costs/measure.py')}"
 
 
@@ -255,7 +260,8 @@ def device_from_config(dev: Mapping[str, Any], threads: int, cache_dir: str | Pa
         return host_device(threads, cache_dir)
     peaks = dict(dev.get("peak_gflops") or {})
     if not peaks.get("fp32") or not dev.get("memory_gbps"):
-        raise ConfigError(f"device {dev.get('name')!r} needs peak_gflops.fp32 and memory_gbps; add them to conf/device/{dev.get('name')}.yaml")
+        raise ConfigError(f"device {dev.get('name')!r} needs peak_gflops.fp32 and memory_gbps; add them to "
+                          f"conf/device/{dev.get('name')}.yaml")
     eff = dev.get("efficiency") or {}
     bound = Device(dev["name"], dev["kind"], peaks, float(dev["memory_gbps"]), float(eff.get("compute", 1.0)),
                    float(eff.get("memory", 1.0)), float(dev.get("op_overhead_us", 0.0)))
@@ -274,7 +280,8 @@ def _ops(value: Any) -> list | None:
 def _estimates(enc: list | None, proj: list, tokens_out: int, device: Device, lm: LanguageModel) -> dict[str, float]:
     out = {"est_encoder_ms": device.latency_ms(enc) if enc else math.nan, "est_projector_ms": device.latency_ms(proj),
            "est_prefill_ms": device.latency_ms(lm.prefill_ops(tokens_out))}
-    out["est_vision_ms"] = out["est_projector_ms"] + (0.0 if math.isnan(out["est_encoder_ms"]) else out["est_encoder_ms"])
+    out["est_vision_ms"] = out["est_projector_ms"] + (0.0 if math.isnan(out["est_encoder_ms"])
+                                                      else out["est_encoder_ms"])
     out["est_ttft_ms"] = out["est_vision_ms"] + out["est_prefill_ms"]
     out["est_decode_tok_s"] = 1e3 / device.latency_ms(lm.decode_ops(tokens_out + lm.prompt_tokens))
     return out

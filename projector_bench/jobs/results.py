@@ -57,7 +57,8 @@ COLUMNS = {
     **COST_COLUMNS,
     # identity and provenance
     "run_id": "this row's id", "sweep_id": "the multirun's (or study's) id", "timestamp": "UTC, ISO 8601",
-    "projector": "design name", "token_budget": "the output budget a conf/at_budget/ job belongs to (else null)", "encoder": "token source (`none`: synthetic tokens)", "status": "ok | failed",
+    "projector": "design name", "token_budget": "the output budget a conf/at_budget/ job belongs to (else null)",
+    "encoder": "token source (`none`: synthetic tokens)", "status": "ok | failed",
     "error": "one line when failed", "job_overrides": "the job's Hydra overrides (resume= matches them)",
     "config": "the full composed config", "threads": "torch threads the job used",
     "trial": "Optuna trial number (searches)", "trial_overrides": "the trial's sampled overrides",
@@ -69,7 +70,8 @@ COLUMNS = {
     "grid": "token grid h x w", "tokens_in": "", "tokens_out": "", "in_dim": "", "out_dim": "", "batch": "",
     # load check (measure.load_check)
     "reference_ms": "the reference GEMM now",
-    "load_ratio": "how much other work inflated latencies: the larger of 1 / load_cpu_share and reference_ms / the best here",
+    "load_ratio": "how much other work inflated latencies: the larger of 1 / load_cpu_share and reference_ms / the "
+                  "best here",
     "load_cpu_share": "share of the wall time the reference GEMM's threads had a core (1: no other work held them)",
     "load_basis": "how load_ratio was decided, in words", "load_warning": "set when load_ratio > measure.LOAD_LIMIT",
     # estimates on `device` (roofline.estimate_row)
@@ -78,20 +80,23 @@ COLUMNS = {
     "est_basis": "what est_* are: calibrated on N published points (median leave-one-out error), the roofline "
                  "bound (no points for the device), or measured roofs (host)",
     **{f"{c}_bound": "the uncalibrated roofline (the profile's assumed efficiencies); = the est_ column without points"
-       for c in ("est_encoder_ms", "est_projector_ms", "est_prefill_ms", "est_vision_ms", "est_ttft_ms", "est_decode_tok_s")},
+       for c in ("est_encoder_ms", "est_projector_ms", "est_prefill_ms", "est_vision_ms", "est_ttft_ms",
+                 "est_decode_tok_s")},
     "design_params": "projector (+ encoder) parameters", "design_mem_mb": "projector (+ encoder) peak memory",
     # accuracy (accuracy.evaluate_projector)
     "task": "", "accuracy": "mean over seeds, %", "accuracy_ci_low": "95% two-level bootstrap",
     "accuracy_ci_high": "", "accuracy_ci_method": "", "accuracy_by_seed": "", "accuracy_seed_std": "",
     "accuracy_by_type": "per question type", "accuracy_ci_by_type": "", "accuracy_note": "small test split",
-    "accuracy_warning": "under 30 test questions; a compression ratio unlike the costed design's (runner.compression_warning)",
+    "accuracy_warning": "under 30 test questions; a compression ratio unlike the costed design's "
+                        "(runner.compression_warning)",
     "accuracy_time_s": "", "majority_baseline": "",
     "majority_by_type": "", "types_not_learned": "", "seeds": "", "lr": "the rate chosen on validation",
     "lr_grid": "mean validation loss per rate", "train_steps": "per seed", "best_step": "per seed",
     "converged": "every seed stopped on a plateau", "val_curves": "[step, loss, accuracy] per seed",
     "val_loss": "", "val_accuracy": "", "train_time_s": "", "train_steps_per_s": "",
     "train_questions_per_s": "", "train_workers": "", "acc_cached": "models from the cache",
-    "acc_code_version": "accuracy.code_version()", "acc_encoder": "", "acc_encoder_source": "pretrained weights, a checkpoint, or the stand-in and its pretraining",
+    "acc_code_version": "accuracy.code_version()", "acc_encoder": "",
+    "acc_encoder_source": "pretrained weights, a checkpoint, or the stand-in and its pretraining",
     "acc_encoder_val_accuracy": "the kept encoder's accuracy, with a head, on the task's validation labels, %",
     "acc_encoder_chance": "the majority label's share of them, %",
     "acc_encoder_fine_tuned": "whether fine-tuning on the task's train labels beat the frozen stand-in on validation",

@@ -43,7 +43,8 @@ from .results import append_row, jsonable, load_results, write_job_row
 log = logging.getLogger(__name__)
 
 
-def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
+def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], cfg: DictConfig,
+           **kwargs: Any) -> dict[str, Any]:
     device, threads = cfg.device, cfg.device.threads or DEFAULT_THREADS
     fc = count_flops(module, *inputs, **kwargs)
     lat = measure_latency(lambda: module(*inputs, **kwargs), threads=threads, min_run_time=device.min_run_time,
@@ -76,9 +77,11 @@ def _token_source(cfg: DictConfig, gen: torch.Generator) -> tuple[Tensor, Grid |
         info: dict[str, Any] = {"encoder": "none"}
         if cfg.shape.get("vision_encoder"):  # the encoder these tokens stand for: its ops, for end-to-end estimates
             info["e2e_encoder"] = cfg.shape.vision_encoder
-            info["encoder_ops"] = [list(op) for op in trace_timm_on_meta(cfg.shape.vision_encoder, cfg.shape.vision_img_size)]
+            info["encoder_ops"] = [list(op) for op in
+                                   trace_timm_on_meta(cfg.shape.vision_encoder, cfg.shape.vision_img_size)]
         return tokens, grid, info
-    enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights, Variant.from_config(cfg.encoder)).eval()
+    enc = create_encoder(cfg.encoder.name, cfg.encoder.stage, cfg.encoder.weights,
+                         Variant.from_config(cfg.encoder)).eval()
     images = torch.randn(batch, 3, cfg.encoder.img_size, cfg.encoder.img_size, generator=gen)
     with torch.inference_mode():
         tokens, grid = enc(images)
@@ -152,7 +155,8 @@ def compression_warning(row: dict[str, Any]) -> str | None:
     if max(cost, acc) / min(cost, acc) < 1.5:
         return None
     return (f"accuracy measured at {a_in} -> {a_out} tokens ({acc:.3g}x), costs at {t_in} -> {t_out} ({cost:.3g}x): "
-            "not the cut its costs are priced at (match them with accuracy.projector or a finer accuracy grid: docs/accuracy.md)")
+            "not the cut its costs are priced at (match them with accuracy.projector or a finer accuracy grid: "
+            "docs/accuracy.md)")
 
 
 def job_overrides() -> list[str]:
@@ -219,7 +223,8 @@ def run(cfg: DictConfig, extra: dict[str, Any] | None = None, record: bool = Tru
     identity = job_identity(cfg)
     with _claimed(cfg, identity):
         if (done := _done_in_resumed_sweep(cfg, identity)) is not None:
-            log.info("resume: %s is already in sweep %s (run %s)", " ".join(job_overrides()), cfg.resume, done.get("run_id"))
+            log.info("resume: %s is already in sweep %s (run %s)", " ".join(job_overrides()), cfg.resume,
+                     done.get("run_id"))
             return done
         return _run(cfg, extra, record)
 

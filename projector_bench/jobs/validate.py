@@ -139,9 +139,10 @@ def _check_grid(cfg: DictConfig) -> None:
     reduction, channels = _encoder_shape(e.name, e.stage, variant)
     side = e.img_size // reduction
     if side < 2:
-        raise ConfigError(f"encoder.img_size={e.img_size} gives a {side}x{side} token grid at stage {e.stage} of {e.name} "
-                          f"(stride {reduction}); use encoder.img_size >= {2 * reduction}")
-    proj = _build(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim, projector_kwargs(cfg.projector))
+        raise ConfigError(f"encoder.img_size={e.img_size} gives a {side}x{side} token grid at stage {e.stage} "
+                          f"of {e.name} (stride {reduction}); use encoder.img_size >= {2 * reduction}")
+    proj = _build(cfg.projector.name, cfg.projector.in_dim or channels, cfg.projector.out_dim,
+                  projector_kwargs(cfg.projector))
     _check_tokens(proj, cfg.projector.name, side, "encoder.img_size")
 
 
@@ -152,8 +153,8 @@ def _build(name: str, in_dim: int, out_dim: int, kwargs: dict[str, Any]) -> Any:
         with torch.device("meta"):
             return create_projector(name, in_dim, out_dim, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"projector {name}: {str(e).splitlines()[0]}; its keys are those of conf/projector/{name}.yaml "
-                          "(remove the key, or add it to the design)") from None
+        raise ConfigError(f"projector {name}: {str(e).splitlines()[0]}; its keys are those of "
+                          f"conf/projector/{name}.yaml (remove the key, or add it to the design)") from None
 
 
 def _check_projector(cfg: DictConfig) -> None:
@@ -207,11 +208,13 @@ def _check_deployable(cfg: DictConfig) -> None:
         return
     if cfg.deploy.get("runtime") != want:
         raise ConfigError(f"budget.deployable={want} keeps designs that ran on {want}, but deploy.runtime="
-                          f"{cfg.deploy.get('runtime')} lowers none there: set deploy.runtime={want} or drop budget.deployable")
+                          f"{cfg.deploy.get('runtime')} lowers none there: set deploy.runtime={want} "
+                          "or drop budget.deployable")
     from ..costs.deploy import unavailable
 
     if (why := unavailable()) is not None:
-        raise ConfigError(f"budget.deployable={want} keeps designs that ran on {want}, but {why}; or drop budget.deployable")
+        raise ConfigError(f"budget.deployable={want} keeps designs that ran on {want}, but {why}; "
+                          "or drop budget.deployable")
 
 
 GB = 1e9
@@ -260,7 +263,8 @@ def _check_memory(cfg: DictConfig) -> None:
     need = sum(v for v, _ in parts.values())
     if need > free:
         _, what = max(parts.values())
-        raise ConfigError(f"the job needs about {need / GB:.1f} GB, mostly for the {what}, but {free / GB:.1f} GB is free "
+        raise ConfigError(f"the job needs about {need / GB:.1f} GB, mostly for the {what}, "
+                          f"but {free / GB:.1f} GB is free "
                           "here (machine or container): make it smaller or run where there is more memory")
 
 
@@ -282,7 +286,8 @@ def _check_accuracy_grid(cfg: DictConfig) -> None:
     try:
         _check_tokens(proj, cfg.projector.name, side, "task.img_size")
     except ConfigError as e:
-        raise ConfigError(f"on the accuracy grid ({side}x{side}: task.img_size={img} at stage {a.stage} of {a.name}): {e}") from None
+        raise ConfigError(f"on the accuracy grid ({side}x{side}: task.img_size={img} at stage {a.stage} "
+                          f"of {a.name}): {e}") from None
 
 
 def objective_columns() -> list[str]:
@@ -301,12 +306,13 @@ def _check_search(cfg: DictConfig) -> None:
         if d not in ("maximize", "minimize"):
             raise ConfigError(f"search.objectives.{m}={d!r}: use maximize or minimize")
     if not cfg.task.get("_target_") and NEEDS_ACCURACY & set(s.objectives):
-        raise ConfigError(f"search objective {sorted(NEEDS_ACCURACY & set(s.objectives))[0]!r} needs a task, but task=none; "
-                          "set task=shapes_vqa (or another task) or remove the objective")
+        raise ConfigError(f"search objective {sorted(NEEDS_ACCURACY & set(s.objectives))[0]!r} needs a task, "
+                          "but task=none; set task=shapes_vqa (or another task) or remove the objective")
     spec = s.storage
-    if isinstance(spec, str) and spec.startswith("journal:") and not Path(spec.removeprefix("journal:")).expanduser().parent.is_dir():
-        raise ConfigError(f"search.storage={spec!r}: the folder {str(Path(spec.removeprefix('journal:')).parent)!r} does not exist; "
-                          "create it or give another path")
+    if (isinstance(spec, str) and spec.startswith("journal:")
+            and not Path(spec.removeprefix("journal:")).expanduser().parent.is_dir()):
+        raise ConfigError(f"search.storage={spec!r}: the folder {str(Path(spec.removeprefix('journal:')).parent)!r} "
+                          "does not exist; create it or give another path")
 
 
 def validate(cfg: DictConfig, jobs: bool = True) -> None:
@@ -350,4 +356,5 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
     params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
     loader = GlobalHydra.instance().config_loader()
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
-    return [loader.load_sweep_config(config, list(job)) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [loader.load_sweep_config(config, list(job))
+            for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]

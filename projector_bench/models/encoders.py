@@ -1,4 +1,4 @@
-"""Vision encoders as token-grid sources: timm's MobileViT family, one stage's map as `(B, h·w, C)`.
+"""Vision encoders as token-grid sources: timm's MobileViT and `EFFICIENT` encoders, one stage's map as `(B, h·w, C)`.
 
 Besides timm's named variants, any MobileViT with other widths, transformer depths or patch size: the named
 variant's `ByoModelCfg` (timm's own model-config machinery) with `width_factor`, the blocks' `transformer_depth`
@@ -54,8 +54,8 @@ class Variant:
         v = cls(*(1.0 if node.get(k) is None else node.get(k) for k in ("width", "depth")), node.get("patch_size"))
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (v.width, v.depth)) \
                 or (v.patch_size is not None and (not isinstance(v.patch_size, int) or v.patch_size < 1)):
-            raise ConfigError(f"encoder width={v.width}, depth={v.depth}, patch_size={v.patch_size}: width and depth are "
-                              "positive multipliers, patch_size a positive integer or null")
+            raise ConfigError(f"encoder width={v.width}, depth={v.depth}, patch_size={v.patch_size}: width and depth "
+                              "are positive multipliers, patch_size a positive integer or null")
         name = node.get("name")  # a field that does not change the model (patch_size=2, depth=1.1) is timm's value
         if name in mobilevit_cfgs:
             for f in ("width", "depth", "patch_size"):
@@ -80,7 +80,8 @@ class Variant:
                 return tuple(block(x) for x in b)
             if b.type not in ("mobilevit", "mobilevit2"):
                 return b
-            kw = dict(b.block_kwargs, transformer_depth=max(1, math.floor(b.block_kwargs["transformer_depth"] * self.depth + 0.5)))
+            kw = dict(b.block_kwargs,
+                      transformer_depth=max(1, math.floor(b.block_kwargs["transformer_depth"] * self.depth + 0.5)))
             if self.patch_size is not None:
                 kw["patch_size"] = self.patch_size
             if "transformer_dim" in kw:  # v1 states it; v2 derives it from the (scaled) channels
@@ -136,7 +137,8 @@ def _weights_plan(name: str, weights: str, variant: Variant) -> tuple[bool, dict
         return False, None, "random"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, `pretrained` or `random`")
+        raise ConfigError(f"encoder checkpoint {weights!r} does not exist; set encoder.weights to a file, `auto`, "
+                          "`pretrained` or `random`")
     return True, {"file": str(path)}, f"checkpoint:{path}"
 
 
@@ -168,18 +170,22 @@ class TimmEncoder(nn.Module):
             if not pretrained:
                 raise
             if weights != "auto":
-                raise ConfigError(f"could not load weights for encoder {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                raise ConfigError(f"could not load weights for encoder {name} "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0]}); "
                                   "set encoder.weights to `random` or a local checkpoint path") from e
-            log.warning("encoder %s: pretrained weights could not be fetched (%s); starting from random weights", name, type(e).__name__)
+            log.warning("encoder %s: pretrained weights could not be fetched (%s); starting from random weights", name,
+                        type(e).__name__)
             self.model, self.weights_source = self._build(name, stage, False, None), "random"
         self.channels: int = self.model.feature_info.channels()[-1]
 
     def _build(self, name: str, stage: int, pretrained: bool, overlay: dict | None) -> nn.Module:
-        kw = {"pretrained": pretrained, "pretrained_cfg_overlay": overlay, "features_only": True, "out_indices": (stage,)}
+        kw = {"pretrained": pretrained, "pretrained_cfg_overlay": overlay, "features_only": True,
+              "out_indices": (stage,)}
         if self.variant.named:
             model = timm.create_model(name, **kw)
             stages = getattr(model, "_stage_out_idx", None)
-            if isinstance(stages, dict) and getattr(model, "feature_hooks", 0) is None and isinstance(model.blocks, nn.Sequential):
+            if isinstance(stages, dict) and getattr(model, "feature_hooks", 0) is None \
+                    and isinstance(model.blocks, nn.Sequential):
                 # timm's MobileNetV3Features (MobileNetV4) runs every block whatever stage is asked for: keep the
                 # blocks up to that stage (stage k is the output of block k-1; 0 the stem's), so what runs is counted
                 model.blocks = model.blocks[:max(stages)]

@@ -45,7 +45,8 @@ class LanguageModel:
         if not isinstance(lm.kv_heads, int) or lm.kv_heads < 0 or (lm.kv_heads and lm.heads % lm.kv_heads):
             raise ConfigError(f"lm.kv_heads must be 0 (= heads) or divide lm.heads={lm.heads}, got {lm.kv_heads!r}")
         if not 0 < lm.weight_bits <= 32 or lm.prompt_tokens < 0:
-            raise ConfigError(f"lm.weight_bits must be in (0, 32] and lm.prompt_tokens >= 0, got {lm.weight_bits}, {lm.prompt_tokens}")
+            raise ConfigError(f"lm.weight_bits must be in (0, 32] and lm.prompt_tokens >= 0, "
+                              f"got {lm.weight_bits}, {lm.prompt_tokens}")
         return lm
 
     @property
@@ -56,14 +57,16 @@ class LanguageModel:
     @property
     def params(self) -> int:
         """Parameters: untied embedding and head, Q/K/V/O and 3 MLP matrices and 2 norms per layer, final norm."""
-        per_layer = 2 * self.hidden**2 + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        per_layer = (2 * self.hidden**2 + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
+                     + 2 * self.hidden)
         return 2 * self.vocab * self.hidden + self.layers * per_layer + self.hidden
 
     def _weights(self, rows: int, cols: int) -> int:
         return int(rows * cols * self.weight_bits / 8)
 
     def _matmul(self, tokens: int, k: int, n: int) -> Op:
-        return Op("matmul", self.dtype, 2 * tokens * k * n, self._weights(k, n) + ACT_BYTES * tokens * (k + n), self.layers)
+        return Op("matmul", self.dtype, 2 * tokens * k * n, self._weights(k, n) + ACT_BYTES * tokens * (k + n),
+                  self.layers)
 
     def step_ops(self, tokens: int, past: int) -> list[Op]:
         """Ops of one forward over `tokens` new positions after `past` cached ones (prefill: past=0)."""
@@ -79,9 +82,11 @@ class LanguageModel:
             self._matmul(t, h, h),  # O
             Op("elementwise", self.dtype, t * h, 3 * act, 2 * self.layers),  # the two residual adds
             self._matmul(t, h, 2 * self.intermediate),  # gate and up
-            Op("elementwise", self.dtype, t * self.intermediate, 3 * ACT_BYTES * t * self.intermediate, self.layers),  # SiLU·up
+            Op("elementwise", self.dtype, t * self.intermediate,
+               3 * ACT_BYTES * t * self.intermediate, self.layers),  # SiLU·up
             self._matmul(t, self.intermediate, h),  # down
-            Op("matmul", self.dtype, 2 * h * self.vocab, self._weights(h, self.vocab) + ACT_BYTES * (h + self.vocab), 1),  # head, last position
+            Op("matmul", self.dtype, 2 * h * self.vocab,
+               self._weights(h, self.vocab) + ACT_BYTES * (h + self.vocab), 1),  # head, last position
         ]
 
     def prefill_ops(self, visual_tokens: int) -> list[Op]:

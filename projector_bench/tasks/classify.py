@@ -42,17 +42,20 @@ def image_folder(root: str | None = None, img_size: int = 96, test_fraction: flo
     from torchvision.transforms import v2
 
     if root is None:
-        raise ConfigError("task image_folder needs its folder: set task.root=/path/to/images (one sub-folder per class)")
+        raise ConfigError("task image_folder needs its folder: set task.root=/path/to/images "
+                          "(one sub-folder per class)")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"image folder {str(path)!r} does not exist; set task.root to a folder with one sub-folder per class")
+        raise ConfigError(f"image folder {str(path)!r} does not exist; set task.root to a folder with one "
+                          "sub-folder per class")
     try:
         ds = ImageFolder(str(path), loader=_open)
     except FileNotFoundError as e:  # torchvision: no class folders, or no image in them
-        raise ConfigError(f"image folder {str(path)!r} holds no images in class sub-folders ({str(e).splitlines()[0]}); "
-                          "put each class's images in its own sub-folder") from e
+        raise ConfigError(f"image folder {str(path)!r} holds no images in class sub-folders "
+                          f"({str(e).splitlines()[0]}); put each class's images in its own sub-folder") from e
     if len(ds.classes) < 2:
-        raise ConfigError(f"image folder {str(path)!r} has a single class ({ds.classes[0]}); accuracy needs at least two class sub-folders")
+        raise ConfigError(f"image folder {str(path)!r} has a single class ({ds.classes[0]}); accuracy needs at "
+                          "least two class sub-folders")
     _check_links(path, ds.samples)
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)])
     images, labels, bad = [], [], []
@@ -89,7 +92,8 @@ def _rgb8(img: Any, path: str) -> Any:
     if img.mode.startswith("I"):  # I;16, I;16B, ... (16 bits) or I (32-bit integers, as older PIL opens 16-bit PNGs)
         a = np.asarray(img)
         if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ConfigError(f"image {path}: {img.mode} pixels outside 0..65535; convert the folder to 8 or 16 bits per pixel")
+            raise ConfigError(f"image {path}: {img.mode} pixels outside 0..65535; convert the folder to 8 or 16 "
+                              "bits per pixel")
         return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8)).convert("RGB")
     if img.mode == "F":
         raise ConfigError(f"image {path}: floating-point pixels (mode F) have no agreed range; convert the folder to "
@@ -104,8 +108,9 @@ def _check_links(root: Path, samples: list[tuple[str, int]]) -> None:
     for p, _ in samples:
         real = os.path.realpath(p)
         if real in seen:
-            raise ConfigError(f"image folder {str(root)!r} reaches {real} twice ({seen[real]} and {p}): a linked folder "
-                              "loops or repeats images; remove the link, or copy the images each class should hold")
+            raise ConfigError(f"image folder {str(root)!r} reaches {real} twice ({seen[real]} and {p}): a linked "
+                              "folder loops or repeats images; remove the link, or copy the images each class "
+                              "should hold")
         seen[real] = p
 
 
@@ -140,7 +145,8 @@ def write_blob_folder(root: str | Path, classes: int = 3, per_class: int = 60, s
         (root / f"class_{k}").mkdir(parents=True, exist_ok=True)
         angle = 2 * np.pi * k / classes
         for i in range(per_class):
-            cy, cx = size / 2 + size * 0.28 * np.array([np.sin(angle), np.cos(angle)]) + rng.uniform(-size / 16, size / 16, 2)
+            cy, cx = (size / 2 + size * 0.28 * np.array([np.sin(angle), np.cos(angle)])
+                      + rng.uniform(-size / 16, size / 16, 2))
             img = rng.normal(40, 15, (size, size, 3))
             img[(yy - cy) ** 2 + (xx - cx) ** 2 <= (blob / 2) ** 2] = rng.uniform(200, 255)
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / f"class_{k}" / f"{i}.png")

@@ -1,7 +1,7 @@
 """`scenes`: the generated images a stand-in encoder learns to see on before it meets any task.
 
 Without pretrained weights (none can be fetched here), an encoder trained on a small task from random weights
-learns that task's few images, or nothing (a folder of 180 images left one at 57% on its own validation). A
+learns that task's few images, or nothing (docs/results/2026-12-07-first-run.md). A
 real VLM's encoder has seen millions of images before its projector is trained; the stand-in sees many
 generated ones: backgrounds of any brightness, colour, gradient and noise; filled shapes, rings, blobs and
 pen strokes of any colour, size and place, some blurred. Its targets are dense, one per cell of its feature
@@ -47,7 +47,8 @@ def _shape_mask(rng: np.random.Generator, kind: str, yy: np.ndarray, xx: np.ndar
     return mask
 
 
-def _scene(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scene(rng: np.random.Generator, size: int, yy: np.ndarray,
+           xx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     level = rng.uniform(0, 255)
     tint = rng.normal(0, 25, 3) * rng.uniform(0, 1)
     g = rng.normal(0, 40, 2) * rng.uniform(0, 1)  # a gradient across the image
@@ -85,12 +86,14 @@ def scenes(num_images: int = 20000, img_size: int = 64, seed: int = 0) -> tuple[
     return images, kinds, colours
 
 
-def cell_targets(kinds: Tensor, colours: Tensor, images: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+def cell_targets(kinds: Tensor, colours: Tensor, images: Tensor,
+                 grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """Per cell of a `grid` over the images: the kind covering most of the cell (background unless a thing covers
     at least an eighth of it), that thing's colour class, and the cell's pixels pooled to 4×4 (normalised, half
     precision: they are many)."""
     def majority(labels: Tensor, classes: int, background: int) -> Tensor:
-        share = F.adaptive_avg_pool2d(F.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float(), grid)  # (N, C, h, w)
+        share = F.adaptive_avg_pool2d(F.one_hot(labels.long(), classes).permute(0, 3, 1, 2).float(),
+                                      grid)  # (N, C, h, w)
         share[:, background] = 0
         top, arg = share.max(1)
         return torch.where(top >= 1 / 8, arg, torch.full_like(arg, background))

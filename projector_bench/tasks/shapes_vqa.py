@@ -108,7 +108,8 @@ def shapes_vqa(num_images: int = 2000, img_size: int = 96, grid: int = 3, min_ob
     if not 1 <= left_of_gap < grid:
         raise ConfigError(f"shapes_vqa needs 1 <= left_of_gap < grid ({grid}), got {left_of_gap}")
     if not 1 <= min_objects <= max_objects <= grid * grid:
-        raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, got {min_objects}..{max_objects}")
+        raise ConfigError(f"shapes_vqa needs 1 <= min_objects <= max_objects <= {grid * grid}, "
+                          f"got {min_objects}..{max_objects}")
     if dot_questions < 0:
         raise ConfigError(f"shapes_vqa needs dot_questions >= 0 (0: no dots), got {dot_questions}")
     if not 0.0 <= related <= 1.0:

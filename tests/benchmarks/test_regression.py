@@ -28,7 +28,8 @@ def test_an_unchanged_tree_passes_and_an_extra_matmul_in_mlp_is_caught(request):
     selected = cases(["projector/mlp", "projector/linear"])
     passes = [time_ratios(selected, ROUNDS, 1) for _ in range(3)]  # a baseline as `--update` records one
     base = {n: statistics.median(p[n].median for p in passes) for n in selected}
-    assert confirmed_regressions(time_ratios(selected, ROUNDS, 1), base, ROUNDS, 1, limits(selected, TOL)).confirmed == {}
+    assert confirmed_regressions(
+        time_ratios(selected, ROUNDS, 1), base, ROUNDS, 1, limits(selected, TOL)).confirmed == {}
     request.getfixturevalue("slower_mlp")
     v = confirmed_regressions(time_ratios(selected, ROUNDS, 1), base, ROUNDS, 1, limits(selected, TOL))
     assert set(v.confirmed) == {"projector/mlp"} and v.confirmed["projector/mlp"] > 1.15, (

@@ -15,13 +15,15 @@ def token_grid(num_tokens: int, grid: Grid | None, design: str) -> Grid:
     if grid is not None:
         h, w = positive_pair(grid, "grid")
         if h * w != num_tokens:
-            raise ConfigError(f"{design}: grid {h}x{w} holds {h * w} tokens but the input has {num_tokens}; give the grid of the tokens")
+            raise ConfigError(f"{design}: grid {h}x{w} holds {h * w} tokens but the input has {num_tokens}; "
+                              "give the grid of the tokens")
         return h, w
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
         raise ConfigError(
             f"{design} needs a square token grid but got {num_tokens} tokens; "
-            f"use a square count such as {side * side} or {(side + 1) ** 2}, or give the grid (grid=(h, w); shape.grid=[h,w])"
+            f"use a square count such as {side * side} or {(side + 1) ** 2}, "
+            "or give the grid (grid=(h, w); shape.grid=[h,w])"
         )
     return side, side
 

@@ -11,9 +11,9 @@ its module names (`pos_emb`, `net.0` / `net.1` / `net.2`, `readout`), so a Honey
 At 576 tokens (24×24) of 1024 → 2048 with hidden 1024, depth 3, mlp_depth 2 and the position embedding:
 exactly 22,713,856 parameters, for 144 or 64 queries alike (the pool has none). `num_queries` fixes the
 output (Honeybee's `num_query_tokens`); null (the default) pools `reduce`× per side instead — 24×24 → 12×12 =
-144 as Honeybee's default, and the same 4× on the accuracy proxy's 8×8 grid (4×4), as `ldpv2` does. The position embedding is
-learned for `pos_grid` (the reference's: CLIP-336's 24×24); on another grid it is resampled bicubically, as
-timm resamples a ViT's (`resample_abs_pos_embed`); under torch.export, whose core opset lacks antialiased bicubic
+144 as Honeybee's default, and the same 4× on the accuracy proxy's 8×8 grid (4×4), as `ldpv2` does. The position
+embedding is learned for `pos_grid` (the reference's: CLIP-336's 24×24); on another grid it is resampled bicubically,
+as timm resamples a ViT's (`resample_abs_pos_embed`); under torch.export, whose core opset lacks antialiased bicubic
 resampling, the same resampling is exported as the matrix it is (`resample_matrix`), so the design lowers to XNNPACK
 on any grid.
 """
@@ -76,14 +76,16 @@ def resample_matrix(src: Grid, dst: Grid) -> np.ndarray:
 
 class CAbstractor(PoolsGrid):
 
-    def __init__(self, in_dim: int, out_dim: int, num_queries: int | None = None, hidden: int | None = None, depth: int = 3,
-                 mlp_depth: int = 2, pos_emb: bool = True, pos_grid: tuple[int, int] = (24, 24), reduce: int = 2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int | None = None, hidden: int | None = None,
+                 depth: int = 3, mlp_depth: int = 2, pos_emb: bool = True, pos_grid: tuple[int, int] = (24, 24),
+                 reduce: int = 2) -> None:
         super().__init__(in_dim, out_dim)
         side = 0
         if num_queries is not None:
             side = math.isqrt(num_queries) if isinstance(num_queries, int) and num_queries > 0 else 0
             if side * side != num_queries:
-                raise ConfigError(f"c_abstractor num_queries must be a square number (144, 64, ...), got {num_queries!r}")
+                raise ConfigError(f"c_abstractor num_queries must be a square number (144, 64, ...), "
+                                  f"got {num_queries!r}")
         self.reduce = positive_pair((reduce, reduce), "c_abstractor reduce")[0]
         if depth < 0 or mlp_depth < 1:
             raise ConfigError(f"c_abstractor needs depth >= 0 and mlp_depth >= 1, got {depth}, {mlp_depth}")
@@ -119,6 +121,8 @@ class CAbstractor(PoolsGrid):
 
 @register_projector
 def c_abstractor(in_dim: int, out_dim: int, num_queries: int | None = None, hidden: int | None = None, depth: int = 3,
-                 mlp_depth: int = 2, pos_emb: bool = True, pos_grid: tuple[int, int] = (24, 24), reduce: int = 2) -> CAbstractor:
-    """Honeybee C-Abstractor: RegStage, pool to `num_queries` (a square; null: `reduce`× per side), RegStage, SiLU MLP."""
+                 mlp_depth: int = 2, pos_emb: bool = True, pos_grid: tuple[int, int] = (24, 24),
+                 reduce: int = 2) -> CAbstractor:
+    """Honeybee C-Abstractor: RegStage, pool to `num_queries` (a square; null: `reduce`× per side), RegStage,
+    SiLU MLP."""
     return CAbstractor(in_dim, out_dim, num_queries, hidden, depth, mlp_depth, pos_emb, tuple(pos_grid), reduce)

@@ -1,10 +1,10 @@
 """`<design>_int8`: any design with its Linear layers dynamically quantized to int8.
 
 Why `torch.ao.quantization.quantize_dynamic` and not torchao: on this x86 CPU (AVX-512 VNNI) the
-fbgemm/x86 kernels behind `quantize_dynamic` run mlp at 576×1024→2048 about 4× faster than fp32,
-while torchao 0.18's `Int8DynamicActivationInt8WeightConfig` reached 2–3× in eager mode (it needs
-`torch.compile` to fuse). `python -m projector_bench.bench` measures the first ratio. Weights are int8 per
-tensor; activations are quantized per batch at run time; other layers (convs, norms) stay fp32.
+fbgemm/x86 kernels behind `quantize_dynamic` run mlp at 576×1024→2048 faster than torchao 0.18's
+`Int8DynamicActivationInt8WeightConfig` does in eager mode (it needs `torch.compile` to fuse).
+`python -m projector_bench.bench` measures the speed-up over fp32 (docs/results/2026-11-22-bench.md). Weights are
+int8 per tensor; activations are quantized per batch at run time; other layers (convs, norms) stay fp32.
 Post-training quantization: the result is inference-only, so its parameters are frozen.
 """
 import warnings
@@ -32,7 +32,8 @@ class Int8Projector(Projector):
         super().__init__(base.in_dim, base.out_dim)
         self.float_twin = float_twin
         if not any(isinstance(m, nn.Linear) for m in base.modules()):
-            raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; pick a design with one, e.g. mlp")
+            raise ConfigError(f"{type(base).__name__} has no Linear layer to quantize; "
+                              "pick a design with one, e.g. mlp")
         self.needs_grid = base.needs_grid
         meta = any(p.is_meta for p in base.parameters())  # a config check's shapes-only build: nothing to quantize
         self.model = (base if meta else quantize_linear_int8(base)).requires_grad_(False)

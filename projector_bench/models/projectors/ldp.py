@@ -36,7 +36,8 @@ class LDP(Projector):
     def __init__(self, in_dim: int, out_dim: int, kernel: int = 3) -> None:
         super().__init__(in_dim, out_dim)
         if kernel < 1 or kernel % 2 == 0:
-            raise ConfigError(f"ldp kernel must be odd and positive (the stride-1 block adds its input back), got {kernel}; use 3")
+            raise ConfigError(f"ldp kernel must be odd and positive (the stride-1 block adds its input back), "
+                              f"got {kernel}; use 3")
         self.mlp = nn.Sequential(nn.Identity(), *mlp_gelu(in_dim, out_dim, depth=2))
         self.mb_block = nn.Sequential(
             nn.Identity(), mobilenetv3_block(out_dim, 1, kernel), mobilenetv3_block(out_dim, 2, kernel)

@@ -58,7 +58,8 @@ def sincos_2d(side: int, dim: int) -> Tensor:
     if dim % 4:
         raise ConfigError(f"qwen_vl_adapter needs out_dim divisible by 4 for its 2-D sin-cos table, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    row, col = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij")
+    row, col = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64),
+                              indexing="ij")
 
     def encode(p: Tensor) -> Tensor:
         out = p.reshape(-1, 1) * omega
@@ -77,7 +78,8 @@ class QwenVLAdapter(Projector):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"qwen_vl_adapter {k} must be a positive integer, got {v!r}")
         if out_dim % heads:
-            raise ConfigError(f"qwen_vl_adapter out_dim {out_dim} is not divisible by num_heads {heads}; pick a divisor")
+            raise ConfigError(f"qwen_vl_adapter out_dim {out_dim} is not divisible by num_heads {heads}; "
+                              "pick a divisor")
         self.grid_size = grid_size
         self.attn_pool = AttnPool(grid_size, out_dim, heads, in_dim)
         self.ln_post = nn.LayerNorm(out_dim, eps=1e-6)

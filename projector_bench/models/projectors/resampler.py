@@ -44,14 +44,16 @@ class PerceiverAttention(nn.Module):
 
 def feed_forward(dim: int, mult: int) -> nn.Sequential:
     inner = int(dim * mult)
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(), nn.Linear(inner, dim, bias=False))
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(),
+                         nn.Linear(inner, dim, bias=False))
 
 
 class PerceiverResampler(nn.Module):
     def __init__(self, dim: int, depth: int, dim_head: int, heads: int, num_latents: int, ff_mult: int) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(num_latents, dim))
-        self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, dim_head, heads), feed_forward(dim, ff_mult)])
+        self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, dim_head, heads),
+                                                   feed_forward(dim, ff_mult)])
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
@@ -68,7 +70,8 @@ class Resampler(Projector):
     def __init__(self, in_dim: int, out_dim: int, depth: int = 6, heads: int = 8, dim_head: int = 64,
                  num_latents: int = 64, ff_mult: int = 4) -> None:
         super().__init__(in_dim, out_dim)
-        for k, v in (("depth", depth), ("heads", heads), ("dim_head", dim_head), ("num_latents", num_latents), ("ff_mult", ff_mult)):
+        for k, v in (("depth", depth), ("heads", heads), ("dim_head", dim_head), ("num_latents", num_latents),
+                     ("ff_mult", ff_mult)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"resampler {k} must be a positive integer, got {v!r}")
         self.num_latents = num_latents

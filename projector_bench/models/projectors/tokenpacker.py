@@ -10,7 +10,8 @@ with `nn.MultiheadAttention` (`clip_attn`), only to the `scale_factor`² keys of
 Single-level features here: the reference's keys and values come from four CLIP layers concatenated (its
 `k_proj_1` takes 4 × 1024 channels); this design takes one level (the encoder's output), so `k_proj_1` and
 `v_proj_1` take `in_dim`. At 1024 → 2048 with the reference's 1024-wide embedding and 8 heads: 15,747,072
-parameters (the reference's own, with 4096-wide key and value inputs, has 3 × 1024 × 1024 × 2 more). Output tokens: (h/s)·(w/s) for `scale_factor` s (2: 576 → 144; 3: 576 → 64).
+parameters (the reference's own, with 4096-wide key and value inputs, has 3 × 1024 × 1024 × 2 more). Output
+tokens: (h/s)·(w/s) for `scale_factor` s (2: 576 → 144; 3: 576 → 64).
 """
 from functools import partial
 
@@ -48,7 +49,8 @@ class TokenPacker(Projector):
 
     def _check(self, grid: Grid) -> None:
         if grid[0] % self.s or grid[1] % self.s:
-            raise ConfigError(f"tokenpacker scale_factor {self.s} needs grid sides divisible by {self.s}, got {grid[0]}x{grid[1]}")
+            raise ConfigError(f"tokenpacker scale_factor {self.s} needs grid sides divisible by {self.s}, "
+                              f"got {grid[0]}x{grid[1]}")
 
     def num_tokens_out(self, grid: Grid) -> int:
         self._check(grid)
