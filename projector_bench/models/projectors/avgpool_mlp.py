@@ -3,8 +3,9 @@
 Sources: DeCo ("Decoupling Token Compression from Semantic Abstraction", Yao et al. 2024) compresses with
 2-D adaptive average pooling before the MLP projector; LLaVA-NeXT / LLaVA-OneVision pool the grid
 bilinearly or by average (`get_2dPool`). Here: adaptive average pooling (`mode: avg`) or bilinear
-interpolation (`mode: bilinear`) of the token grid to `pool` = [h, w] (null: `reduce`× per side, 24×24 → 12×12 by
-default and the same 4× on the accuracy proxy's 8×8 grid), then Linear–GELU–Linear (`mlp.0` / `mlp.2`, as in `mlp`).
+interpolation (`mode: bilinear`) of the token grid to `pool` = [h, w] (null: `reduce`× per side, 24×24 → 12×12
+by default and the same 4× on the accuracy proxy's 8×8 grid), then Linear–GELU–Linear (`mlp.0` / `mlp.2`, as in
+`mlp`).
 No parameters besides the MLP's: at 1024 → 2048, 6,295,552, as `mlp`.
 """
 import torch.nn.functional as F
