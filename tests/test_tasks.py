@@ -236,10 +236,14 @@ def test_related_scenes_cluster_repeats_of_an_object_and_keep_the_object_count()
                for f in ("images", "questions", "answers", "labels"))
     one = shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5, related=1.0)
     some = shapes_vqa(80, img_size=48, grid=6, seed=3, questions_per_image=5, related=0.75)
-    count = lambda d: (d.labels > 0).sum((1, 2))  # noqa: E731
+    def count(d):  # objects per image
+        return (d.labels > 0).sum((1, 2))
+
     assert all(abs(count(d).float().mean() - count(plain).float().mean()) < 0.6 for d in (one, some))  # 2-6 each
     assert all(len(_clusters(lab)) == 1 for lab in one.labels)
-    alone = lambda d: sum(len(g) == 1 for lab in d.labels for g in _clusters(lab)) / count(d).sum().item()  # noqa: E731
+    def alone(d):  # the share of objects with no repeat beside them
+        return sum(len(g) == 1 for lab in d.labels for g in _clusters(lab)) / count(d).sum().item()
+
     assert alone(some) < 0.5 < 0.8 < alone(plain)
     with pytest.raises(ConfigError, match="0 <= related <= 1"):
         shapes_vqa(5, related=1.5)
