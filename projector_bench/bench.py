@@ -33,7 +33,7 @@ from .accuracy.evaluate import KEPT
 from .analysis.agreement import agreements
 from .analysis.tables import accuracy_table
 from .core.env import training_device
-from .core.errors import ArgumentParser, ConfigError
+from .core.errors import ArgumentParser, ConfigError, JobFailed, exit_code
 from .core.settings import config_dir, group_choices, host_cache
 from .core.util import torch_threads
 from .costs import deploy
@@ -174,7 +174,7 @@ def deploy_targets(x: Tensor, rounds: int
     return out, verdicts, roofline, outside
 
 
-class ChildFailed(RuntimeError):
+class ChildFailed(JobFailed):
     """A `python -m projector_bench` run that a target started failed: the message quotes the child's own error."""
 
 
@@ -281,15 +281,12 @@ def agreement_targets(results: str) -> int:
     rows cover no published table."""
     path = Path(results)
     if not path.exists():
-        print(f"error: no results at {results}: give a results folder, its runs.jsonl or a .csv of rows",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"no results at {results}: give a results folder, its runs.jsonl or a .csv of rows")
     df = pd.read_csv(path) if path.suffix == ".csv" else load_results(path.parent if path.suffix == ".jsonl" else path)
     found = agreements(df)
     if not found:
-        print(f"error: the rows in {results} cover no published table (conf/published/): run "
-              "python -m projector_bench +sweep=token_budget first", file=sys.stderr)
-        return 2
+        raise ConfigError(f"the rows in {results} cover no published table (conf/published/): run "
+                          "python -m projector_bench +sweep=token_budget first")
     for a in found:
         print(a.text())
     ok = True
@@ -404,12 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run every target; print one line each; non-zero exit if one is missed. Bad arguments are one `error:` line
     and exit 2 before any target runs; a failed child run ends the targets with one `error:` line and exit 1."""
-    try:
-        args = parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run(args)
+    return exit_code(lambda: run(parse_args(argv)))
 
 
 def _end_to_end(args: argparse.Namespace, results: list[tuple[str, float, float, str, bool]]) -> None:
@@ -485,8 +477,7 @@ def run(args: argparse.Namespace) -> int:
             print("not modelled (matmuls on ExecuTorch's reference kernels): "
                   + "; ".join(f"{n} {', '.join(o)}" for n, o in outside.items()))
     if failed is not None:
-        print(f"error: {failed}", file=sys.stderr)
-        return 1
+        raise failed
     return 0 if all(r[-1] for r in results) else 1
 
 

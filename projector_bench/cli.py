@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from .analysis.choose import token_budgets
 from .analysis.tables import accuracy_table, summary
-from .core.errors import ArgumentParser, ConfigError
+from .core.errors import INTERRUPTED, ArgumentParser, ConfigError, JobFailed, exit_codes, first_line
 from .core.settings import (
     DEFAULT_THREADS,
     GROUPS,
@@ -70,61 +70,58 @@ def check_group_choices(args: list[str]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> None:
+    with exit_codes():  # Hydra would print a traceback
+        _job(cfg)
+
+
+def _job(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if not multirun:  # a multirun's jobs are all checked by PrintSweepTable before the first one
-        try:
-            if cfg.get("resume") and not cfg.get("search"):
-                raise ConfigError(f"resume={cfg.resume} goes on with a multirun: add -m (or the +sweep= it ran with) "
-                                  "to the command it ran with")
-            validate(cfg)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
+        if cfg.get("resume") and not cfg.get("search"):
+            raise ConfigError(f"resume={cfg.resume} goes on with a multirun: add -m (or the +sweep= it ran with) "
+                              "to the command it ran with")
+        validate(cfg)
     if cfg.get("search"):
-        from .analysis.report import report_at_end
-        from .search import front_table, open_study, run_search
-
-        before = load_results(cfg.results_dir)
-        seen = set(before["run_id"]) if "run_id" in before else set()
-        try:
-            study = open_study(cfg)
-        except ConfigError as e:  # its storage or study: bad input, found before any trial runs
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        try:
-            study = run_search(cfg, study)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n"
-              f"{front_table(study)}")
-        df = load_results(cfg.results_dir)
-        df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
-        if cfg.report and len(df):
-            report_at_end(df, cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
-        new = df[~df["run_id"].isin(seen)] if len(df) else df
-        failed = new[new["status"] != "ok"] if len(new) else new
-        if len(failed):
-            print(f"error: {len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` "
-                  f"column in {cfg.results_dir}/runs.jsonl", file=sys.stderr)
-            raise SystemExit(1)
-        return
+        return _search(cfg)
     try:
         row = run(cfg)
-    except ConfigError as e:  # the row could not be written: say so in one line (and end the sweep, if one)
-        print(f"error: {e}", file=sys.stderr)
+    except JobFailed:  # the row could not be written (the sweep ends here)
         for name in (SWEEP_ENV, THREADS_ENV, LAUNCHER_ENV):  # Hydra will not reach on_multirun_end, which pops them
             os.environ.pop(name, None)
-        raise SystemExit(1) from None
+        raise
     if multirun:
         return  # PrintSweepTable prints the sweep's table at the end
     if row["status"] != "ok":
-        print(f"error: {row['error']}", file=sys.stderr)
-        raise SystemExit(1)
+        raise JobFailed(row["error"])
     df = pd.DataFrame([row])
     print(summary(df))
     if acc := accuracy_table(df):
         print(acc)
+
+
+def _search(cfg: DictConfig) -> None:
+    """`+search=...`: an Optuna study's trials; its front, the report, and exit 1 if a trial of this run failed."""
+    from .analysis.report import report_at_end
+    from .search import front_table, open_study, run_search
+
+    before = load_results(cfg.results_dir)
+    seen = set(before["run_id"]) if "run_id" in before else set()
+    study = open_study(cfg)  # its storage or study: bad input, found before any trial runs
+    try:
+        study = run_search(cfg, study)
+    except ConfigError as e:  # found after trials ran: the search failed
+        raise JobFailed(str(e)) from None
+    print(f"study {study.study_name}: {len(study.trials)} trials; Pareto front (feasible trials):\n"
+          f"{front_table(study)}")
+    df = load_results(cfg.results_dir)
+    df = df[df["sweep_id"] == study.study_name] if "sweep_id" in df else df.iloc[0:0]
+    if cfg.report and len(df):
+        report_at_end(df, cfg, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+    new = df[~df["run_id"].isin(seen)] if len(df) else df
+    failed = new[new["status"] != "ok"] if len(new) else new
+    if len(failed):
+        raise JobFailed(f"{len(failed)} of {len(new)} trials of study {study.study_name} failed; see the `error` "
+                        f"column in {cfg.results_dir}/runs.jsonl")
 
 
 def _table(arg: str | None, results_dir: str) -> tuple[Path, Path]:
@@ -158,7 +155,7 @@ def _check_reports_dir(reports_dir: str) -> None:
 def report_main(argv: list[str]) -> Path:
     """`report [RESULTS] [--sweep ID|last|all] [overrides]`: the HTML report of recorded rows (device, budget, lm
     and the other config keys as overrides)."""
-    from .analysis.report import ReportNotWritten, build_report, reportable
+    from .analysis.report import build_report, reportable
 
     ap = ArgumentParser(prog="python -m projector_bench report", description=report_main.__doc__)
     ap.add_argument("results", nargs="?", help="a results folder or its runs.jsonl (default: results_dir)")
@@ -182,12 +179,8 @@ def report_main(argv: list[str]) -> Path:
     if not selected.rows:
         raise ConfigError(_no_sweep(args.sweep, name, selected.sweeps))
     df = reportable(selected.rows, table)
-    try:
-        return build_report(df, cfg, cfg.reports_dir, {"command": " ".join(["python -m projector_bench report", *argv]),
-                                                       "results": str(table)}, table.parent)
-    except ReportNotWritten as e:  # the work was done but its file could not be written: exit 1
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    return build_report(df, cfg, cfg.reports_dir, {"command": " ".join(["python -m projector_bench report", *argv]),
+                                                   "results": str(table)}, table.parent)
 
 
 _signalled: list[int] = []
@@ -205,25 +198,20 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, _terminated)
     try:
-        if sys.argv[1:2] == ["report"]:
-            print(f"report: {report_main(sys.argv[2:])}")
-            return
-        check_group_choices(sys.argv[1:])
-        _main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as e:  # Hydra's own files before any job (its run folder, say, in a read-only results folder)
-        print(f"error: {e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; make it writable "
-              "or set results_dir=<another folder>", file=sys.stderr)
-        raise SystemExit(2) from None
+        with exit_codes():
+            if sys.argv[1:2] == ["report"]:
+                print(f"report: {report_main(sys.argv[2:])}")
+                return
+            check_group_choices(sys.argv[1:])
+            try:
+                _main()
+            except OSError as e:  # Hydra's own files before any job (its run folder, in a read-only results folder)
+                raise ConfigError(f"{e.strerror or e}: {e.filename or ''}: Hydra could not write its run folder; "
+                                  "make it writable or set results_dir=<another folder>") from None
     except SystemExit as e:
         if not _signalled or e.code in (0, None, 130):
             raise
-        print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
-        raise SystemExit(130) from None
-    except KeyboardInterrupt:  # rows are written whole (atomic rename): an interrupted job leaves none half-written
-        print("interrupted: the rows recorded so far are kept; run the same command again to go on", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -246,19 +234,18 @@ class PrintSweepTable(Callback):
     """Gives a multirun its id; at its end prints its rows and exits 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:  # every job's config, before the first job runs
-            jobs = job_configs(config)
-            for job in jobs:
-                validate(job)
-            if resume := config.get("resume"):
-                _check_resume(resume, config.results_dir, jobs)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except Exception as e:  # Hydra would log it as a warning and run the jobs unchecked, without a sweep id
-            print(f"error: the sweep could not be checked before its first job: {type(e).__name__}: "
-                  f"{str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-            raise SystemExit(1) from None
+        with exit_codes():  # Hydra would log an exception as a warning and run the jobs unchecked, without an id
+            try:  # every job's config, before the first job runs
+                jobs = job_configs(config)
+                for job in jobs:
+                    validate(job)
+                if resume := config.get("resume"):
+                    _check_resume(resume, config.results_dir, jobs)
+            except (ConfigError, JobFailed):
+                raise
+            except Exception as e:
+                raise JobFailed(f"the sweep could not be checked before its first job: {first_line(e, typed=True)}") \
+                    from None
         os.environ[SWEEP_ENV] = resume or uuid.uuid4().hex[:12]  # inherited by jobs, in-process or launched
         os.environ[THREADS_ENV] = f"{socket.gethostname()}:{DEFAULT_THREADS}"  # a launcher's workers time as this one
         os.environ[LAUNCHER_ENV] = f"{socket.gethostname()}:{os.getpid()}"  # jobs elsewhere write their rows apart
@@ -268,30 +255,32 @@ class PrintSweepTable(Callback):
         os.environ.pop(THREADS_ENV, None)
         os.environ.pop(LAUNCHER_ENV, None)
         table = f"{config.results_dir}/runs.jsonl"
-        try:  # Hydra turns an exception here into a warning and exit 0: every failure must be an exit 1 instead
-            merge_job_rows(config.results_dir)  # the rows of jobs launched elsewhere, into the table by one writer
-            df = load_results(config.results_dir)
-            df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
-            if not len(df):
-                print(f"error: no row of this sweep is in {table}", file=sys.stderr)
-                raise SystemExit(1)
-            print(summary(df))
-            if acc := accuracy_table(df):
-                print(acc)
-            for b in token_budgets(df):
-                print(b["verdict"])
-            if config.get("report"):
-                from .analysis.report import report_at_end
+        with exit_codes():  # Hydra turns an exception here into a warning and exit 0: every failure is an exit 1
+            try:
+                df = self._end(config, sweep, table)
+            except (ConfigError, JobFailed) as e:  # the jobs ran: nothing here is the input's fault
+                raise JobFailed(str(e)) from None
+            except Exception as e:
+                raise JobFailed(f"the sweep's rows are in {table}, but its summary or report failed: "
+                                f"{first_line(e, typed=True)}") from None
+            failed = df[df["status"] != "ok"]
+            if len(failed):
+                raise JobFailed(f"{len(failed)} of {len(df)} jobs failed; see the `error` column in {table}")
 
-                report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except Exception as e:
-            print(f"error: the sweep's rows are in {table}, but its summary or report failed: "
-                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-            raise SystemExit(1) from None
-        failed = df[df["status"] != "ok"]
-        if len(failed):
-            print(f"error: {len(failed)} of {len(df)} jobs failed; see the `error` column in {table}", file=sys.stderr)
-            raise SystemExit(1)
+    @staticmethod
+    def _end(config: DictConfig, sweep: str | None, table: str) -> pd.DataFrame:
+        merge_job_rows(config.results_dir)  # the rows of jobs launched elsewhere, into the table by one writer
+        df = load_results(config.results_dir)
+        df = df[df["sweep_id"] == sweep] if len(df) and "sweep_id" in df else df.iloc[0:0]
+        if not len(df):
+            raise JobFailed(f"no row of this sweep is in {table}")
+        print(summary(df))
+        if acc := accuracy_table(df):
+            print(acc)
+        for b in token_budgets(df):
+            print(b["verdict"])
+        if config.get("report"):
+            from .analysis.report import report_at_end
+
+            report_at_end(df, config, " ".join(["python -m projector_bench", *sys.argv[1:]]))
+        return df

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import statistics
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -25,7 +24,7 @@ from omegaconf import DictConfig
 from scipy.stats import binomtest
 
 from .core.env import code_hash, cpu_id
-from .core.errors import ArgumentParser, ConfigError
+from .core.errors import ArgumentParser, ConfigError, exit_code
 from .core.settings import config_dir, group_choices
 from .core.util import atomic_write, torch_threads
 from .costs.measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
@@ -309,18 +308,15 @@ def append_logged(log: Path, baseline: Path) -> int:
     try:
         key, rows, code = logged_pass(log.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        print(f"error: {log} is not a `regress time` log: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{log} is not a `regress time` log: {e}") from None
     data = _load_baseline(baseline)
     base = data.get("machines", {}).get(key)
     if base is None:
-        print(f"error: {log} was timed on {key!r}, which {baseline} has no baseline for: record one there with "
-              "`regress time --update`", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{log} was timed on {key!r}, which {baseline} has no baseline for: record one there "
+                          "with `regress time --update`")
     if code is not None and code != base.get("code"):
-        print(f"error: {log} timed other code ({code}) than {baseline}'s ({base.get('code')}), so its slowdowns may be "
-              "that change's: add only a log of a run with the baseline's code", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{log} timed other code ({code}) than {baseline}'s ({base.get('code')}), so its slowdowns "
+                          "may be that change's: add only a log of a run with the baseline's code")
     added = sorted(n for n in rows if n in base["history"])
     for n in added:
         base["history"][n].append(round(rows[n], 4))
@@ -438,11 +434,7 @@ def run_time(update: bool, rounds: int, threads: int, tolerance: float, only: li
 def main(argv: list[str] | None = None) -> int:
     """`golden`, `time` or `all` (both); `--update` records instead of checking. Bad input (arguments, a gate file
     missing or misshapen) is one `error:` line and exit 2, before any work runs."""
-    try:
-        return _main(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return exit_code(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

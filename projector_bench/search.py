@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .core.budget import Budget, plain
-from .core.errors import ConfigError
+from .core.errors import ConfigError, OutputError
 from .core.studies import storage
 from .jobs.results import append_rows, jsonable
 from .jobs.runner import run
@@ -186,7 +186,7 @@ def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int
     try:
         return append_rows(results_dir, rows, unique="run_id")
     except (OSError, ValueError) as e:
-        raise ConfigError("could not record the search's rows (they stay in the study; the next run records them): "
+        raise OutputError("could not record the search's rows (they stay in the study; the next run records them): "
                           f"{e}") from e
 
 

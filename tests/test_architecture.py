@@ -117,3 +117,26 @@ def test_the_check_sees_upward_imports_even_lazy_ones(tmp_path, source, bad):
     path.write_text(source)
     found = _imports("costs.roofline", path, set(_modules()))
     assert found == {bad} and _layer(bad) > _layer("costs.roofline")
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
+
+
+def test_exit_codes_and_error_lines_are_decided_in_one_place():
+    """Entry points raise the house's exceptions; `core/errors.py` alone prints `error:` and picks the exit
+    code. Left elsewhere: `raise SystemExit(main())`, and the CLI's re-raise of a signal as 130."""
+    found = []
+    for module, path in _modules().items():
+        if module == "core.errors":
+            continue
+        tree = ast.parse(path.read_text())
+        for call in _calls(tree, "SystemExit"):
+            arg = ast.unparse(call.args[0]) if call.args else ""
+            if arg not in ("main()", "130"):
+                found.append(f"{module}:{call.lineno} SystemExit({arg})")
+        for call in _calls(tree, "print"):
+            text = ast.unparse(call.args[0]) if call.args else ""
+            if text.lstrip("f").strip("'\"").startswith("error:"):
+                found.append(f"{module}:{call.lineno} print({text[:40]}...)")
+    assert not found, "\n".join(found)

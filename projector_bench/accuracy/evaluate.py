@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..core import _worker
 from ..core.env import available_memory, code_hash, device_label, training_device, usable_cores
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from ..core.util import accuracy_projector_kwargs, torch_threads
 from ..models._registry import create_projector
 from ..models.encoders import TimmEncoder, Variant
@@ -94,7 +94,7 @@ def load_task(task_cfg: DictConfig, cache: Path) -> TaskData:
             cause = e.__cause__
             if isinstance(cause, ConfigError):
                 raise cause from None
-            raise ConfigError(f"task {name}: {type(cause or e).__name__}: {str(cause or e).splitlines()[0]}") from e
+            raise ConfigError(f"task {name}: {first_line(cause or e, typed=True)}") from e
 
     return cached(cache / "tasks" / f"{name}-{task_key(task_cfg)}.pt", build)[0]
 

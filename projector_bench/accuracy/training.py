@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..core.errors import first_line
 from ..core.util import atomic_write
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def cached(path: Path, build: Callable[[], Any]) -> tuple[Any, bool]:
             return torch.load(path, weights_only=False), True
         except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
             log.warning("cache entry %s could not be read (%s: %s); discarding and rebuilding it",
-                        path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                        path, first_line(e, typed=True))
             path.unlink(missing_ok=True)
     value = build()
     atomic_write(path, lambda tmp: torch.save(value, tmp))  # per process: search workers may cache the same entry

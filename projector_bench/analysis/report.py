@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
 from ..core.budget import LATENCY_COLUMNS, LATENCY_WORDS, duration, missing, plain, si
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, OutputError, first_line
 from ..core.studies import load_studies
 from ..core.util import atomic_write
 from ..models.lm import LanguageModel
@@ -418,7 +418,7 @@ def estimate_basis(df: pd.DataFrame) -> str:
     return "; ".join(dict.fromkeys(df["est_basis"].dropna().astype(str)))
 
 
-class ReportNotWritten(OSError):
+class ReportNotWritten(OutputError):
     """The HTML could not be written (a full disk, a folder without permission): one line naming the folder."""
 
 
@@ -552,7 +552,7 @@ def _lm_problem(config: Any) -> str | None:
     try:
         LanguageModel.from_config(lm)
     except (ConfigError, TypeError, ValueError) as e:
-        return f"config.lm cannot be priced: {str(e).splitlines()[0]}"
+        return f"config.lm cannot be priced: {first_line(e)}"
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 STORAGE_HELP = "use null (SQLite), a SQLAlchemy URL or journal:PATH"
@@ -80,7 +80,7 @@ def _why(e: BaseException, spec: str) -> str:
     """`Type: first line` of an error from a driver or SQLAlchemy, with the URL's password hidden."""
     from sqlalchemy.engine import make_url
 
-    text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    text = first_line(e, typed=True)
     secrets = {_raw_password(spec)}
     try:
         secrets.add(make_url(spec).password or "")

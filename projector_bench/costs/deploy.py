@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from ..core.errors import ArgumentParser, ConfigError
+from ..core.errors import ArgumentParser, JobFailed, exit_code, first_line
 from .measure import Latency, _Call, float_twin, measure_latency
 from .roofline import Device
 
@@ -50,7 +50,7 @@ def unavailable() -> str | None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
         from executorch.extension.pybindings import portable_lib
     except Exception as e:  # ImportError, or a binary built for another torch
-        return (f"executorch is not installed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        return (f"executorch is not installed ({first_line(e, typed=True)}); "
                 f"{INSTALL}")
     if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
         return "this executorch build has no XNNPACK backend; reinstall it: " + INSTALL
@@ -266,7 +266,7 @@ def calibrate_xnnpack(threads: int, designs: dict[str, tuple[nn.Module, tuple[Te
 def install() -> int:
     """Install the deploy extra into this Python: executorch and torchao without their dependency lists, then
     the pure-Python packages they import (one command; pip's resolver alone stalls on executorch's pins).
-    0 when ExecuTorch with XNNPACK then loads; else one `error:` line (pip's own output is above it) and 1."""
+    0 when ExecuTorch with XNNPACK then loads; else `JobFailed` (pip's own output is above its line)."""
     from importlib.metadata import PackageNotFoundError, requires
 
     # the `deploy` extra of pyproject.toml: what executorch and torchao import (their own metadata also pins
@@ -277,35 +277,32 @@ def install() -> int:
         wanted = []
     extra = [r.split(";")[0].strip() for r in wanted if re.search(r"extra\s*==\s*['\"]deploy['\"]", r)]
     if not extra:  # pip with no requirement fails, and the installed metadata is where the extra's list lives
-        print("error: the installed projector_bench lists no `deploy` extra: install the package first "
-              "(pip install -e . in its checkout), then run this again", file=sys.stderr)
-        return 1
+        raise JobFailed("the installed projector_bench lists no `deploy` extra: install the package first "
+                        "(pip install -e . in its checkout), then run this again")
     pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
     for cmd in (pip + ["--no-deps", *PINNED], pip + extra):
         print("+", " ".join(cmd[2:]), flush=True)
         if (rc := subprocess.call(cmd)) != 0:
-            print(f"error: pip failed (exit {rc}) installing {' '.join(a for a in cmd[4:] if not a.startswith('-'))}; "
-                  "its output above says why", file=sys.stderr)
-            return 1
+            raise JobFailed(f"pip failed (exit {rc}) installing "
+                            f"{' '.join(a for a in cmd[4:] if not a.startswith('-'))}; its output above says why")
     unavailable.cache_clear()
     if why := unavailable():
-        print(f"error: installed, but ExecuTorch with XNNPACK still does not load: {why}", file=sys.stderr)
-        return 1
+        raise JobFailed(f"installed, but ExecuTorch with XNNPACK still does not load: {why}")
     print("ExecuTorch with XNNPACK: ok")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`install`: the deploy extra into this Python. Bad arguments are one `error:` line and exit 2."""
+    return exit_code(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     ap = ArgumentParser(prog="python -m projector_bench.costs.deploy",
-                 description="The optional deploy extra: ExecuTorch with its XNNPACK backend (docs/deploy.md).")
+                        description="The optional deploy extra: ExecuTorch with its XNNPACK backend (docs/deploy.md).")
     ap.add_argument("command", choices=("install",),
                     help="install: add ExecuTorch and torchao (the deploy extra) to this Python")
-    try:
-        ap.parse_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ap.parse_args(argv)
     return install()
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..accuracy.evaluate import code_version, evaluate_projector
 from ..core.env import code_hash, cpu_model, environment
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, OutputError, first_line
 from ..core.settings import DEFAULT_THREADS, SWEEP_ENV, host_cache, host_lock, launched_elsewhere
 from ..core.util import projector_kwargs, torch_threads
 from ..costs.deploy import deploy_costs
@@ -252,13 +252,12 @@ def _run(cfg: DictConfig, extra: dict[str, Any] | None, record: bool) -> dict[st
                 row["accuracy_warning"] = "; ".join(w for w in said if w) or None
         row["status"], row["error"] = "ok", None
     except Exception as e:  # recorded in the row (and the log), then the sweep goes on
-        first = str(e).splitlines()[0] if str(e) else ""
-        row["status"], row["error"] = "failed", first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
+        row["status"], row["error"] = "failed", first_line(e, typed=not isinstance(e, ConfigError))
         log.debug("job failed", exc_info=True)
     row |= environment() | {"threads": used, "config": OmegaConf.to_container(cfg, resolve=True)}
     if record:
         try:
             (write_job_row if launched_elsewhere() else append_row)(cfg.results_dir, row)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"could not record the row: {e}") from e
+            raise OutputError(f"could not record the row: {e}") from e
     return row

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..core.budget import DEPLOY_RUNTIMES, Budget
 from ..core.env import training_device
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from ..core.settings import check_host_cache
 from ..core.util import accuracy_projector_kwargs, projector_kwargs
 from ..costs.calibrate import load_points
@@ -153,7 +153,7 @@ def _build(name: str, in_dim: int, out_dim: int, kwargs: dict[str, Any]) -> Any:
         with torch.device("meta"):
             return create_projector(name, in_dim, out_dim, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"projector {name}: {str(e).splitlines()[0]}; its keys are those of "
+        raise ConfigError(f"projector {name}: {first_line(e)}; its keys are those of "
                           f"conf/projector/{name}.yaml (remove the key, or add it to the design)") from None
 
 

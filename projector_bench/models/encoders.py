@@ -21,7 +21,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
 from timm.models.mobilevit import model_cfgs as mobilevit_cfgs
 from torch import Tensor, nn
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from .projectors.base import Grid
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class TimmEncoder(nn.Module):
                 raise
             if weights != "auto":
                 raise ConfigError(f"could not load weights for encoder {name} "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  f"({first_line(e, typed=True)}); "
                                   "set encoder.weights to `random` or a local checkpoint path") from e
             log.warning("encoder %s: pretrained weights could not be fetched (%s); starting from random weights", name,
                         type(e).__name__)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, first_line
 from . import TaskData, split_indices
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def image_folder(root: str | None = None, img_size: int = 96, test_fraction: flo
         ds = ImageFolder(str(path), loader=_open)
     except FileNotFoundError as e:  # torchvision: no class folders, or no image in them
         raise ConfigError(f"image folder {str(path)!r} holds no images in class sub-folders "
-                          f"({str(e).splitlines()[0]}); put each class's images in its own sub-folder") from e
+                          f"({first_line(e)}); put each class's images in its own sub-folder") from e
     if len(ds.classes) < 2:
         raise ConfigError(f"image folder {str(path)!r} has a single class ({ds.classes[0]}); accuracy needs at "
                           "least two class sub-folders")
