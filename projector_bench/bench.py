@@ -35,16 +35,17 @@ from .analysis.tables import accuracy_table
 from .core.env import training_device
 from .core.errors import ArgumentParser, ConfigError, JobFailed, exit_code
 from .core.settings import config_dir, group_choices, host_cache
+from .core.shapes import MOBILEVLM
 from .core.util import torch_threads
 from .costs import deploy
 from .costs.calibrate import Calibration, calibrate_config
-from .costs.measure import REFERENCE_SHAPE, measure_latency, paired
+from .costs.measure import measure_latency, paired
 from .costs.roofline import calibrate_host, trace_ops
 from .jobs.results import load_results
 from .tasks.classify import write_blob_folder
 
 ROOF_ROUNDS = 5  # interleaved rounds of the XNNPACK roofs and designs (deploy.min_times)
-SHAPE, OUT = (1, *REFERENCE_SHAPE[:2]), REFERENCE_SHAPE[2]  # MobileVLM's: CLIP 24x24 tokens of 1024 -> 2048
+SHAPE, OUT = (1, MOBILEVLM.tokens, MOBILEVLM.vision_dim), MOBILEVLM.lm_dim  # a projector's input and width
 LOO_TARGET = 0.30  # the target for the calibrated estimate's leave-one-out median |error| per device
 
 

@@ -26,8 +26,9 @@ from scipy.stats import binomtest
 from .core.env import code_hash, cpu_id
 from .core.errors import ArgumentParser, ConfigError, exit_code
 from .core.settings import config_dir, group_choices
+from .core.shapes import MOBILEVLM
 from .core.util import atomic_write, torch_threads
-from .costs.measure import REFERENCE_SHAPE, Paired, count_flops, count_params, paired, reference_kernel
+from .costs.measure import Paired, count_flops, count_params, paired, reference_kernel
 from .jobs.runner import build_projector
 from .models.encoders import Variant, create_encoder
 from .models.projectors.base import token_grid
@@ -53,7 +54,7 @@ class Case:
 
 
 def _projector_case(cfg: DictConfig) -> Case:
-    tokens, in_dim, _ = REFERENCE_SHAPE
+    tokens, in_dim = MOBILEVLM.tokens, MOBILEVLM.vision_dim
     torch.manual_seed(0)
     x = torch.randn(1, tokens, in_dim)
     p = build_projector(cfg.projector, in_dim)

@@ -196,7 +196,7 @@ def test_min_times_interleaves_the_programs_and_keeps_each_ones_fastest_round(mo
 
 
 def test_xnnpack_roofs_are_chained_kernel_differences_timed_with_the_designs(monkeypatch):
-    kernels = deploy._roof_kernels()
+    kernels = deploy.kernels()
     per_kernel = {k: 0.5 + i for i, k in enumerate(kernels)}  # ms of one kernel of each roof
     monkeypatch.setattr(deploy, "lower", lambda module, inputs, precision="fp32": module)
 

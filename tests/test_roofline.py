@@ -329,3 +329,18 @@ def test_a_damaged_host_cache_is_named_and_measured_again(tmp_path, caplog, monk
     assert roofline.host_device(1, tmp_path) == fake
     assert any("host_device.json could not be read" in r.getMessage() for r in caplog.records)
     assert roofline.host_device(1, tmp_path) == fake  # rewritten: read back without a warning
+
+
+def test_eager_and_xnnpack_roofs_time_one_kernel_table():
+    """Both calibrations read `kernels.kernels()`: the op kinds a device holds each have a kernel there, with its
+    work at MobileVLM's shape."""
+    from projector_bench.core.shapes import MOBILEVLM
+    from projector_bench.costs import deploy, roofline
+    from projector_bench.costs.kernels import KINDS, kernels
+
+    table = kernels()
+    assert set(KINDS) <= set(table) and deploy.kernels is roofline.kernels is kernels
+    assert table["fp32"].work == 2 * MOBILEVLM.tokens * MOBILEVLM.lm_dim**2 == 2 * 576 * 2048 * 2048
+    for name, k in table.items():
+        y = k.make().eval()(*k.inputs)  # every kernel runs on its inputs
+        assert torch.isfinite(y).all(), name

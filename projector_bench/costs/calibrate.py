@@ -39,13 +39,13 @@ from .. import create_projector
 from ..core.errors import ConfigError
 from ..core.ops import Op
 from ..core.settings import config_dir
+from ..core.shapes import MOBILEVLM
 from ..models.lm import LanguageModel
 from .trace import trace_ops, trace_timm_on_meta
 
 WORKLOADS = ("encode", "prefill", "decode")
 COMPUTE_BOUND = ("encode", "prefill")  # the workloads that see the compute efficiency
 CLIP = ("vit_large_patch14_clip_336", 336)  # MobileVLM's encoder, as llama.cpp's mmproj runs it
-CLIP_TOKENS, CLIP_DIM, LM_DIM = 576, 1024, 2048  # the projector's input (CLS dropped) and output widths
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 PRIOR_WEIGHT = 0.05  # a 10x move away from the assumed value costs as much as a 12% misfit of one workload
 EFF_BOUNDS = (1e-4, 1.0)
@@ -191,10 +191,10 @@ def at_precision(ops: Iterable[Op], dtype: str) -> list[Op]:
 
 @cache
 def encode_ops(projector: str, dtype: str) -> tuple[Op, ...]:
-    """CLIP ViT-L/14 at 336 px and `projector` at 576×1024 → 2048, traced on the meta device, at `dtype`."""
+    """CLIP ViT-L/14 at 336 px and `projector` at MobileVLM's shape, traced on the meta device, at `dtype`."""
     with torch.device("meta"):
-        proj = create_projector(projector, CLIP_DIM, LM_DIM).eval()
-        tokens = torch.empty(1, CLIP_TOKENS, CLIP_DIM)
+        proj = create_projector(projector, MOBILEVLM.vision_dim, MOBILEVLM.lm_dim).eval()
+        tokens = torch.empty(1, MOBILEVLM.tokens, MOBILEVLM.vision_dim)
     return tuple(at_precision([*trace_timm_on_meta(*CLIP), *trace_ops(proj, tokens)], dtype))
 
 

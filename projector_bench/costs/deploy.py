@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from ..core.errors import ArgumentParser, JobFailed, exit_code, first_line
+from .kernels import KINDS, kernels
 from .measure import Latency, _Call, float_twin, measure_latency
 from .roofline import Device
 
@@ -176,15 +177,6 @@ def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], thr
     return out | {f"{prefix}exports": {RUNTIME: main} | {f"{RUNTIME}_{p}": v for p, v in verdicts.items()}}
 
 
-class _Fn(nn.Module):
-    def __init__(self, fn: Callable[..., Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *x: Tensor) -> Tensor:
-        return self.fn(*x)
-
-
 class _Chain(nn.Module):
     """`n` fresh copies of `make()` applied one after another to the first input (the others passed along)."""
 
@@ -196,29 +188,6 @@ class _Chain(nn.Module):
         for step in self.steps:
             x = step(x, *rest)
         return x
-
-
-def _roof_kernels() -> dict[str, tuple[Callable[[], nn.Module], tuple[Tensor, ...], str, int, float]]:
-    """Per roof: (one kernel, its inputs, precision, chain length n, its work: FLOPs, or bytes for `bandwidth`)."""
-    import torch.nn.functional as F
-
-    x, t, q = torch.randn(1, 1024, 24, 24), torch.randn(576, 2048), torch.randn(1, 8, 576, 64)
-    gemm = 2 * 576 * 2048 * 2048
-    big = torch.randn(2**24)  # 64 MiB: a streaming add reads two and writes one
-    lin = partial(nn.Linear, 2048, 2048, bias=False)
-    add = lambda: _Fn(torch.add)  # noqa: E731
-    return {
-        "fp32": (lin, (t,), "fp32", 4, gemm), "int8": (lin, (t,), "int8", 4, gemm),
-        "conv": (partial(nn.Conv2d, 1024, 1024, 1, bias=False), (x,), "fp32", 4, 2 * 1024 * 1024 * 576),
-        "depthwise_conv": (partial(nn.Conv2d, 1024, 1024, 3, padding=1, groups=1024, bias=False), (x,), "fp32", 4,
-                           2 * 9 * 1024 * 576),
-        "attention": (lambda: _Fn(lambda a: F.scaled_dot_product_attention(a, a, a)), (q,), "fp32", 4,
-                      4 * 8 * 576 * 576 * 64),
-        "elementwise": (nn.GELU, (t,), "fp32", 16, t.numel()),  # cheap kernels: a longer chain
-        "reduction": (partial(nn.LayerNorm, 2048), (t,), "fp32", 16, t.numel()),
-        "bandwidth": (add, (big, big), "fp32", 4, 3 * big.numel() * 4),
-        "overhead": (add, (torch.ones(1), torch.ones(1)), "fp32", 16, 0.0),  # its time is the roof
-    }
 
 
 def min_times(programs: dict[Any, tuple[Program, tuple[Tensor, ...]]], threads: int, rounds: int,
@@ -239,25 +208,25 @@ def calibrate_xnnpack(threads: int, designs: dict[str, tuple[nn.Module, tuple[Te
     """This machine's roofs under ExecuTorch's XNNPACK backend, and the fp32 programs of `designs` timed with them.
 
     A roof is a kernel's throughput inside a program — (time of n + 1 chained kernels - time of 1) / n, which
-    leaves out what a call costs once — by the roofline's counting convention (2 per MAC; one op per element for
-    elementwise and reduction ops) on MobileVLM's shapes, as `roofline.calibrate_host` measures eager's; DRAM
-    bandwidth from a chain of streaming adds; the fixed cost of a kernel from a chain of tiny adds. Roof programs
-    and designs are timed in the same interleaved rounds, each at its fastest (`min_times`): estimates and the
-    times they are checked against see the machine alike."""
-    kernels = _roof_kernels()
-    programs = {(k, m): (lower(_Chain(make, m), inputs, precision), inputs)
-                for k, (make, inputs, precision, n, _) in kernels.items() for m in (1, n + 1)}
+    leaves out what a call costs once — for each kernel of `kernels.kernels()`, the table the eager calibration
+    (`roofline.calibrate_host`) times too: the op kinds, the GEMMs, DRAM bandwidth from streaming adds and the
+    fixed cost of a kernel from tiny adds. Roof programs and designs are timed in the same interleaved rounds,
+    each at its fastest (`min_times`): estimates and the times they are checked against see the machine alike."""
+    table = kernels()
+    programs = {(k, m): (lower(_Chain(kn.make, m), kn.inputs, kn.precision), kn.inputs)
+                for k, kn in table.items() for m in (1, kn.chain + 1)}
     programs |= {(name, 0): (lower(module, inputs), inputs) for name, (module, inputs) in (designs or {}).items()}
     ms = min_times(programs, threads, rounds)
     kernel_ms: dict[str, float] = {}
-    for k, (_, _, _, n, _) in kernels.items():
+    for k, kn in table.items():
+        n = kn.chain
         one, diff = ms[k, 1], ms[k, n + 1] - ms[k, 1]
         if diff <= 0:  # noise larger than n kernels: not a throughput; the one-kernel program's time is an upper bound
             log.warning("XNNPACK roof %s: %d chained kernels timed no slower than one (%.3f ms); "
                         "using the one-kernel time", k, n + 1, one)
         kernel_ms[k] = diff / n if diff > 0 else one
-    rate = {k: work / kernel_ms[k] / 1e6 for k, (*_, work) in kernels.items()}  # per ms -> GFLOP/s (GB/s: bandwidth)
-    kinds = {k: rate[k] for k in ("conv", "depthwise_conv", "attention", "elementwise", "reduction")}
+    rate = {k: kn.work / kernel_ms[k] / 1e6 for k, kn in table.items()}  # per ms -> GFLOP/s (GB/s: bandwidth)
+    kinds = {k: rate[k] for k in KINDS}
     host = Device("host_xnnpack", "host", {"fp32": rate["fp32"], "fp16": rate["fp32"], "int8": rate["int8"]},
                   rate["bandwidth"], 1.0, 1.0, kernel_ms["overhead"] * 1e3, kinds)
     return host, {name: ms[name, 0] for name in designs or {}}

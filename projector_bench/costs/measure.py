@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..core.shapes import MOBILEVLM
 from ..core.util import torch_threads
 
 # torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on CUDA builds
@@ -295,12 +296,12 @@ def _paired_rounds(case: Callable[[], Any], ref: Callable[[], Any], rounds: int,
     return ratios, wall, cpu
 
 
-REFERENCE_SHAPE = (576, 1024, 2048)  # the GEMM of a linear projector at MobileVLM's shape (CLIP 24x24 -> 2048)
+REFERENCE_SHAPE = (MOBILEVLM.tokens, MOBILEVLM.vision_dim, MOBILEVLM.lm_dim)  # a linear projector's GEMM there
 LOAD_LIMIT = 1.25  # latencies inflated this much or more by other work on the machine: the row gets a load_warning
 
 
 def reference_kernel() -> Callable[[], Any]:
-    """The fixed kernel timings are compared against: a (576×1024) @ (1024×2048) fp32 GEMM."""
+    """The fixed kernel timings are compared against: a linear projector's fp32 GEMM at MobileVLM's shape."""
     g = torch.Generator().manual_seed(0)
     m, k, n = REFERENCE_SHAPE
     a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)

@@ -21,11 +21,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
 from ..core.budget import missing
 from ..core.env import code_hash, cpu_model
@@ -34,6 +35,7 @@ from ..core.ops import as_ops
 from ..core.util import atomic_write, torch_threads
 from ..models.lm import LanguageModel
 from .calibrate import calibrate_config
+from .kernels import KINDS, Kernel, kernels
 from .measure import measure_latency
 from .trace import trace_ops, trace_timm_on_meta
 
@@ -93,6 +95,7 @@ class Device:
 SLOW_CALL_S = 0.25  # one call this long is timed once, not repeated (`_seconds`)
 # square GEMMs, smallest first; a size whose call would exceed SLOW_CALL_S is skipped
 GEMM_SIZES = (128, 256, 512, 1024, 2048)
+HOST_CODE = ("costs/roofline.py", "costs/kernels.py", "costs/measure.py", "core/shapes.py")  # host roofs' key
 QUIET_SHARE = 0.8  # a calibration whose threads had a core less of the time than this was taken on a loaded machine
 
 
@@ -141,22 +144,14 @@ def _gemm(dtype: torch.dtype, start: int = GEMM_SIZES[0]) -> tuple[float, int, i
     return best, at, calls
 
 
-def _kind_gflops() -> dict[str, float]:
-    """Achievable fp32 throughput of single kernels of each op kind, by our counting convention
-    (2 per MAC; one op per element for elementwise and reduction ops), on a 1024-channel 24x24 map."""
-    import torch.nn.functional as F
-
-    x = torch.randn(1, 1024, 24, 24)
-    pw, dw = torch.randn(1024, 1024, 1, 1), torch.randn(1024, 1, 3, 3)
-    t = torch.randn(576, 2048)
-    q = k = v = torch.randn(1, 8, 576, 64)
-    return {
-        "conv": 2 * 1024 * 1024 * 576 / _seconds(lambda: F.conv2d(x, pw)).seconds / 1e9,
-        "depthwise_conv": 2 * 9 * 1024 * 576 / _seconds(lambda: F.conv2d(x, dw, padding=1, groups=1024)).seconds / 1e9,
-        "attention": 4 * 8 * 576 * 576 * 64 / _seconds(lambda: F.scaled_dot_product_attention(q, k, v)).seconds / 1e9,
-        "elementwise": t.numel() / _seconds(lambda: F.gelu(t)).seconds / 1e9,
-        "reduction": t.numel() / _seconds(lambda: F.layer_norm(t, (2048,))).seconds / 1e9,
-    }
+def _kind_gflops(table: dict[str, Kernel]) -> dict[str, float]:
+    """Achievable fp32 throughput of one kernel of each op kind (`kernels.KINDS`), eager."""
+    rates = {}
+    for k in KINDS:
+        kernel = table[k]
+        fn = partial(kernel.make().eval(), *kernel.inputs)
+        rates[k] = kernel.work / _seconds(fn).seconds / 1e9
+    return rates
 
 
 def calibrate_host(threads: int) -> Device:
@@ -165,7 +160,7 @@ def calibrate_host(threads: int) -> Device:
     is then the fp32 one: a deployment would run such ops in fp32), an int8 dynamically quantized Linear, DRAM
     bandwidth (a 256 MiB copy), the fixed cost of one tiny op, and the achievable throughput of one kernel of
     each other op kind. `Device.roofs` says how each GEMM roof was measured."""
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+    from torch.ao.quantization import quantize_dynamic
 
     with torch_threads(threads):
         with torch.inference_mode():
@@ -175,13 +170,17 @@ def calibrate_host(threads: int) -> Device:
             fp32, fp32_n, fp32_calls = _gemm(torch.float32, start=1024)
             share = min(1.0, (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads))
             bf16, bf16_n, bf16_calls = _gemm(torch.bfloat16)
-            q, x = QLinear(2048, 2048), torch.randn(576, 2048)
-            int8 = 2 * 576 * 2048 * 2048 / _seconds(lambda: q(x)).seconds / 1e9
+            table = kernels()
+            gemm = table["int8"]
+            q = quantize_dynamic(nn.Sequential(gemm.make()), {nn.Linear}, dtype=torch.qint8).eval()
+            int8 = gemm.work / _seconds(partial(q, *gemm.inputs)).seconds / 1e9
+            # eager's own bandwidth and overhead probes: an eager add would time its output's allocation, and
+            # a module call Python's call overhead, which a tiny op's time is of the order of
             src, dst = torch.empty(2**26), torch.empty(2**26)  # 256 MiB each
             bandwidth = 2 * src.numel() * src.element_size() / _seconds(lambda: dst.copy_(src)).seconds / 1e9
             one = torch.ones(1)
             overhead = _seconds(lambda: torch.add(one, one)).seconds * 1e6
-            kinds = _kind_gflops()
+            kinds = _kind_gflops(table)
     roofs = {"fp32": f"fp32 GEMM {fp32:.1f} GFLOP/s at n={fp32_n} ({fp32_calls} calls)",
              "fp16": f"bf16 GEMM {bf16:.1f} GFLOP/s at n={bf16_n} ({bf16_calls} call{'s' * (bf16_calls > 1)})"
                      + (f", {fp32 / bf16:.0f}x slower than fp32: no fast bf16 kernel here, priced at the fp32 roof"
@@ -196,7 +195,7 @@ def calibrate_host(threads: int) -> Device:
 def host_key(threads: int) -> str:
     """The host cache's key for this machine's roofs at `threads`: the CPU, the threads and the code that
     measures them."""
-    return f"{cpu_model()}|{threads}|{code_hash('costs/roofline.py', 'costs/measure.py')}"
+    return f"{cpu_model()}|{threads}|{code_hash(*HOST_CODE)}"
 
 
 def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
