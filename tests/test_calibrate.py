@@ -191,3 +191,13 @@ def test_a_bad_published_point_is_one_line_before_any_job(tmp_path, monkeypatch,
                            ["device=snapdragon888_cpu", "device.measured.0.workload=boot"])
     assert code == 2 and "measured[0]: workload must be one of encode, prefill, decode, got 'boot'" in err
     assert not (tmp_path / "results" / "runs.jsonl").exists()
+
+
+def test_the_fit_and_the_device_model_price_ops_alike():
+    """`calibrate.predict_ms` (arrays, what the fit minimises) and `Device.latency_ms` (op by op, what estimates
+    use) are one formula (`pricing.op_seconds`): a fitted device must predict what its fit saw."""
+    ops = lm().step_ops(144, 0) + lm().step_ops(1, 600)
+    peaks = {"fp32": 900.0, "fp16": 1800.0, "int8": 3600.0}
+    eff = Efficiencies(0.3, 0.6, 4.0, (("fp16", 0.2),))
+    dev = Device("d", "cpu", peaks, 40.0, eff.compute, eff.memory, eff.overhead_us, eff_compute_dtype={"fp16": 0.2})
+    assert calibrate.predict_ms(calibrate.work(ops, peaks, 40.0), eff) == pytest.approx(dev.latency_ms(ops), rel=1e-12)

@@ -18,8 +18,7 @@ predict each other almost exactly). A dtype gets its own compute efficiency only
 exercise it; otherwise every dtype shares one (no device has such data yet).
 A weak prior (`PRIOR_WEIGHT`, in log space) pulls each parameter towards the profile's assumed value, so
 a parameter the data cannot see (the memory efficiency when the only decode group is left out) stays
-determined. The pricing is `roofline.Device.op_seconds`, restated with arrays (it is not imported: the
-roofline imports this module); `tests/test_calibrate.py` checks that the two agree.
+determined. The pricing is `pricing.op_seconds`, the formula `roofline.Device` prices an op with, on arrays.
 """
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ from ..core.ops import Op
 from ..core.settings import config_dir
 from ..core.shapes import MOBILEVLM
 from ..models.lm import LanguageModel
+from .pricing import op_seconds, peak_for
 from .trace import trace_ops, trace_timm_on_meta
 
 WORKLOADS = ("encode", "prefill", "decode")
@@ -220,28 +220,29 @@ def point_ops(p: Point) -> list[Op]:
 
 @dataclass(frozen=True)
 class Work:
-    """A point's ops as arrays: count, and seconds of compute and of memory traffic at full efficiency
-    (`Device.op_seconds` with both fractions 1 and no overhead)."""
+    """A point's ops as arrays (count, FLOPs, bytes, the peak each runs at) on a device's DRAM bandwidth."""
 
     count: np.ndarray
-    compute_s: np.ndarray
-    memory_s: np.ndarray
+    flops: np.ndarray
+    nbytes: np.ndarray
+    peak: np.ndarray
+    memory_gbps: float
     dtypes: tuple[str, ...]
 
 
 def work(ops: Sequence[Op], peaks: Mapping[str, float], memory_gbps: float) -> Work:
     """`ops` on a device with `peaks` (GFLOP/s per dtype, fp32's when a dtype has none) and `memory_gbps`."""
-    peak = np.array([peaks.get(o.dtype) or peaks["fp32"] for o in ops], dtype=float)
-    return Work(np.array([o.count for o in ops], dtype=float),
-                np.array([o.flops for o in ops], dtype=float) / (peak * 1e9),
-                np.array([o.bytes for o in ops], dtype=float) / (memory_gbps * 1e9), tuple(o.dtype for o in ops))
+    return Work(np.array([o.count for o in ops], dtype=float), np.array([o.flops for o in ops], dtype=float),
+                np.array([o.bytes for o in ops], dtype=float),
+                np.array([peak_for(o.dtype, peaks) for o in ops], dtype=float), memory_gbps,
+                tuple(o.dtype for o in ops))
 
 
 def predict_ms(w: Work, eff: Efficiencies) -> float:
-    """The roofline time of `w` with `eff`, in ms: Σ count · (overhead + max(compute / eff_c, memory / eff_m))."""
+    """The roofline time of `w` with `eff`, in ms: Σ count · `pricing.op_seconds`."""
     ec = np.array([eff.compute_for(d) for d in w.dtypes])
-    return 1e3 * float(np.sum(w.count * (eff.overhead_us * 1e-6
-                                         + np.maximum(w.compute_s / ec, w.memory_s / eff.memory))))
+    return 1e3 * float(np.sum(w.count * op_seconds(w.flops, w.nbytes, w.peak, w.memory_gbps, ec, eff.memory,
+                                                   eff.overhead_us)))
 
 
 def own_dtypes(points: Sequence[Point]) -> list[str]:

@@ -37,6 +37,7 @@ from ..models.lm import LanguageModel
 from .calibrate import calibrate_config
 from .kernels import KINDS, Kernel, kernels
 from .measure import measure_latency
+from .pricing import op_seconds, peak_for
 from .trace import trace_ops, trace_timm_on_meta
 
 __all__ = ["Device", "calibrate_host", "device_from_config", "estimate_row", "host_device", "read_json_cache",
@@ -69,12 +70,11 @@ class Device:
     cpu_share: float = 1.0  # host only: the share of its fp32 GEMMs' wall time its threads had a core
 
     def op_seconds(self, kind: str, dtype: str, flops: float, nbytes: float) -> float:
-        """One op's time: the slower of its compute and its memory traffic, plus a fixed overhead."""
-        peak = ((self.kind_gflops.get(kind) if dtype == "fp32" else None) or self.peak_gflops.get(dtype)
-                or self.peak_gflops["fp32"])
-        compute = flops / (peak * 1e9 * self.eff_compute_dtype.get(dtype, self.eff_compute))
-        memory = nbytes / (self.memory_gbps * 1e9 * self.eff_memory)
-        return self.op_overhead_us * 1e-6 + max(compute, memory)
+        """One op's time (`pricing.op_seconds`): the slower of its compute and its memory traffic, plus a fixed
+        overhead."""
+        return float(op_seconds(flops, nbytes, peak_for(dtype, self.peak_gflops, kind, self.kind_gflops),
+                                self.memory_gbps, self.eff_compute_dtype.get(dtype, self.eff_compute),
+                                self.eff_memory, self.op_overhead_us))
 
     def latency_ms(self, ops: Iterable[Sequence[Any]]) -> float:
         """Sum of per-op roofline times, in ms (`ops`: `Op`s or their stored lists)."""
