@@ -80,14 +80,17 @@ def test_mobilevit_variants_sweep_measures_costs_where_accuracy_is_taken():
 
 def test_shared_keys_are_written_once():
     """Encoder options set only their name over `shared/encoder.yaml`; an int8 twin only its name over its float
-    design; the encoder-to-accuracy coupling is one file that the sweep and the search include."""
+    design (one registration, no file); the encoder-to-accuracy coupling is one file that the sweep and the
+    search include."""
     for name in options("encoder"):
         spec = OmegaConf.load(CONF / "encoder" / f"{name}.yaml")
         assert list(spec.defaults) == ["/shared/encoder@_here_", "_self_"] and (
             set(spec) <= {"defaults", "name", "img_size"}), name
-    for name in [o for o in options("projector") if o.endswith("_int8")]:
-        spec = OmegaConf.load(CONF / "projector" / f"{name}.yaml")
-        assert list(spec.defaults) == [name.removesuffix("_int8"), "_self_"] and set(spec) == {"defaults", "name"}, name
+    for name in [o for o in options("projector") if o.endswith("_int8")]:  # no file: each is its float design's
+        base = name.removesuffix("_int8")
+        assert not (CONF / "projector" / f"{name}.yaml").exists(), name
+        twin, float_ = compose_cfg(f"projector={name}").projector, compose_cfg(f"projector={base}").projector
+        assert {**twin, "name": base} == dict(float_) and twin.name == name, name
     for path in ("sweep/mobilevit_variants.yaml", "search/encoder_space.yaml"):
         spec = OmegaConf.load(CONF / path)
         assert "/shared/encoder_at_accuracy" in spec.defaults and "accuracy" not in spec, path
@@ -136,3 +139,25 @@ def test_encoder_sweep_takes_every_efficient_encoder_at_stride_8_for_accuracy():
         cfg = compose_cfg("+sweep=encoders", f"encoder={enc}", "projector=c_abstractor")
         validate(cfg)  # the accuracy grid is checked too: stage -3 of 64 px images is 8x8 for every one
         assert cfg.accuracy.encoder.name == enc and cfg.accuracy.encoder.stage == -3
+
+
+def test_every_design_with_a_linear_layer_has_an_int8_twin_and_no_other_does():
+    """`<design>_int8` is registered, with its config, for exactly the float designs that have a Linear layer to
+    quantize; a design registered after the shipped ones gets its twin by `register_int8_twins()`."""
+    from torch import nn
+
+    from projector_bench import register_projector
+    from projector_bench.models._registry import _PROJECTORS
+    from projector_bench.models.projectors.int8 import register_int8_twins
+
+    floats = [n for n in list_projectors() if n != "int8" and not n.endswith("_int8")]
+    for name in floats:
+        linear = any(isinstance(m, nn.Linear) for m in create_projector(name, 16, 24).modules())
+        assert (f"{name}_int8" in list_projectors()) == linear == (f"{name}_int8" in options("projector")), name
+    assert "ldp_seed_int8" not in list_projectors() and "mlp_int8" in list_projectors()  # convs only / a Linear
+    register_projector(lambda in_dim, out_dim: nn.Linear(in_dim, out_dim), name="plugin_linear")
+    try:
+        assert register_int8_twins() == ["plugin_linear"] and "plugin_linear_int8" in list_projectors()
+        assert register_int8_twins() == []  # registered once
+    finally:
+        _PROJECTORS.pop("plugin_linear"), _PROJECTORS.pop("plugin_linear_int8")

@@ -48,8 +48,15 @@ def config_dir() -> Path:
 
 
 def group_choices(group: str) -> list[str]:
-    """The options of a config group: its `conf/<group>/*.yaml` files (shared bases live in `conf/shared/`)."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The options of a config group: its `conf/<group>/*.yaml` files (shared bases live in `conf/shared/`) and
+    the configs registered in Hydra's ConfigStore (the projectors' int8 twins, once `models` is imported)."""
+    from hydra.core.config_store import ConfigStore
+
+    try:
+        stored = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)}
+    except OSError:  # the group has no stored config
+        stored = set()
+    return sorted({p.stem for p in (config_dir() / group).glob("*.yaml")} | stored)
 
 
 def host_cache() -> Path:

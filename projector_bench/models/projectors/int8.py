@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ...core.errors import ConfigError
-from .._registry import create_projector, register_projector
+from ...core.shapes import MOBILEVLM
+from .._registry import create_projector, list_projectors, register_projector
 from .base import Grid, Projector
 
 
@@ -51,6 +52,26 @@ def int8(in_dim: int, out_dim: int, base: str = "mlp", **kwargs) -> Int8Projecto
     return Int8Projector(create_projector(base, in_dim, out_dim, **kwargs), (base, kwargs))
 
 
-for _base in ("linear", "mlp", "bottleneck_transformer", "ldp", "ldpv2", "c_abstractor", "resampler", "pixel_shuffle",
-              "tokenpacker", "avgpool_mlp"):
-    register_projector(partial(int8, base=_base), name=f"{_base}_int8")
+def _has_linear(name: str) -> bool:
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = create_projector(name, MOBILEVLM.vision_dim, MOBILEVLM.lm_dim)
+    return any(isinstance(m, nn.Linear) for m in model.modules())
+
+
+def register_int8_twins() -> list[str]:
+    """Register `<design>_int8` for every registered float design with a Linear layer, and return those designs:
+    in the registry, `int8` with that base; as a config (Hydra's ConfigStore, no file per twin), the design's own
+    `conf/projector/<design>.yaml` under the twin's name. `projectors/__init__` calls it once every shipped
+    design has registered itself; a design registered later gets its twin by calling it again."""
+    from hydra.core.config_store import ConfigStore
+
+    from ...core.settings import config_dir
+
+    bases = [n for n in list_projectors() if n != "int8" and not n.endswith("_int8")
+             and f"{n}_int8" not in list_projectors() and _has_linear(n)]
+    for base in bases:
+        register_projector(partial(int8, base=base), name=f"{base}_int8")
+        if (config_dir() / "projector" / f"{base}.yaml").exists():
+            ConfigStore.instance().store(group="projector", name=f"{base}_int8",
+                                         node={"defaults": [base, "_self_"], "name": f"{base}_int8"})
+    return bases
