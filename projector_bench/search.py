@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from .core.budget import Budget, plain
+from .core.compat import OPTUNA_TRIAL_LOGGER, heartbeat_storage, trial_id
 from .core.errors import ConfigError, OutputError
 from .core.studies import storage
 from .jobs.results import append_rows, jsonable
@@ -79,7 +80,7 @@ def _objective(cfg: DictConfig, base_overrides: list[str]):
 
     def objective(trial: optuna.Trial) -> list[float]:
         if beat := _heartbeats(trial.study):  # a first heartbeat before `overrides` marks the trial started
-            beat.record_heartbeat(trial._trial_id)  # (Optuna's heartbeat thread records one too, asynchronously)
+            beat.record_heartbeat(trial_id(trial))  # (Optuna's heartbeat thread records one too, asynchronously)
         overrides = suggest(trial, cfg.search.space)
         trial.set_user_attr("overrides", overrides)
         State = optuna.trial.TrialState
@@ -165,7 +166,7 @@ def quiet_trial_failures() -> Iterator[None]:
     silenced: it prints the whole traceback of an expected TrialFailed or TrialSkipped. `say_failed` tells a
     failed trial in one line instead; a skipped one is logged at debug level. Only that logger is raised to
     ERROR (Optuna's other warnings still show); an exception `catch` does not hold is raised by `optimize`."""
-    optimize_log = logging.getLogger("optuna.study._optimize")  # where Optuna logs "Trial N failed ..."
+    optimize_log = logging.getLogger(OPTUNA_TRIAL_LOGGER)  # where Optuna logs "Trial N failed ..."
     level = optimize_log.level
     optimize_log.setLevel(logging.ERROR)
     try:
@@ -191,11 +192,8 @@ def record_rows(trials: list[optuna.trial.FrozenTrial], results_dir: str) -> int
 
 
 def _heartbeats(study: optuna.Study) -> Any:
-    """The study's storage if it keeps heartbeats (as `optuna.storages.fail_stale_trials` finds it), else None."""
-    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-    store = study._storage
-    return store if isinstance(store, BaseHeartbeat) and is_heartbeat_enabled(store) else None
+    """The study's storage if it keeps heartbeats, else None."""
+    return heartbeat_storage(study)
 
 
 def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
@@ -214,14 +212,14 @@ def fail_unstarted(study: optuna.Study, grace: float) -> list[int]:
         if "overrides" in t.user_attrs or t.datetime_start is None or t.datetime_start > before:
             continue
         try:
-            if store.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+            if store.set_trial_state_values(trial_id(t), state=optuna.trial.TrialState.FAIL):
                 failed.append(t)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
             pass
     retry = store.get_heartbeat_stale_trial_callback()
     for t in failed:
         if retry is not None:
-            retry(study, store.get_trial(t._trial_id))
+            retry(study, store.get_trial(trial_id(t)))
     return [t.number for t in failed]
 
 

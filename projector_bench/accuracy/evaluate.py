@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import _worker
+from ..core.compat import pool_processes
 from ..core.env import available_memory, code_hash, device_label, training_device, usable_cores
 from ..core.errors import ConfigError, first_line
 from ..core.util import accuracy_projector_kwargs, torch_threads
@@ -525,7 +526,7 @@ def _train_all(s: _Setup, t: DictConfig, models: Path, quiet: bool, jobs: list[t
     # Workers ignore Ctrl-C: the parent gets it and ends them, so it prints one line, not a traceback per worker.
     pool = _pool(workers)
     # its workers: a Pool replaces one that dies, but its task never ends (get() waits forever)
-    procs = list(pool._pool)
+    procs = pool_processes(pool)
     pending: dict[tuple[int, float], Any] = {}
     try:
         pending = {j: pool.apply_async(_train_model, (s, t, paths[j], quiet, *j, per)) for j in todo}

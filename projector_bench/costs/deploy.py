@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from ..core.compat import executorch_backends, executorch_threads, lowering_memos
 from ..core.errors import ArgumentParser, JobFailed, exit_code, first_line
 from .kernels import KINDS, kernels
 from .measure import Latency, _Call, float_twin, measure_latency
@@ -49,11 +50,11 @@ def unavailable() -> str | None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao registers an Enum: a warning per import
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
-        from executorch.extension.pybindings import portable_lib
+        from executorch.extension.pybindings import portable_lib  # noqa: F401
     except Exception as e:  # ImportError, or a binary built for another torch
         return (f"executorch is not installed ({first_line(e, typed=True)}); "
                 f"{INSTALL}")
-    if "XnnpackBackend" not in portable_lib._get_registered_backend_names():
+    if "XnnpackBackend" not in executorch_backends():
         return "this executorch build has no XNNPACK backend; reinstall it: " + INSTALL
     return None
 
@@ -104,13 +105,8 @@ def release_lowered_graphs() -> None:
     """Empty the unbounded memos that hold every lowered graph and its weights: ExecuTorch's `is_same_node`
     (keyed by fx nodes), the `assert_and_get_unique_device` of torchao and torch.ao (keyed by the int8 path's
     modules), and FakeTensorMode's dispatch cache (whose keys hold the lowered delegate modules)."""
-    from executorch.exir.backend.utils import is_same_node
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.ao.quantization.fx.utils import assert_and_get_unique_device
-    from torchao.utils import _assert_and_get_unique_device
-
-    for memo in (is_same_node, assert_and_get_unique_device, _assert_and_get_unique_device, FakeTensorMode):
-        memo.cache_clear()
+    for clear in lowering_memos():
+        clear()
 
 
 def _is_dynamic_int8(module: nn.Module) -> bool:
@@ -119,11 +115,9 @@ def _is_dynamic_int8(module: nn.Module) -> bool:
 
 def load(program: Program, threads: int) -> Callable[[tuple[Tensor, ...]], list[Tensor]]:
     """The program's `forward`, loaded in ExecuTorch's runtime with an XNNPACK thread pool of `threads`."""
-    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    if portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
+    executorch_threads(threads)
     loaded = Runtime.get().load_program(program.buffer)  # the method points into it: keep it alive with the method
     method = loaded.load_method("forward")
     return lambda inputs, _program=loaded: method.execute(inputs)

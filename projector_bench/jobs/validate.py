@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.budget import DEPLOY_RUNTIMES, Budget
+from ..core.compat import basic_sweeper
 from ..core.env import training_device
 from ..core.errors import ConfigError, first_line
 from ..core.settings import check_host_cache
@@ -347,10 +348,10 @@ def validate(cfg: DictConfig, jobs: bool = True) -> None:
 
 def job_configs(config: DictConfig) -> list[DictConfig]:
     """Every job config of the multirun that `config` (a callback's) starts, composed as Hydra's BasicSweeper will."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    BasicSweeper = basic_sweeper()
     if OmegaConf.select(config, "hydra.sweeper._target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
         return [config]  # another sweeper composes its jobs its own way: check the config it starts from
     params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
