@@ -29,7 +29,7 @@ from torchvision.models.mobilenetv3 import InvertedResidual, InvertedResidualCon
 from torchvision.ops.misc import SqueezeExcitation
 
 from . import create_projector, list_projectors
-from .accuracy.evaluate import KEPT
+from .accuracy.features import KEPT
 from .analysis.agreement import agreements
 from .analysis.tables import accuracy_table
 from .core.env import training_device

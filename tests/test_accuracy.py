@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import projector_bench.accuracy.evaluate as acc
 from projector_bench import ConfigError
-from projector_bench.accuracy import standin, training
+from projector_bench.accuracy import cache, features, pool, proxy, standin, stats, training
 from projector_bench.core.settings import config_dir
 from projector_bench.tasks import carve
 from projector_bench.tasks.classify import write_image_folder
@@ -86,7 +86,8 @@ def _fit_line(max_steps, patience, lr=0.05):
         return loss, 100.0 - loss
 
     batches = training.batches(torch.arange(64), 16, seed=0)
-    run = acc.fit(model, lambda b: torch.nn.functional.mse_loss(model(x[b]), y[b]), val, batches, t, lr, "line", True)
+    run = training.fit(model, lambda b: torch.nn.functional.mse_loss(model(x[b]), y[b]), val, batches, t, lr, "line",
+                       True)
     return model, run, val
 
 
@@ -110,7 +111,7 @@ def test_a_loss_that_keeps_halving_near_zero_is_a_plateau_only_with_an_absolute_
     losses = iter(0.01 * 0.5 ** k for k in range(1000))
     t = OmegaConf.create({"warmup_steps": 1, "min_steps": 10, "max_steps": 200, "eval_every": 5, "patience": 3,
                           "min_delta": 0.01, "min_delta_abs": floor, "lr_drops": 1})
-    run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (next(losses), 100.0),
+    run = training.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (next(losses), 100.0),
                   training.batches(torch.arange(8), 4, seed=0), t, 1e-3, "halving", True)
     assert run["converged"] is converged and (run["steps"] < 200) is converged
 
@@ -122,7 +123,7 @@ def test_the_rate_drop_waits_drop_patience_evaluations_and_the_stop_waits_patien
     model = torch.nn.Linear(1, 1)
     t = OmegaConf.create({"warmup_steps": 1, "min_steps": 1, "max_steps": 100, "eval_every": 1, "patience": 2,
                           "drop_patience": drop_patience, "min_delta": 0.01, "lr_drops": 1})
-    run = acc.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (1.0, 50.0),
+    run = training.fit(model, lambda b: (model.weight ** 2).sum(), lambda: (1.0, 50.0),
                   training.batches(torch.arange(8), 4, seed=0), t, 1e-3, "flat", True)
     assert run["converged"] and run["steps"] == steps
 
@@ -141,15 +142,15 @@ def test_two_level_bootstrap_widens_with_the_spread_between_seeds():
     rng = np.random.default_rng(0)
     same = np.tile(rng.random(400) < 0.7, (3, 1)).astype(float)
     spread = np.stack([rng.random(400) < p for p in (0.55, 0.7, 0.85)]).astype(float)
-    lo1, hi1 = acc.two_level_bootstrap(same, 0)
-    lo2, hi2 = acc.two_level_bootstrap(spread, 0)
+    lo1, hi1 = stats.two_level_bootstrap(same, 0)
+    lo2, hi2 = stats.two_level_bootstrap(spread, 0)
     assert lo1 < 100 * same.mean() < hi1 and lo2 < 100 * spread.mean() < hi2 and hi2 - lo2 > 1.5 * (hi1 - lo1)
-    assert acc.bootstrap_ci(same[0], 0) == pytest.approx((lo1, hi1), abs=1.0)  # one seed: questions only
+    assert stats.bootstrap_ci(same[0], 0) == pytest.approx((lo1, hi1), abs=1.0)  # one seed: questions only
 
 
 def test_a_small_test_without_errors_still_gets_an_interval_as_wide_as_its_size_allows():
-    lo36, hi36 = acc.two_level_bootstrap(np.ones((2, 36)), 0)   # the bootstrap alone: [100, 100]
-    lo3k, hi3k = acc.two_level_bootstrap(np.ones((2, 3000)), 0)
+    lo36, hi36 = stats.two_level_bootstrap(np.ones((2, 36)), 0)   # the bootstrap alone: [100, 100]
+    lo3k, hi3k = stats.two_level_bootstrap(np.ones((2, 3000)), 0)
     assert hi36 == hi3k == 100 and lo36 < 91 and 99.8 < lo3k < 100  # exact binomial: 90.3 on 36, 99.88 on 3000
 
 
@@ -161,7 +162,7 @@ def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
         raise AssertionError("recomputed what the cache holds")
 
     monkeypatch.setattr(standin, "pretrain", forbidden)
-    monkeypatch.setattr(acc.TimmEncoder, "forward", forbidden)
+    monkeypatch.setattr(features.TimmEncoder, "forward", forbidden)
     r = acc.evaluate_projector(cfg_for(tmp_path, "projector=ldp"))  # another design: same features
     assert r["acc_tokens_out"] == 4
     monkeypatch.setattr(acc, "fit", forbidden)
@@ -171,8 +172,8 @@ def test_features_and_encoder_are_cached_across_designs(tmp_path, monkeypatch):
 
 def test_an_edited_projector_is_retrained_not_served_from_the_cache(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    shutil.copytree(acc.SOURCE_ROOT, src, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(acc, "SOURCE_ROOT", src)
+    shutil.copytree(cache.SOURCE_ROOT, src, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "SOURCE_ROOT", src)
     cfg = cfg_for(tmp_path / "run")
     first = acc.evaluate_projector(cfg)
     again = acc.evaluate_projector(cfg)
@@ -192,7 +193,7 @@ def test_same_seed_same_accuracy(tmp_path):
 def test_each_question_sees_the_image_and_itself_only():
     torch.manual_seed(0)
     proj = acc.create_projector("mlp", 8, 16)
-    model = acc.TinyVLM(proj, (4, 4), vocab=12, q_len=3, answers=5, width=16, layers=2, heads=2).eval()
+    model = proxy.TinyVLM(proj, (4, 4), vocab=12, q_len=3, answers=5, width=16, layers=2, heads=2).eval()
     visual, q = torch.randn(2, 16, 8), torch.randint(1, 12, (2, 3, 3))
     other = q.clone()
     other[:, 1:] = torch.randint(1, 12, (2, 2, 3))  # change the other questions about the same images
@@ -207,7 +208,7 @@ def test_each_question_sees_the_image_and_itself_only():
 
 def test_prefix_block_is_attention_masked_to_the_image_and_each_question_itself():
     torch.manual_seed(0)
-    block = acc.PrefixBlock(16, 2).eval()
+    block = proxy.PrefixBlock(16, 2).eval()
     m, s, x = 5, 3, torch.randn(2, 8, 16)
     allowed = torch.zeros(8, 8, dtype=torch.bool)
     allowed[:, :m] = True  # everyone sees the image; the image nothing else; a question itself too
@@ -225,7 +226,7 @@ def test_question_slots_hold_each_question_of_an_image_once():
     from projector_bench.tasks.shapes_vqa import shapes_vqa
 
     d = shapes_vqa(30, img_size=32, seed=2)
-    slots = acc.question_slots(d)
+    slots = proxy.question_slots(d)
     assert sorted(slots[slots >= 0].tolist()) == list(range(len(d.answers)))
     for i, row in enumerate(slots.tolist()):
         assert all(d.image_of[q] == i for q in row if q >= 0)
@@ -254,9 +255,9 @@ def test_int8_design_is_scored_after_quantizing_its_trained_twin(tmp_path, monke
 def test_a_changed_image_folder_is_not_served_from_the_cache(tmp_path):
     root = write_image_folder(tmp_path / "imgs", classes=2, per_class=4, size=16)
     cfg = OmegaConf.create({"_target_": "projector_bench.tasks.classify.image_folder", "root": str(root)})
-    before = acc.task_key(cfg)
+    before = cache.task_key(cfg)
     write_image_folder(root, classes=3, per_class=4, size=16)
-    assert acc.task_key(cfg) != before
+    assert cache.task_key(cfg) != before
 
 
 def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
@@ -268,14 +269,14 @@ def test_trainings_in_worker_processes_fill_the_same_cache(tmp_path):
 
 
 def test_the_training_pool_is_kept_from_design_to_design_and_not_started_for_cached_models(tmp_path):
-    acc.close_pool()
+    pool.close_pool()
     acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2"))
-    pids = sorted(w.pid for w in acc._POOL[2]._pool)
+    pids = sorted(w.pid for w in pool._POOL[2]._pool)
     ldp = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2", "projector=ldp"))
-    assert not ldp["acc_cached"] and sorted(w.pid for w in acc._POOL[2]._pool) == pids  # the same workers trained it
-    acc.close_pool()
+    assert not ldp["acc_cached"] and sorted(w.pid for w in pool._POOL[2]._pool) == pids  # the same workers trained it
+    pool.close_pool()
     q = acc.evaluate_projector(cfg_for(tmp_path, "accuracy.workers=2", "projector=mlp_int8"))
-    assert q["acc_cached"] and acc._POOL == {}  # loaded here: no worker started to read four files
+    assert q["acc_cached"] and pool._POOL == {}  # loaded here: no worker started to read four files
 
 
 def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_instead_of_hanging(tmp_path):
@@ -286,7 +287,7 @@ def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_inst
     import threading
     import time
 
-    acc.close_pool()
+    pool.close_pool()
     cfg = cfg_for(tmp_path, "accuracy.workers=2", "accuracy.training.min_steps=100000",
                   "accuracy.training.max_steps=100000")
     out: dict = {}
@@ -294,17 +295,17 @@ def test_a_training_worker_killed_mid_training_fails_the_job_with_the_cause_inst
     job.start()
     try:
         deadline = time.time() + 120
-        while 2 not in acc._POOL and time.time() < deadline:
+        while 2 not in pool._POOL and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(8)  # both workers have their model and train it (for 100000 steps)
-        os.kill(acc._POOL[2]._pool[0].pid, signal.SIGKILL)
+        os.kill(pool._POOL[2]._pool[0].pid, signal.SIGKILL)
         job.join(60)
         assert not job.is_alive(), "the job still waits for the dead worker's model"
-        assert isinstance(out["error"], acc.WorkerDiedError) and (
+        assert isinstance(out["error"], pool.WorkerDiedError) and (
             "killed by SIGKILL: out of memory?" in str(out["error"]))
-        assert acc._POOL == {}  # the other worker, whose model nobody will read, was ended
+        assert pool._POOL == {}  # the other worker, whose model nobody will read, was ended
     finally:
-        acc.close_pool()
+        pool.close_pool()
 
 
 def _catch(out: dict, cfg) -> None:
@@ -343,12 +344,12 @@ def test_a_damaged_cache_entry_is_named_discarded_and_rebuilt(tmp_path, caplog):
 
 def test_training_workers_are_capped_at_the_trainings_and_the_free_memory(monkeypatch):
     """`accuracy.workers=64` for 4 trainings started 64 processes of ~0.6 GB: the out-of-memory killer's work."""
-    monkeypatch.setattr(acc, "available_memory", lambda: 100e9)
-    assert acc.training_workers(64, 4) == 4 and acc.training_workers(None, 1) == 1
-    monkeypatch.setattr(acc, "available_memory", lambda: 1.5 * acc.WORKER_BYTES)
-    assert acc.training_workers(4, 4) == 1  # what fits, at least one
-    monkeypatch.setattr(acc, "available_memory", lambda: None)  # not Linux: no cap from memory
-    assert acc.training_workers(3, 4) == 3
+    monkeypatch.setattr(pool, "available_memory", lambda: 100e9)
+    assert pool.training_workers(64, 4) == 4 and pool.training_workers(None, 1) == 1
+    monkeypatch.setattr(pool, "available_memory", lambda: 1.5 * pool.WORKER_BYTES)
+    assert pool.training_workers(4, 4) == 1  # what fits, at least one
+    monkeypatch.setattr(pool, "available_memory", lambda: None)  # not Linux: no cap from memory
+    assert pool.training_workers(3, 4) == 3
 
 
 def test_a_training_worker_watches_its_parent_before_it_imports_torch():
@@ -380,17 +381,17 @@ def test_a_small_folder_trains_only_what_the_proxy_trains_and_its_row_says_so(tm
 def test_a_candidate_encoder_replaces_the_kept_one_only_when_validation_shows_it():
     """Paired exact test at 5%: more labels gained than lost is not enough on a handful of them."""
     old = torch.zeros(40, dtype=torch.bool)
-    assert not acc._beats(old.clone(), old)
-    assert not acc._beats(torch.arange(40) < 4, old)  # 4 gained, none lost: p = 0.0625
-    assert acc._beats(torch.arange(40) < 5, old)  # 5 gained: p = 0.031
-    assert not acc._beats(torch.arange(40) < 12, torch.arange(40) >= 32)  # 12 gained, 8 lost
+    assert not features._beats(old.clone(), old)
+    assert not features._beats(torch.arange(40) < 4, old)  # 4 gained, none lost: p = 0.0625
+    assert features._beats(torch.arange(40) < 5, old)  # 5 gained: p = 0.031
+    assert not features._beats(torch.arange(40) < 12, torch.arange(40) >= 32)  # 12 gained, 8 lost
 
 
 def test_the_row_names_the_encoder_validation_kept_with_every_candidate_s_score(tmp_path):
     r = acc.evaluate_projector(cfg_for(tmp_path))
     scores = {name: float(m) for name, m in re.findall(r"(frozen|fine-tuned|task-only) ([\d.]+)% / ",
                                                        r["acc_encoder_source"])}
-    assert r["acc_encoder_kept"] in acc.KEPT and r["acc_encoder_kept"] not in scores and len(scores) == 2
+    assert r["acc_encoder_kept"] in features.KEPT and r["acc_encoder_kept"] not in scores and len(scores) == 2
     assert (f"on shapes_vqa's per cell validation labels {r['acc_encoder_val_accuracy']:.1f}% right, loss "
             in r["acc_encoder_source"])
 
@@ -401,13 +402,13 @@ def test_the_stand_in_encoder_is_kept_when_a_design_or_a_task_is_added_or_edited
     from projector_bench.core.env import code_hash
 
     tree = tmp_path / "pkg"
-    shutil.copytree(acc.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(cache.SOURCE_ROOT, tree, ignore=shutil.ignore_patterns("__pycache__"))
     before = code_hash(*standin.STANDIN_SOURCES, root=tree)
     (tree / "models" / "projectors" / "new_design.py").write_text("# a new design\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
     (tree / "tasks" / "shapes_vqa.py").write_text((tree / "tasks" / "shapes_vqa.py").read_text() + "\n# edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before
-    assert code_hash(*acc.SOURCES, root=tree) != code_hash(*acc.SOURCES, root=acc.SOURCE_ROOT)  # models retrain
+    assert code_hash(*cache.SOURCES, root=tree) != code_hash(*cache.SOURCES, root=cache.SOURCE_ROOT)  # models retrain
     (tree / "accuracy" / "evaluate.py").write_text(
         (tree / "accuracy" / "evaluate.py").read_text() + "\n# the proxy VLM edited\n")
     assert code_hash(*standin.STANDIN_SOURCES, root=tree) == before

@@ -7,6 +7,7 @@ import torch
 
 import projector_bench.accuracy.evaluate as acc
 from projector_bench import ConfigError
+from projector_bench.accuracy import pool
 from projector_bench.core.env import training_device
 from projector_bench.jobs.validate import validate
 from tests.test_accuracy import cfg_for
@@ -47,10 +48,10 @@ def test_cpu_named_explicitly_is_the_cpu_path_and_shares_its_cache(tmp_path):
 
 
 def test_the_default_workers_follow_the_cores_on_the_cpu_and_are_one_on_an_accelerator(monkeypatch):
-    monkeypatch.setattr(acc, "usable_cores", lambda: 32)
-    monkeypatch.setattr(acc, "available_memory", lambda: 1e12)
-    assert acc.training_workers(None, 4) == 4 and acc.training_workers(None, 64) == 32
-    assert acc.training_workers(None, 4, "cuda") == 1 and acc.training_workers(3, 4, "cuda") == 3
+    monkeypatch.setattr(pool, "usable_cores", lambda: 32)
+    monkeypatch.setattr(pool, "available_memory", lambda: 1e12)
+    assert pool.training_workers(None, 4) == 4 and pool.training_workers(None, 64) == 32
+    assert pool.training_workers(None, 4, "cuda") == 1 and pool.training_workers(3, 4, "cuda") == 3
 
 
 @pytest.mark.parametrize("device", [

@@ -32,7 +32,7 @@ def cached(path: Path, build: Callable[[], Any]) -> tuple[Any, bool]:
         try:
             return torch.load(path, weights_only=False), True
         except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
-            log.warning("cache entry %s could not be read (%s: %s); discarding and rebuilding it",
+            log.warning("cache entry %s could not be read (%s); discarding and rebuilding it",
                         path, first_line(e, typed=True))
             path.unlink(missing_ok=True)
     value = build()

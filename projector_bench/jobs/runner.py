@@ -19,7 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ..accuracy.evaluate import code_version, evaluate_projector
+from ..accuracy.cache import code_version
+from ..accuracy.evaluate import evaluate_projector
 from ..core.env import code_hash, cpu_model, environment
 from ..core.errors import ConfigError, OutputError, first_line
 from ..core.settings import DEFAULT_THREADS, SWEEP_ENV, host_cache, host_lock, launched_elsewhere
