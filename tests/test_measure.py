@@ -201,3 +201,30 @@ def test_load_check_sees_a_loaded_machine_on_its_first_probe():
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["load_cpu_share"] < 0.6 and got["load_ratio"] > 1.6 and (
         "timed on a loaded machine" in got["load_warning"])
+
+
+def test_an_int8_designs_float_twin_is_built_once_per_job(monkeypatch):
+    """A job builds the float twin once and hands it to the counts and to every lowering (it was built four
+    times: once to count, once for the runtime's reference output, once per precision lowered)."""
+    from omegaconf import OmegaConf
+
+    from projector_bench import create_projector
+    from projector_bench.costs import deploy, measure
+    from projector_bench.jobs import runner
+
+    built, lowered = [], []
+    real = measure.float_twin
+    monkeypatch.setattr(measure, "float_twin", lambda m: built.append(m) or real(m))
+    monkeypatch.setattr(deploy, "unavailable", lambda: None)
+
+    def lower(module, inputs, precision="fp32", **kwargs):
+        lowered.append((module, precision))
+        raise RuntimeError("not lowered in this test")
+
+    monkeypatch.setattr(deploy, "lower", lower)
+    cfg = OmegaConf.create({"device": {"threads": 1, "min_run_time": 0.01, "warmup": 0},
+                            "deploy": {"runtime": "executorch", "precisions": ["fp32", "int8"]}})
+    row = runner._costs("", create_projector("mlp_int8", 16, 16), (torch.randn(1, 4, 16),), cfg)
+    assert len(built) == 1 and [p for _, p in lowered] == ["fp32", "int8"]
+    assert all(m is lowered[0][0] and not list(measure._quantized_linears(m)) for m, _ in lowered)  # the one twin
+    assert row["exports"]["executorch"].startswith("int8: RuntimeError: not lowered")

@@ -3,16 +3,19 @@ the default thread count, the sweep-id variable. A leaf: it imports only the pac
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .errors import ConfigError
+from .util import atomic_write
 
 GROUPS = ("projector", "encoder", "lm", "shape", "device", "sweep", "search", "task",
           "at_budget")  # conf/<group>/<option>.yaml
@@ -128,3 +131,23 @@ def host_lock(timing: bool) -> Iterator[None]:
                     folder, e)
     with held:
         yield
+
+
+def write_json_cache(path: Path, value: dict[str, Any]) -> None:
+    """Replace `path` atomically with `value` as JSON (per-process temporary: workers may write at once)."""
+    atomic_write(path, json.dumps(value, indent=1))
+
+
+def read_json_cache(path: Path | None) -> dict[str, Any]:
+    """A JSON object saved in the host cache, or {} (with a warning naming the file) when it is missing or
+    cannot be read: the caller measures again and rewrites it."""
+    if not path or not path.exists():
+        return {}
+    try:
+        saved = json.loads(path.read_bytes())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except (OSError, ValueError) as e:
+        log.warning("host cache %s could not be read (%s); it is discarded and measured again", path, e)
+        return {}

@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves
 from ..core.compat import executorch_backends, executorch_threads, lowering_memos
 from ..core.errors import ArgumentParser, JobFailed, exit_code, first_line
 from .kernels import KINDS, kernels
-from .measure import Latency, _Call, float_twin, measure_latency
+from .measure import Latency, _Call, float_design, measure_latency
 from .roofline import Device
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def lower(module: nn.Module, inputs: tuple[Tensor, ...], precision: str = "fp32"
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    model = _Call(float_twin(module) if _is_dynamic_int8(module) else module, **kwargs).eval()
+    model = _Call(float_design(module), **kwargs).eval()
     if precision == "int8":
         model = _quantize_int8(model, inputs)
     try:
@@ -129,26 +129,28 @@ def _short(e: Exception) -> str:
 
 
 def deploy_costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], threads: int, min_run_time: float,
-                 warmup: int, precisions: tuple[str, ...] = PRECISIONS, **kwargs: Any) -> dict[str, Any]:
+                 warmup: int, precisions: tuple[str, ...] = PRECISIONS, float_module: nn.Module | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
     """Row columns: `{prefix}exports` — `"executorch"`: the verdict ("ok" or the first error, one line) of the
     design's own precision (int8 for a `<design>_int8` design, else fp32), which `budget.deployable` reads, and
     `"executorch_<precision>"` for each precision tried — and per precision that ran,
     `{prefix}xnnpack[_int8]_latency_ms`, `_latency_iqr_ms`, `_rel_err` (relative L2 distance of the program's
     output from the eager float design's), `_pte_mb`, `_outside` (ops left to ExecuTorch's portable kernels)
-    and `_lower_s`."""
+    and `_lower_s`. Programs are lowered from `float_module` (default: `measure.float_design(module)`)."""
     if (why := unavailable()) is not None:
         return {f"{prefix}exports": {RUNTIME: f"not measured: {why}"}}
     inputs = tuple(t.contiguous() for t in inputs)  # the runtime takes dense inputs (an encoder's tokens are a view)
     own = "int8" if _is_dynamic_int8(module) else "fp32"
-    with torch.no_grad():  # the float design the programs are lowered from; a timm feature model returns a list
-        ref = tree_leaves(_Call(float_twin(module) if own == "int8" else module, **kwargs).eval()(*inputs))
+    base = float_module if float_module is not None else float_design(module)  # what the programs are lowered from
+    with torch.no_grad():  # a timm feature model returns a list
+        ref = tree_leaves(_Call(base, **kwargs).eval()(*inputs))
     out: dict[str, Any] = {f"{prefix}xnnpack_threads": threads}
     verdicts: dict[str, str] = {}
     for precision in precisions:
         col = f"{prefix}xnnpack{'' if precision == 'fp32' else '_' + precision}"
         try:
             start = time.perf_counter()
-            program = lower(module, inputs, precision, **kwargs)
+            program = lower(base, inputs, precision, **kwargs)
             lowered_s = time.perf_counter() - start
             run = load(program, threads)
             first = time.perf_counter()

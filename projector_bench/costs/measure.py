@@ -19,6 +19,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import torch
@@ -33,6 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..core.env import code_hash, cpu_model
+from ..core.settings import host_cache, read_json_cache, write_json_cache
 from ..core.shapes import MOBILEVLM
 from ..core.util import torch_threads
 
@@ -40,6 +43,8 @@ from ..core.util import torch_threads
 # running on a CPU-only machine (as here); it says nothing about the CPU timings we take.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils.benchmark import Timer  # noqa: E402 (after the logger above is quiet)
+
+log = logging.getLogger(__name__)
 
 # Ops whose MACs torch's FlopCounterMode also counts (2 flops per MAC): the cross-check compares these.
 MATMUL_OPS = frozenset({"linear", "matmul", "mm", "addmm", "bmm", "einsum", "conv", "scaled_dot_product_attention"})
@@ -134,15 +139,23 @@ class _Call(nn.Module):
         return self.module(*inputs, **self.kwargs)
 
 
-def count_flops(module: nn.Module, *inputs: Tensor, **kwargs: Any) -> FlopCount:
+def float_design(module: nn.Module) -> nn.Module:
+    """`module` itself, or the float twin of a design with dynamically quantized Linear layers: what its MACs are
+    counted on and what a runtime lowers (build it once per design and pass it to both)."""
+    return float_twin(module) if any(True for _ in _quantized_linears(module)) else module
+
+
+def count_flops(module: nn.Module, *inputs: Tensor, float_module: nn.Module | None = None,
+                **kwargs: Any) -> FlopCount:
     """Count MACs of `module(*inputs, **kwargs)` with fvcore and our handles; cross-check with torch.
 
-    Non-tensor `kwargs` (such as a projector's `grid`) are bound before tracing.
+    fvcore traces `float_module` (default: `float_design(module)`); non-tensor `kwargs` (such as a projector's
+    `grid`) are bound before tracing.
     """
     was_training = module.training
     module.eval()
     try:
-        traced = float_twin(module) if any(True for _ in _quantized_linears(module)) else module
+        traced = float_module if float_module is not None else float_design(module)
         analysis = FlopCountAnalysis(_Call(traced, **kwargs), inputs).set_op_handle(**_handles())
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         with warnings.catch_warnings():
@@ -340,3 +353,23 @@ def load_check(threads: int, best: Best | None) -> dict[str, Any]:
                if ratio > LOAD_LIMIT else None)
     return {"reference_ms": ms, "load_ratio": ratio, "load_cpu_share": share, "load_basis": basis,
             "load_warning": warning}
+
+
+def host_load(threads: int) -> dict[str, Any]:
+    """`load_check` against the fastest reference time this machine has recorded at `threads` (the host cache
+    keeps it with its count of probes and the date of the first)."""
+    path = host_cache() / "reference_kernel.json"
+    key = f"{cpu_model()}|{threads}|{code_hash('costs/measure.py')}"
+    saved = read_json_cache(path)
+    entry = saved.get(key)
+    try:
+        best = Best(**entry) if isinstance(entry, dict) else None
+    except TypeError:
+        best = None
+    out = load_check(threads, best)
+    ms = out["reference_ms"] if best is None else min(best.ms, out["reference_ms"])
+    since = best.since if best else datetime.now(timezone.utc).date().isoformat()
+    write_json_cache(path, saved | {key: Best(ms, (best.probes if best else 0) + 1, since)._asdict()})
+    if out["load_warning"]:
+        log.warning(out["load_warning"])
+    return out

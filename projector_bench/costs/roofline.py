@@ -15,7 +15,6 @@ micro-benchmarks (`host_device()`), which lets the estimator be checked against 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -32,7 +31,8 @@ from ..core.budget import missing
 from ..core.env import code_hash, cpu_model
 from ..core.errors import ConfigError
 from ..core.ops import as_ops
-from ..core.util import atomic_write, torch_threads
+from ..core.settings import read_json_cache, write_json_cache
+from ..core.util import torch_threads
 from ..models.lm import LanguageModel
 from .calibrate import calibrate_config
 from .kernels import KINDS, Kernel, kernels
@@ -40,8 +40,8 @@ from .measure import measure_latency
 from .pricing import op_seconds, peak_for
 from .trace import trace_ops, trace_timm_on_meta
 
-__all__ = ["Device", "calibrate_host", "device_from_config", "estimate_row", "host_device", "read_json_cache",
-           "trace_ops", "trace_timm_on_meta", "write_json_cache"]  # the tracers live in `trace`, imported from here too
+__all__ = ["Device", "calibrate_host", "device_from_config", "estimate_row", "host_device", "trace_ops",
+           "trace_timm_on_meta"]  # the tracers live in `trace`, imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -222,26 +222,6 @@ def host_device(threads: int, cache_dir: str | Path | None = None) -> Device:
         saved[key] = asdict(dev)
         write_json_cache(path, saved)
     return dev
-
-
-def write_json_cache(path: Path, value: dict[str, Any]) -> None:
-    """Replace `path` atomically with `value` as JSON (per-process temporary: workers may write at once)."""
-    atomic_write(path, json.dumps(value, indent=1))
-
-
-def read_json_cache(path: Path | None) -> dict[str, Any]:
-    """A JSON object saved in the host cache, or {} (with a warning naming the file) when it is missing or
-    cannot be read: the caller measures again and rewrites it."""
-    if not path or not path.exists():
-        return {}
-    try:
-        saved = json.loads(path.read_bytes())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-        return saved
-    except (OSError, ValueError) as e:
-        log.warning("host cache %s could not be read (%s); it is discarded and measured again", path, e)
-        return {}
 
 
 _REMEASURED: set[int] = set()  # thread counts this process has calibrated: a loaded machine is measured again once

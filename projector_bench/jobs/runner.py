@@ -21,20 +21,21 @@ from torch import Tensor, nn
 
 from ..accuracy.cache import code_version
 from ..accuracy.evaluate import evaluate_projector
-from ..core.env import code_hash, cpu_model, environment
+from ..core.env import environment
 from ..core.errors import ConfigError, OutputError, first_line
 from ..core.settings import DEFAULT_THREADS, SWEEP_ENV, host_cache, host_lock, launched_elsewhere
 from ..core.util import projector_kwargs, torch_threads
 from ..costs.deploy import deploy_costs
-from ..costs.measure import Best, count_flops, count_params, load_check, measure_latency, peak_memory_mb, size_mb
-from ..costs.roofline import (
-    device_from_config,
-    estimate_row,
-    read_json_cache,
-    trace_ops,
-    trace_timm_on_meta,
-    write_json_cache,
+from ..costs.measure import (
+    count_flops,
+    count_params,
+    float_design,
+    host_load,
+    measure_latency,
+    peak_memory_mb,
+    size_mb,
 )
+from ..costs.roofline import device_from_config, estimate_row, trace_ops, trace_timm_on_meta
 from ..models._registry import create_projector
 from ..models.encoders import Variant, create_encoder
 from ..models.lm import LanguageModel
@@ -47,11 +48,13 @@ log = logging.getLogger(__name__)
 def _costs(prefix: str, module: nn.Module, inputs: tuple[Tensor, ...], cfg: DictConfig,
            **kwargs: Any) -> dict[str, Any]:
     device, threads = cfg.device, cfg.device.threads or DEFAULT_THREADS
-    fc = count_flops(module, *inputs, **kwargs)
+    float_module = float_design(module)  # an int8 design's float twin, built once for the counts and the lowering
+    fc = count_flops(module, *inputs, float_module=float_module, **kwargs)
     lat = measure_latency(lambda: module(*inputs, **kwargs), threads=threads, min_run_time=device.min_run_time,
                           warmup=device.warmup)
     deployed = {} if cfg.deploy.runtime is None else deploy_costs(
-        prefix, module, inputs, threads, device.min_run_time, device.warmup, tuple(cfg.deploy.precisions), **kwargs)
+        prefix, module, inputs, threads, device.min_run_time, device.warmup, tuple(cfg.deploy.precisions),
+        float_module=float_module, **kwargs)
     return deployed | {
         f"{prefix}params": count_params(module),
         f"{prefix}macs": fc.macs,
@@ -113,26 +116,6 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     row |= {"grid": f"{grid[0]}x{grid[1]}" if grid else None, "tokens_in": tokens.shape[1], "tokens_out": out.shape[1],
             "in_dim": in_dim, "out_dim": out.shape[-1], "batch": tokens.shape[0]}
     return row | _costs("", proj, (tokens,), cfg, grid=grid)
-
-
-def _load(threads: int) -> dict[str, Any]:
-    """`load_check` against the fastest reference time this machine has recorded at `threads` (the host cache
-    keeps it with its count of probes and the date of the first)."""
-    path = host_cache() / "reference_kernel.json"
-    key = f"{cpu_model()}|{threads}|{code_hash('costs/measure.py')}"
-    saved = read_json_cache(path)
-    entry = saved.get(key)
-    try:
-        best = Best(**entry) if isinstance(entry, dict) else None
-    except TypeError:
-        best = None
-    out = load_check(threads, best)
-    ms = out["reference_ms"] if best is None else min(best.ms, out["reference_ms"])
-    since = best.since if best else datetime.now(timezone.utc).date().isoformat()
-    write_json_cache(path, saved | {key: Best(ms, (best.probes if best else 0) + 1, since)._asdict()})
-    if out["load_warning"]:
-        log.warning(out["load_warning"])
-    return out
 
 
 def estimates(cfg: DictConfig, row: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +227,7 @@ def _run(cfg: DictConfig, extra: dict[str, Any] | None, record: bool) -> dict[st
             used = torch.get_num_threads()  # what the job's kernels ran with (the row's `threads`)
             with host_lock(timing=True):  # parallel jobs on this host: no training beside a timing
                 row |= measure(cfg)
-                row |= _load(threads)
+                row |= host_load(threads)
                 row |= estimates(cfg, row)
             if cfg.task.get("_target_"):
                 with host_lock(timing=False):
