@@ -141,8 +141,8 @@ def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
     with ProcessPoolExecutor(min(2, os.cpu_count() or 1), mp_context=multiprocessing.get_context("spawn")) as pool:
         verdicts = dict(zip(floats, pool.map(_exports, floats)))
     # An int8 design's programs are its float design's, lowered again: the same graph (dequantized weights),
-    # so its verdicts are that design's, with int8 as its own. Checking the graph instead of lowering it
-    # again took this test from about 9 minutes to 4 here; two workers, to 2.
+    # so its verdicts are that design's, with int8 as its own. The graph is checked instead of lowered again:
+    # the lowering is what this test's time is spent on.
     for name, p in twins.items():
         base, kw = p.float_twin
         assert _graph(float_twin(p), x, grid=(8, 8)) == _graph(
@@ -154,7 +154,7 @@ def test_every_shipped_design_lowers_to_xnnpack_in_fp32_and_int8():
     failed = {k: v["executorch_int8"] for k, v in verdicts.items() if v["executorch_int8"] != "ok"}
     assert all(e.startswith("int8: ") and "\n" not in e for e in failed.values()), failed
     # nn.MultiheadAttention's addmm
-    assert set(failed) <= {"qwen_vl_adapter", "tokenpacker", "tokenpacker_int8"}, failed
+    assert set(failed) <= {"qwen_vl_adapter", "qwen_vl_adapter_int8", "tokenpacker", "tokenpacker_int8"}, failed
 
 
 @pytest.mark.extra("deploy")

@@ -172,7 +172,7 @@ def test_ldpv2_reduce_must_be_positive():
         create_projector("ldpv2", 8, 16, reduce=0)
 
 
-# The compressors open VLMs ship (issue 13): exact sizes at each reference's configuration, 576 tokens of 1024 -> 2048.
+# The compressors open VLMs ship: exact sizes at each reference's configuration, 576 tokens of 1024 -> 2048.
 @pytest.mark.parametrize("name,kwargs,part,expected", [
     ("c_abstractor", {"num_queries": 144}, None, 22_713_856),   # Honeybee: hidden 1024, depth 3, mlp_depth 2, pos_emb
     ("c_abstractor", {"num_queries": 64}, None, 22_713_856),    # the pool has no weights
