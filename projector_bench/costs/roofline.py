@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from ..core.budget import missing
 from ..core.env import code_hash, cpu_model
@@ -34,6 +33,7 @@ from ..core.ops import as_ops
 from ..core.settings import read_json_cache, write_json_cache
 from ..core.util import torch_threads
 from ..models.lm import LanguageModel
+from ..models.projectors.int8 import quantize_linear_int8
 from .calibrate import calibrate_config
 from .kernels import KINDS, Kernel, kernels
 from .measure import measure_latency
@@ -160,8 +160,6 @@ def calibrate_host(threads: int) -> Device:
     is then the fp32 one: a deployment would run such ops in fp32), an int8 dynamically quantized Linear, DRAM
     bandwidth (a 256 MiB copy), the fixed cost of one tiny op, and the achievable throughput of one kernel of
     each other op kind. `Device.roofs` says how each GEMM roof was measured."""
-    from torch.ao.quantization import quantize_dynamic
-
     with torch_threads(threads):
         with torch.inference_mode():
             # the load is judged on the fp32 GEMMs alone, which keep every thread busy on a quiet machine (a slow
@@ -172,7 +170,7 @@ def calibrate_host(threads: int) -> Device:
             bf16, bf16_n, bf16_calls = _gemm(torch.bfloat16)
             table = kernels()
             gemm = table["int8"]
-            q = quantize_dynamic(nn.Sequential(gemm.make()), {nn.Linear}, dtype=torch.qint8).eval()
+            q = quantize_linear_int8(gemm.make())  # as an `_int8` design's Linear layers are
             int8 = gemm.work / _seconds(partial(q, *gemm.inputs)).seconds / 1e9
             # eager's own bandwidth and overhead probes: an eager add would time its output's allocation, and
             # a module call Python's call overhead, which a tiny op's time is of the order of
