@@ -65,6 +65,12 @@ class Projector(nn.Module):
         raise NotImplementedError
 
 
+def check_divisible(grid: Grid, factor: int, what: str, fix: str) -> None:
+    """Refuse, in one line, a grid whose sides `factor` does not divide (`what`: the design and its setting)."""
+    if grid[0] % factor or grid[1] % factor:
+        raise ConfigError(f"{what} needs grid sides divisible by {factor}, got {grid[0]}x{grid[1]}; {fix}")
+
+
 class PoolsGrid(Projector):
     """A design whose output grid is `self.pool` (h, w), or else its input grid cut `self.reduce`× per side
     (rounded up): the same token ratio on any grid (24×24 → 12×12 and 8×8 → 4×4 at `reduce` 2)."""

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ...core.errors import ConfigError
 from .._registry import register_projector
-from .base import Grid, Projector
+from .base import Grid, Projector, check_divisible
 
 
 def pixel_shuffle(x: Tensor, grid: Grid, r: int) -> Tensor:
@@ -46,9 +46,7 @@ class PixelShuffle(Projector):
         self.mlp = nn.Sequential(*layers)
 
     def _check(self, grid: Grid) -> None:
-        if grid[0] % self.r or grid[1] % self.r:
-            raise ConfigError(f"pixel_shuffle with scale 1/{self.r} needs grid sides divisible by {self.r}, got "
-                              f"{grid[0]}x{grid[1]}; use another scale or image size")
+        check_divisible(grid, self.r, f"pixel_shuffle with scale 1/{self.r}", "use another scale or image size")
 
     def num_tokens_out(self, grid: Grid) -> int:
         self._check(grid)

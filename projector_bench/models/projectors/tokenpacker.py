@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...core.errors import ConfigError
 from .._registry import register_projector
-from .base import Grid, Projector
+from .base import Grid, Projector, check_divisible
 
 
 def _gelu_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -48,9 +48,7 @@ class TokenPacker(Projector):
         self.mlp = _gelu_mlp(embed, out_dim)
 
     def _check(self, grid: Grid) -> None:
-        if grid[0] % self.s or grid[1] % self.s:
-            raise ConfigError(f"tokenpacker scale_factor {self.s} needs grid sides divisible by {self.s}, "
-                              f"got {grid[0]}x{grid[1]}")
+        check_divisible(grid, self.s, f"tokenpacker scale_factor {self.s}", "use another scale_factor or image size")
 
     def num_tokens_out(self, grid: Grid) -> int:
         self._check(grid)
