@@ -359,7 +359,7 @@ def host_load(threads: int) -> dict[str, Any]:
     """`load_check` against the fastest reference time this machine has recorded at `threads` (the host cache
     keeps it with its count of probes and the date of the first)."""
     path = host_cache() / "reference_kernel.json"
-    key = f"{cpu_model()}|{threads}|{code_hash('costs/measure.py')}"
+    key = f"{cpu_model()}|{threads}|{code_hash('costs/measure.py', 'core/shapes.py')}"  # the kernel's code and shape
     saved = read_json_cache(path)
     entry = saved.get(key)
     try:
