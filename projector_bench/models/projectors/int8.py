@@ -67,8 +67,9 @@ def register_int8_twins() -> list[str]:
 
     from ...core.settings import config_dir
 
-    bases = [n for n in list_projectors() if n != "int8" and not n.endswith("_int8")
-             and f"{n}_int8" not in list_projectors() and _has_linear(n)]
+    names = set(list_projectors())
+    bases = [n for n in sorted(names) if n != "int8" and not n.endswith("_int8") and f"{n}_int8" not in names
+             and _has_linear(n)]
     for base in bases:
         register_projector(partial(int8, base=base), name=f"{base}_int8")
         if (config_dir() / "projector" / f"{base}.yaml").exists():
