@@ -74,7 +74,13 @@ def _quantize_int8(module: nn.Module, inputs: tuple[Tensor, ...]) -> nn.Module:
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    class PostTraining(XNNPACKQuantizer):
+        # The conv+batch-norm patterns match a training-mode batch norm (quantization-aware training); this
+        # post-training path folds every batch norm into its conv before annotating, so they never match, yet
+        # building them traces a dozen pattern graphs with dynamo on every call.
+        SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if not p.is_qat]
+
+    quantizer = PostTraining().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(module, inputs).module(), quantizer)
     prepared(*inputs)  # calibration: the example inputs set the activations' scales (enough for timing)
     return convert_pt2e(prepared)
