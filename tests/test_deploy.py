@@ -119,7 +119,7 @@ def _graph(module: nn.Module, x: torch.Tensor, **kwargs) -> list[str]:
 
 # knobs for an 8x8 grid (c_abstractor keeps its table learned for CLIP's 24x24: resampled by a matmul); a design
 # that repeats a block is lowered with one (`depth: 1`): the repeats are the same ops in the same partitions, and
-# lowering them again is where this test's time went (a job lowers a design at its full depth)
+# lowering them again is where this test's time went (a sweep's jobs lower each design at its configured depth)
 _KNOBS = {"resampler": {"num_latents": 16, "depth": 1}, "c_abstractor": {"num_queries": 16, "depth": 1},
           "bottleneck_transformer": {"depth": 1}}
 
